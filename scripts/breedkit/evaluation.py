@@ -1,0 +1,113 @@
+"""Test-set metrics in SageMaker Model Registry's multiclass format, and the confusion plot.
+
+``evaluation.json``::
+
+    {"multiclass_classification_metrics": {
+        "accuracy": {"value": 0.84, "standard_deviation": 0.012},
+        "weighted_f1": {...}, "weighted_precision": {...}, "weighted_recall": {...},
+        "macro_f1": {...}, "top_5_accuracy": {...}, "log_loss": {...},
+        "confusion_matrix": {"<true class>": {"<predicted class>": count, ...}, ...}},
+     "per_class": {"<class>": {"accuracy": ..., "precision": ..., "recall": ..., "f1": ...,
+                               "support": n}},
+     "num_test_images": n, "class_names": [...]}
+
+Standard deviations are bootstrap estimates (resampling the test images), as Clarify reports them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BOOTSTRAP_ROUNDS = 200
+TOP_K = 5
+
+
+def _scores(y_true, y_pred, probs, labels, k) -> dict:
+    from sklearn.metrics import (accuracy_score, f1_score, log_loss, precision_score,
+                                 recall_score, top_k_accuracy_score)
+
+    scores = {
+        "accuracy": accuracy_score(y_true, y_pred),
+        "weighted_f1": f1_score(y_true, y_pred, labels=labels, average="weighted",
+                                zero_division=0),
+        "weighted_precision": precision_score(y_true, y_pred, labels=labels, average="weighted",
+                                              zero_division=0),
+        "weighted_recall": recall_score(y_true, y_pred, labels=labels, average="weighted",
+                                        zero_division=0),
+        "macro_f1": f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0),
+        "log_loss": log_loss(y_true, probs, labels=labels),
+    }
+    if k < len(labels):
+        scores[f"top_{k}_accuracy"] = top_k_accuracy_score(y_true, probs, k=k, labels=labels)
+    else:  # with k or fewer classes top-k accuracy is trivially 1
+        scores[f"top_{k}_accuracy"] = 1.0
+    return scores
+
+
+def compute_metrics(y_true, probs, class_names, seed: int = 0,
+                    rounds: int = BOOTSTRAP_ROUNDS) -> dict:
+    """Every metric of evaluation.json from true labels and predicted probabilities."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs, dtype=np.float64)
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    y_pred = probs.argmax(axis=1)
+    labels = list(range(len(class_names)))
+    point = _scores(y_true, y_pred, probs, labels, TOP_K)
+    rng = np.random.default_rng(seed)
+    samples = {name: [] for name in point}
+    for _ in range(rounds):
+        idx = rng.integers(0, len(y_true), len(y_true))
+        for name, value in _scores(y_true[idx], y_pred[idx], probs[idx], labels, TOP_K).items():
+            samples[name].append(value)
+    metrics = {name: {"value": float(value), "standard_deviation": float(np.std(samples[name]))}
+               for name, value in point.items()}
+    matrix = confusion_matrix(y_true, y_pred, labels=labels)
+    metrics["confusion_matrix"] = {
+        class_names[i]: {class_names[j]: int(matrix[i, j]) for j in labels} for i in labels}
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    per_class = {
+        name: {"accuracy": float(recall[i]) if support[i] else None,
+               "precision": float(precision[i]), "recall": float(recall[i]),
+               "f1": float(f1[i]), "support": int(support[i])}
+        for i, name in enumerate(class_names)}
+    return {"multiclass_classification_metrics": metrics, "per_class": per_class,
+            "num_test_images": int(len(y_true)), "class_names": list(class_names)}
+
+
+def plot_confusion_matrix(report: dict, path: str, labels: list[str] | None = None) -> None:
+    """Row-normalized confusion matrix as a PNG; numbers drawn only when classes are few."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = report["class_names"]
+    cm = report["multiclass_classification_metrics"]["confusion_matrix"]
+    counts = np.array([[cm[t][p] for p in names] for t in names], dtype=np.float64)
+    rows = counts.sum(axis=1, keepdims=True)
+    normalized = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    n = len(names)
+    side = min(40.0, max(6.0, 0.22 * n + 3))
+    fig, ax = plt.subplots(figsize=(side, side), dpi=100)
+    image = ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
+    ticks = labels or names
+    font = 8 if n <= 40 else max(3, int(500 / n))
+    ax.set_xticks(range(n), ticks, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), ticks, fontsize=font)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(j, i, int(counts[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if normalized[i, j] > 0.5 else "black")
+    accuracy = report["multiclass_classification_metrics"]["accuracy"]["value"]
+    ax.set_title(f"Confusion matrix (rows: true class, normalized) - accuracy {accuracy:.4f}")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

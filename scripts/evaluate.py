@@ -1,0 +1,113 @@
+"""Evaluate a trained model on the test split (SageMaker Processing contract).
+
+Inputs:  --model-dir  a model directory or model.tar.gz  (default /opt/ml/processing/model;
+                      a folder holding only model.tar.gz, as a ProcessingInput delivers it, works)
+         --test-dir   <class>/<image> folder               (default /opt/ml/processing/test)
+Outputs: --output-dir (default /opt/ml/processing/evaluation)
+         evaluation.json      Model Registry multiclass metrics (see breedkit.evaluation)
+         confusion_matrix.png
+         predictions.csv      file, true class, predicted class, probability
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from breedkit.contract import (UserError, cpu_count, parse_args, run_main,  # noqa: E402
+                               setup_logging)
+
+log = logging.getLogger("evaluate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model-dir", default="/opt/ml/processing/model")
+    p.add_argument("--test-dir", default="/opt/ml/processing/test")
+    p.add_argument("--output-dir", default="/opt/ml/processing/evaluation")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=-1, help="-1: automatic")
+    p.add_argument("--bootstrap-rounds", type=int, default=200,
+                   help="resamples for the metrics' standard deviations")
+    return p
+
+
+def locate_model(path: str, scratch: str) -> str:
+    """A model directory from a directory, a model.tar.gz, or a folder holding one."""
+    from breedkit.model import CONFIG_FILE, extract_archive
+
+    if os.path.isfile(path):
+        return str(extract_archive(path, scratch))
+    if not os.path.isdir(path):
+        raise UserError(f"--model-dir {path} does not exist: pass a model directory or a "
+                        f"model.tar.gz")
+    if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+        return path
+    archive = os.path.join(path, "model.tar.gz")
+    if os.path.isfile(archive):
+        return str(extract_archive(archive, scratch))
+    raise UserError(f"{path} holds neither {CONFIG_FILE} nor model.tar.gz: it is not the "
+                    f"output of train.py")
+
+
+def main(argv=None) -> int:
+    args = parse_args(build_parser(), argv)
+    setup_logging()
+
+    import torch
+
+    from breedkit.data import ImageFolderDataset, make_loader
+    from breedkit.evaluation import compute_metrics, plot_confusion_matrix
+    from breedkit.model import display_label, load_model
+    from breedkit.transforms import eval_transform
+
+    with tempfile.TemporaryDirectory(prefix="model-") as scratch:
+        model_dir = locate_model(args.model_dir, scratch)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model, config = load_model(model_dir, device)
+    class_names = config["class_names"]
+    dataset = ImageFolderDataset(args.test_dir, class_names,
+                                 transform=eval_transform(config["image_size"]))
+    workers = max(0, min(8, cpu_count() - 1)) if args.workers < 0 else args.workers
+    loader = make_loader(dataset, args.batch_size, shuffle=False, workers=workers)
+    log.info("evaluating %s (%s, %d classes) on %d test images", args.model_dir, config["arch"],
+             len(class_names), len(dataset))
+    probs, labels = [], []
+    with torch.inference_mode():
+        for images, targets in loader:
+            logits = model(images.to(device))
+            probs.append(torch.softmax(logits.float(), dim=1).cpu())
+            labels.append(targets)
+    probs_np = torch.cat(probs).numpy()
+    labels_np = torch.cat(labels).numpy()
+    report = compute_metrics(labels_np, probs_np, class_names, rounds=args.bootstrap_rounds)
+
+    os.makedirs(args.output_dir, exist_ok=True)
+    with open(os.path.join(args.output_dir, "evaluation.json"), "w") as fh:
+        json.dump(report, fh, indent=2)
+    plot_confusion_matrix(report, os.path.join(args.output_dir, "confusion_matrix.png"),
+                          [display_label(c) for c in class_names])
+    with open(os.path.join(args.output_dir, "predictions.csv"), "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "true_class", "predicted_class", "probability"])
+        for (path, label), row in zip(dataset.samples, probs_np):
+            pred = int(row.argmax())
+            writer.writerow([os.path.relpath(path, args.test_dir), class_names[label],
+                             class_names[pred], f"{row[pred]:.6f}"])
+    metrics = report["multiclass_classification_metrics"]
+    print(f"test_accuracy={metrics['accuracy']['value']:.4f} "
+          f"test_top5_accuracy={metrics['top_5_accuracy']['value']:.4f} "
+          f"test_weighted_f1={metrics['weighted_f1']['value']:.4f}", flush=True)
+    log.info("evaluation written to %s", args.output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

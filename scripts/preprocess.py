@@ -1,0 +1,453 @@
+"""Split and resize an image-folder data set (SageMaker Processing contract).
+
+Input (--input-dir, default /opt/ml/processing/input): a folder or a .zip (or a folder holding
+one .zip), laid out either
+  - already split: train/ valid/ test/ (also val/, validation/), each with <class>/<images>,
+    like dogImages (133 folders such as 001.Affenpinscher); a missing valid/ or test/ split is
+    carved out of train/; or
+  - unsplit: <class>/<images>, split stratified and deterministically by --seed,
+    --valid-ratio and --test-ratio.
+Single wrapper folders (dogImages/...) are looked through; zips are read in place, never
+extracted, and __MACOSX/ and hidden files are ignored.
+
+Output (--output-dir, default /opt/ml/processing):
+  train/ valid/ test/   <class>/<name>.jpg, RGB, shorter side --image-size, EXIF-upright
+  manifest/manifest.json  classes in label order, counts per split and class, skipped files with
+                          the reason, parameters, and a fingerprint of the input
+
+Unreadable, truncated, empty and non-image files, and images over --max-image-pixels, are
+skipped and reported. The same input and arguments give byte-identical output. Nothing in the
+output folder is replaced until the whole run has succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import zipfile
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from breedkit.contract import (UserError, cpu_count, parse_args, run_main,  # noqa: E402
+                               setup_logging)
+from breedkit.images import DEFAULT_MAX_PIXELS, ImageDecodeError, open_rgb  # noqa: E402
+
+log = logging.getLogger("preprocess")
+
+SPLITS = ("train", "valid", "test")
+SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "val": "valid",
+                 "validation": "valid", "test": "test", "testing": "test"}
+MANIFEST_VERSION = 1
+IGNORED_DIRS = ("__MACOSX",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--input-dir", default="/opt/ml/processing/input")
+    p.add_argument("--output-dir", default="/opt/ml/processing")
+    p.add_argument("--image-size", type=int, default=256, help="shorter side after resizing")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--valid-ratio", type=float, default=0.1)
+    p.add_argument("--test-ratio", type=float, default=0.1)
+    p.add_argument("--jpeg-quality", type=int, default=95)
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="larger images are skipped as decompression bombs")
+    p.add_argument("--max-file-mb", type=float, default=100.0,
+                   help="larger files are skipped without being read")
+    p.add_argument("--workers", type=int, default=0, help="processes (0: all cores)")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the input: a folder or a zip, seen as a list of relative POSIX paths.
+
+@dataclass
+class Source:
+    """Where the images are: ``location`` is a folder or a zip; ``files`` maps the relative
+    path under the data root to the name to read (a path in the folder or a zip member)."""
+
+    location: str
+    is_zip: bool
+    files: dict[str, str] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+def _ignored(parts) -> bool:
+    return any(part.startswith(".") or part in IGNORED_DIRS for part in parts)
+
+
+def open_source(input_path: str) -> Source:
+    path = Path(input_path)
+    if path.is_dir():
+        entries = [e for e in path.iterdir() if not _ignored([e.name])]
+        zips = [e for e in entries if e.is_file() and e.suffix.lower() == ".zip"]
+        if zips and len(entries) == len(zips):
+            if len(zips) > 1:
+                raise UserError(f"{path} holds several zip files ({', '.join(z.name for z in zips)}"
+                                f"); pass one with --input-dir")
+            path = zips[0]
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"{path} is neither a folder nor a zip archive")
+        source = Source(str(path), True)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    rel = PurePosixPath(info.filename)
+                    if info.is_dir() or _ignored(rel.parts) or ".." in rel.parts:
+                        continue
+                    source.files[str(rel).lstrip("/")] = info.filename
+                    source.sizes[str(rel).lstrip("/")] = info.file_size
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise UserError(f"cannot read zip archive {path}: {exc}") from None
+    elif path.is_dir():
+        source = Source(str(path), False)
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames[:] = [d for d in dirnames if not _ignored([d])]
+            for name in filenames:
+                if _ignored([name]):
+                    continue
+                full = os.path.join(dirpath, name)
+                rel = PurePosixPath(Path(full).relative_to(path).as_posix())
+                source.files[str(rel)] = full
+                try:
+                    source.sizes[str(rel)] = os.path.getsize(full)
+                except OSError:
+                    source.sizes[str(rel)] = 0
+    else:
+        raise UserError(f"input {path} does not exist; pass --input-dir with a folder or .zip "
+                        f"of images (<class>/<image> or train|valid|test/<class>/<image>)")
+    if not source.files:
+        raise UserError(f"no files found in {input_path}")
+    return source
+
+
+def strip_wrappers(files: list[str]) -> str:
+    """The common prefix made of single wrapper folders (dogImages/ in dogImages.zip)."""
+    prefix: list[str] = []
+    paths = [PurePosixPath(f).parts for f in files]
+    while True:
+        depth = len(prefix)
+        heads = {p[depth] for p in paths if len(p) > depth + 1}
+        files_here = any(len(p) == depth + 1 for p in paths)
+        if len(heads) != 1 or files_here:
+            return "/".join(prefix)
+        head = heads.pop()
+        if head.lower() in SPLIT_ALIASES:
+            return "/".join(prefix)
+        prefix.append(head)
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker: read, check, convert, resize and encode one image.
+
+_WORKER: dict = {}
+
+
+def _init_worker(location: str, is_zip: bool, staging: str, image_size: int, quality: int,
+                 max_pixels: int, max_bytes: int) -> None:
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own check agrees with ours
+    _WORKER.update(location=location, is_zip=is_zip, staging=staging, size=image_size,
+                   quality=quality, max_pixels=max_pixels, max_bytes=max_bytes,
+                   zip=zipfile.ZipFile(location) if is_zip else None)
+
+
+def resized_size(width: int, height: int, short: int) -> tuple[int, int]:
+    if width <= height:
+        return short, max(1, round(height * short / width))
+    return max(1, round(width * short / height)), short
+
+
+def _process(task: tuple[int, str, int]) -> tuple[int, str, str | None]:
+    """-> (index, sha256 of the input bytes, None if written else the reason it was skipped)."""
+    from PIL import Image
+
+    index, name, size = task
+    w = _WORKER
+    if size > w["max_bytes"]:
+        return index, "", f"file is {size} bytes, over --max-file-mb"
+    try:
+        if w["is_zip"]:
+            data = w["zip"].read(name)
+        else:
+            with open(name, "rb") as fh:
+                data = fh.read()
+    except (OSError, zipfile.BadZipFile, RuntimeError) as exc:
+        return index, "", f"cannot read file: {exc}"
+    digest = hashlib.sha256(data).hexdigest()
+    if not data:
+        return index, digest, "empty file (0 bytes)"
+    try:
+        img = open_rgb(io.BytesIO(data), w["max_pixels"], draft=w["size"])
+        img = img.resize(resized_size(img.width, img.height, w["size"]), Image.Resampling.LANCZOS)
+        out = io.BytesIO()
+        img.save(out, format="JPEG", quality=w["quality"])
+    except ImageDecodeError as exc:
+        return index, digest, str(exc)
+    except (OSError, ValueError) as exc:  # encoder errors: report, do not crash the run
+        return index, digest, f"cannot convert image: {exc}"
+    with open(os.path.join(w["staging"], f"{index}.jpg"), "wb") as fh:
+        fh.write(out.getvalue())
+    return index, digest, None
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning: which file goes to which split and class.
+
+@dataclass
+class Item:
+    rel: str          # path relative to the data root
+    name: str         # what to read (path or zip member)
+    size: int
+    split: str | None  # train/valid/test when the input is already split
+    cls: str | None
+    reason: str | None = None
+    digest: str = ""
+
+
+def plan_items(source: Source) -> tuple[str, list[Item]]:
+    root = strip_wrappers(list(source.files))
+    items = []
+    for full_rel in sorted(source.files):
+        rel = full_rel[len(root) + 1:] if root else full_rel
+        items.append(Item(rel, source.files[full_rel], source.sizes.get(full_rel, 0), None, None))
+    tops = {PurePosixPath(i.rel).parts[0] for i in items if len(PurePosixPath(i.rel).parts) > 1}
+    presplit = any(SPLIT_ALIASES.get(top.lower()) == "train" for top in tops)
+    for item in items:
+        parts = PurePosixPath(item.rel).parts
+        if presplit:
+            split = SPLIT_ALIASES.get(parts[0].lower())
+            if split is None:
+                item.reason = "outside the train/valid/test folders"
+            elif len(parts) < 3:
+                item.reason = f"not inside a class folder of {parts[0]}/"
+            else:
+                item.split, item.cls = split, parts[1]
+        elif len(parts) < 2:
+            item.reason = "not inside a class folder"
+        else:
+            item.cls = parts[0]
+    return ("presplit" if presplit else "unsplit"), items
+
+
+def split_counts(n: int, valid_ratio: float, test_ratio: float) -> tuple[int, int]:
+    n_valid = max(1, round(n * valid_ratio)) if valid_ratio > 0 else 0
+    n_test = max(1, round(n * test_ratio)) if test_ratio > 0 else 0
+    return n_valid, n_test
+
+
+def assign_splits(items: list[Item], layout: str, seed: int, valid_ratio: float,
+                  test_ratio: float) -> None:
+    """Give every good item a split: stratified per class, seeded per class by name."""
+    good = [i for i in items if i.reason is None]
+    if layout == "presplit":
+        present = {i.split for i in good}
+        missing = [s for s in ("valid", "test") if s not in present]
+        if not missing:
+            return
+        log.info("input has no %s split: carving it out of train", " or ".join(missing))
+        pool = [i for i in good if i.split == "train"]
+        ratios = (valid_ratio if "valid" in missing else 0, test_ratio if "test" in missing else 0)
+    else:
+        pool, ratios = good, (valid_ratio, test_ratio)
+    by_class: dict[str, list[Item]] = defaultdict(list)
+    for item in pool:
+        by_class[item.cls].append(item)
+    too_small = []
+    for cls in sorted(by_class):
+        members = sorted(by_class[cls], key=lambda i: i.rel)
+        n_valid, n_test = split_counts(len(members), *ratios)
+        if len(members) - n_valid - n_test < 1:
+            too_small.append(f"{cls} ({len(members)} usable image(s), needs at least "
+                             f"{n_valid + n_test + 1})")
+            continue
+        random.Random(f"{seed}/{cls}").shuffle(members)
+        for k, item in enumerate(members):
+            item.split = "valid" if k < n_valid else "test" if k < n_valid + n_test else "train"
+    if too_small:
+        raise UserError("too few images to split class " + "; ".join(too_small) +
+                        ". Add images, lower --valid-ratio/--test-ratio, or remove the class")
+
+
+def output_names(items: list[Item]) -> dict[int, str]:
+    """<split>/<class>/<stem>.jpg, disambiguated deterministically when stems collide."""
+    wanted: dict[str, list[int]] = defaultdict(list)
+    for idx, item in enumerate(items):
+        if item.reason is None:
+            stem = PurePosixPath(item.rel).stem
+            wanted[f"{item.split}/{item.cls}/{stem}"].append(idx)
+    names = {}
+    for base, idxs in wanted.items():
+        for idx in idxs:
+            suffix = ("-" + hashlib.sha256(items[idx].rel.encode()).hexdigest()[:8]
+                      if len(idxs) > 1 else "")
+            names[idx] = f"{base}{suffix}.jpg"
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+
+def run_workers(source: Source, items: list[Item], staging: str, args) -> None:
+    from tqdm import tqdm
+
+    tasks = [(i, item.name, item.size) for i, item in enumerate(items) if item.reason is None]
+    init = (source.location, source.is_zip, staging, args.image_size, args.jpeg_quality,
+            args.max_image_pixels, int(args.max_file_mb * 1024 * 1024))
+    workers = min(args.workers or cpu_count(), max(1, len(tasks)))
+    log.info("processing %d files with %d worker(s)", len(tasks), workers)
+    bar = tqdm(total=len(tasks), unit="img", desc="preprocess", file=sys.stderr,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    if workers == 1:
+        _init_worker(*init)
+        results = map(_process, tasks)
+        pool = None
+    else:
+        import multiprocessing
+
+        pool = multiprocessing.get_context("fork").Pool(workers, _init_worker, init)
+        results = pool.imap_unordered(_process, tasks, chunksize=8)
+    try:
+        for index, digest, reason in results:
+            items[index].digest = digest
+            items[index].reason = reason
+            bar.update(1)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def fingerprint(items: list[Item]) -> str:
+    h = hashlib.sha256()
+    for item in sorted(items, key=lambda i: i.rel):
+        h.update(f"{item.rel}\t{item.digest or item.size}\n".encode())
+    return "sha256:" + h.hexdigest()
+
+
+def check_classes(items: list[Item], layout: str) -> list[str]:
+    good = [i for i in items if i.reason is None]
+    if not good:
+        raise UserError("no usable images in the input: every file was skipped (see the "
+                        "reasons above); check --input-dir")
+    classes = sorted({i.cls for i in good})
+    if len(classes) < 2:
+        raise UserError(f"only one class folder ({classes[0]}) has images; a classifier needs "
+                        f"at least 2 <class>/ folders")
+    if layout == "presplit":
+        in_train = {i.cls for i in good if i.split == "train"}
+        missing = [c for c in classes if c not in in_train]
+        if missing:
+            raise UserError(f"class {', '.join(missing[:5])} has no usable image in train/; "
+                            f"every class needs training images")
+    return classes
+
+
+def replace_outputs(output_dir: Path, staging: Path, items: list[Item], names: dict[int, str],
+                    manifest: dict) -> None:
+    """Only now touch the output folder: empty each split folder and move the new files in."""
+    tree = staging / "tree"
+    for idx, rel in names.items():
+        dest = tree / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / f"{idx}.jpg", dest)
+    for split in SPLITS:
+        target = output_dir / split
+        target.mkdir(parents=True, exist_ok=True)
+        for child in target.iterdir():  # the folder itself may be a mount point: keep it
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        new = tree / split
+        if new.is_dir():
+            for child in sorted(new.iterdir()):
+                shutil.move(str(child), str(target / child.name))
+    manifest_dir = output_dir / "manifest"
+    manifest_dir.mkdir(parents=True, exist_ok=True)
+    tmp = manifest_dir / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, manifest_dir / "manifest.json")
+
+
+def validate_args(args) -> None:
+    if args.image_size < 16:
+        raise UserError(f"--image-size must be >= 16, got {args.image_size}")
+    if not (0 <= args.valid_ratio < 1 and 0 <= args.test_ratio < 1
+            and args.valid_ratio + args.test_ratio < 1):
+        raise UserError("--valid-ratio and --test-ratio must be in [0, 1) and sum to less than 1")
+    if not 1 <= args.jpeg_quality <= 100:
+        raise UserError("--jpeg-quality must be between 1 and 100")
+    inp, out = Path(args.input_dir).resolve(), Path(args.output_dir).resolve()
+    if out == inp or inp in out.parents:
+        raise UserError(f"--output-dir {args.output_dir} is inside --input-dir {args.input_dir}; "
+                        f"a second run would read its own output. Choose another folder")
+
+
+def main(argv=None) -> int:
+    args = parse_args(build_parser(), argv)
+    setup_logging()
+    validate_args(args)
+    source = open_source(args.input_dir)
+    layout, items = plan_items(source)
+    log.info("input %s: %d files, %s layout", args.input_dir, len(items), layout)
+
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = output_dir / f".preprocess-staging-{os.getpid()}"
+    staging.mkdir()
+    try:
+        run_workers(source, items, str(staging), args)
+        classes = check_classes(items, layout)
+        assign_splits(items, layout, args.seed, args.valid_ratio, args.test_ratio)
+        names = output_names(items)
+        skipped = [{"file": i.rel, "reason": i.reason} for i in items if i.reason is not None]
+        counts = {}
+        for split in SPLITS:
+            per_class = Counter(i.cls for i in items if i.reason is None and i.split == split)
+            counts[split] = {"total": sum(per_class.values()),
+                             "per_class": {c: per_class.get(c, 0) for c in classes}}
+        manifest = {
+            "format_version": MANIFEST_VERSION,
+            "classes": classes,
+            "layout": layout,
+            "counts": counts,
+            "skipped": skipped,
+            "fingerprint": fingerprint(items),
+            "parameters": {"image_size": args.image_size, "seed": args.seed,
+                           "valid_ratio": args.valid_ratio, "test_ratio": args.test_ratio,
+                           "jpeg_quality": args.jpeg_quality,
+                           "max_image_pixels": args.max_image_pixels},
+        }
+        for split in SPLITS:
+            empty = [c for c in classes if counts[split]["per_class"][c] == 0]
+            if empty and split != "train":
+                log.warning("%s split has no image of class %s", split, ", ".join(empty[:10]))
+        replace_outputs(output_dir, staging, items, names, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    reasons = Counter(s["reason"].split(":")[0] for s in skipped)
+    log.info("wrote %s: %d classes; train %d, valid %d, test %d images; skipped %d file(s)%s",
+             output_dir, len(classes), counts["train"]["total"], counts["valid"]["total"],
+             counts["test"]["total"], len(skipped),
+             " (" + ", ".join(f"{n} {r}" for r, n in reasons.most_common()) + ")" if skipped
+             else "")
+    for s in skipped[:20]:
+        log.warning("skipped %s: %s", s["file"], s["reason"])
+    if len(skipped) > 20:
+        log.warning("... and %d more skipped files, listed in manifest/manifest.json",
+                    len(skipped) - 20)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

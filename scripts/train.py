@@ -1,0 +1,279 @@
+"""Fine-tune a torchvision ResNet on an image folder (SageMaker training contract).
+
+Data:        SM_CHANNEL_TRAIN, SM_CHANNEL_VALID  (<class>/<image> folders, e.g. from preprocess.py)
+Model:       SM_MODEL_DIR  (weights, classes, config and code/inference.py: see breedkit.model)
+Extras:      SM_OUTPUT_DATA_DIR  (history.json, training_summary.json)
+Checkpoints: --checkpoint-dir (default /opt/ml/checkpoints inside SageMaker); a restarted job
+             (spot interruption) resumes from the last completed epoch.
+
+One line per epoch, read by the tuning job's metric regexes (breedkit.logformat)::
+
+    epoch=3 train_loss=0.9100 train_accuracy=0.7012 valid_loss=1.0200 valid_accuracy=0.7712 ...
+
+The test split is never read here. Runs under torchrun for multi-process/multi-instance jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from breedkit import distributed  # noqa: E402
+from breedkit.contract import (UserError, cpu_count, env_path, parse_args, run_main,  # noqa: E402
+                               setup_logging, str2bool)
+from breedkit.logformat import format_epoch_line  # noqa: E402
+from breedkit.model import ARCHS, FINE_TUNE_CHOICES  # noqa: E402
+from breedkit.training import AMP_CHOICES  # noqa: E402
+
+log = logging.getLogger("train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    hp = p.add_argument_group("hyperparameters")
+    hp.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    hp.add_argument("--batch-size", type=int, default=32, help="images per step and process")
+    hp.add_argument("--epochs", type=int, default=10)
+    hp.add_argument("--weight-decay", type=float, default=1e-4,
+                    help="decoupled weight decay (not applied to biases and BatchNorm)")
+    hp.add_argument("--arch", default="resnet50", choices=ARCHS)
+    hp.add_argument("--pretrained", type=str2bool, default=True,
+                    help="start from torchvision's ImageNet weights (true/false)")
+    hp.add_argument("--image-size", type=int, default=224, help="training crop size")
+    hp.add_argument("--seed", type=int, default=42)
+    hp.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
+    hp.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    hp.add_argument("--label-smoothing", type=float, default=0.1)
+    hp.add_argument("--fine-tune", default="all", choices=FINE_TUNE_CHOICES,
+                    help="layers to train: all, layer3 (+layer4+fc), layer4 (+fc) or head (fc)")
+    hp.add_argument("--warmup-epochs", type=float, default=0.0,
+                    help="linear learning-rate warm-up before the cosine decay")
+    hp.add_argument("--min-scale", type=float, default=0.25,
+                    help="smallest area fraction of the random-resized crop")
+    hp.add_argument("--patience", type=int, default=0,
+                    help="stop after this many epochs without a better validation accuracy "
+                         "(0: never)")
+    rt = p.add_argument_group("runtime")
+    rt.add_argument("--workers", type=int, default=-1,
+                    help="data-loading processes per training process (-1: automatic)")
+    rt.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                    help="mixed precision: auto = bf16 on capable GPUs/CPUs, fp16 on older GPUs")
+    rt.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    rt.add_argument("--debugger-out", default="",
+                    help="write SageMaker Debugger (smdebug) reductions here, for local rules")
+    rt.add_argument("--debugger-save-interval", type=int, default=20)
+    rt.add_argument("--max-steps-per-epoch", type=int, default=0,
+                    help="cap on steps per epoch (0: the whole training set); for smoke tests")
+    loc = p.add_argument_group("locations (SageMaker sets these)")
+    loc.add_argument("--train-dir", default=env_path("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"))
+    loc.add_argument("--valid-dir", default=env_path("SM_CHANNEL_VALID", "/opt/ml/input/data/valid"))
+    loc.add_argument("--model-dir", default=env_path("SM_MODEL_DIR", "/opt/ml/model"))
+    loc.add_argument("--output-data-dir",
+                     default=env_path("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
+    loc.add_argument("--checkpoint-dir", default="/opt/ml/checkpoints" if os.path.isdir("/opt/ml")
+                     else "", help="'' disables checkpoints")
+    return p
+
+
+def validate(args) -> None:
+    checks = [
+        (args.lr > 0, f"--lr must be > 0, got {args.lr}"),
+        (args.batch_size >= 1, f"--batch-size must be >= 1, got {args.batch_size}"),
+        (args.epochs >= 1, f"--epochs must be >= 1, got {args.epochs}"),
+        (args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
+        (args.image_size >= 16, f"--image-size must be >= 16, got {args.image_size}"),
+        (0 <= args.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+        (0 < args.min_scale <= 1, "--min-scale must be in (0, 1]"),
+        (args.patience >= 0, "--patience must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def default_workers(env) -> int:
+    """Leave most cores to the math on small machines; use more where there are many."""
+    per_process = cpu_count() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if env.device.type == "cuda":
+        return max(2, min(8, per_process - 1))
+    return 1 if per_process <= 4 else min(4, per_process // 4)
+
+
+def signature(args, class_names, env) -> dict:
+    """What a checkpoint must match to be resumed."""
+    keys = ("lr", "batch_size", "epochs", "weight_decay", "arch", "pretrained", "image_size",
+            "seed", "optimizer", "momentum", "label_smoothing", "fine_tune", "warmup_epochs",
+            "min_scale", "max_steps_per_epoch")
+    sig = {k: getattr(args, k) for k in keys}
+    sig.update(class_names=list(class_names), world_size=env.world_size)
+    return sig
+
+
+def main(argv=None) -> int:
+    args = parse_args(build_parser(), argv)
+    setup_logging()
+    validate(args)
+
+    import torch
+    import torch.nn as nn
+
+    from breedkit.data import ImageFolderDataset, make_loader
+    from breedkit.debugger import create_hook
+    from breedkit.model import build_model, parameter_groups, save_model_dir
+    from breedkit.training import (Checkpoints, choose_precision, cosine_schedule, evaluate,
+                                   train_one_epoch)
+    from breedkit.transforms import eval_transform, train_transform
+
+    env = distributed.init(args.device)
+    try:
+        torch.manual_seed(args.seed)
+        train_set = ImageFolderDataset(args.train_dir,
+                                       transform=train_transform(args.image_size, args.min_scale))
+        class_names = train_set.class_names
+        if len(class_names) < 2:
+            raise UserError(f"{args.train_dir} has {len(class_names)} class folder(s); "
+                            f"a classifier needs at least 2")
+        valid_set = ImageFolderDataset(args.valid_dir, class_names,
+                                       transform=eval_transform(args.image_size))
+        workers = default_workers(env) if args.workers < 0 else args.workers
+        pin = env.device.type == "cuda"
+        train_loader = make_loader(train_set, args.batch_size, shuffle=True, workers=workers,
+                                   seed=args.seed, rank=env.rank, world_size=env.world_size,
+                                   drop_last=len(train_set) >= 2 * args.batch_size * env.world_size,
+                                   pin_memory=pin)
+        valid_loader = make_loader(valid_set, args.batch_size * 2, shuffle=False, workers=workers,
+                                   rank=env.rank, world_size=env.world_size, pin_memory=pin)
+        if env.is_main:
+            log.info("data: %d training and %d validation images, %d classes; %d process(es), "
+                     "%d loader worker(s) each, device %s", len(train_set), len(valid_set),
+                     len(class_names), env.world_size, workers, env.device)
+
+        model = build_model(args.arch, len(class_names), args.pretrained, args.fine_tune)
+        model.to(env.device, memory_format=torch.channels_last)
+        criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
+        hook = create_hook(args.debugger_out or None, args.debugger_save_interval)
+        hook.register(model, criterion)
+        amp_dtype = None if hook.active else choose_precision(args.amp, env.device)
+        if hook.active and args.amp != "off":
+            log.info("Debugger hook active: training in fp32 (smdebug cannot save bf16/fp16)")
+        net = model
+        if env.enabled:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+
+        groups = parameter_groups(model, args.weight_decay)
+        if args.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=args.lr)
+        steps = len(train_loader)
+        if args.max_steps_per_epoch:
+            steps = min(steps, args.max_steps_per_epoch)
+        scheduler = cosine_schedule(optimizer, steps * args.epochs,
+                                    int(steps * args.warmup_epochs))
+        scaler = (torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None)
+
+        ckpt = Checkpoints(args.checkpoint_dir or None)
+        ckpt.prepare()
+        sig = signature(args, class_names, env)
+        history: list[dict] = []
+        best = {"accuracy": -1.0, "epoch": 0, "weights": None}
+        start_epoch, stale = 1, 0
+        resumed = ckpt.load(sig)
+        if resumed is not None:
+            state, best_weights = resumed
+            model.backbone.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            history = list(state["history"])
+            start_epoch, stale = state["epoch"] + 1, state["stale_epochs"]
+            best.update(accuracy=state["best_accuracy"], epoch=state["best_epoch"],
+                        weights=best_weights)
+            if env.is_main:
+                log.info("resumed from checkpoint %s after epoch %d (best valid_accuracy %.4f "
+                         "at epoch %d)", ckpt.dir, state["epoch"], best["accuracy"], best["epoch"])
+        if env.is_main:
+            log.info("precision: %s; channels_last; %s %s, pretrained=%s, fine-tune %s",
+                     "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+                     args.arch, args.optimizer, args.pretrained, args.fine_tune)
+
+        started = time.perf_counter()
+        for epoch in range(start_epoch, args.epochs + 1):
+            train_loader.sampler.set_epoch(epoch)
+            lr = optimizer.param_groups[0]["lr"]
+            tr = train_one_epoch(net, train_loader, optimizer, criterion, env.device,
+                                 amp_dtype=amp_dtype, scaler=scaler, scheduler=scheduler,
+                                 hook=hook, epoch=epoch,
+                                 max_steps=args.max_steps_per_epoch or None)
+            va = evaluate(net, valid_loader, criterion, env.device, amp_dtype=amp_dtype, hook=hook)
+            (t_loss, t_correct, t_count, v_loss, v_correct, v_count) = distributed.all_reduce_sum(
+                [tr["loss_sum"], tr["correct"], tr["count"], va["loss_sum"], va["correct"],
+                 va["count"]], env)
+            valid_accuracy = v_correct / max(1, v_count)
+            improved = valid_accuracy > best["accuracy"]
+            if improved:
+                best.update(accuracy=valid_accuracy, epoch=epoch, weights={
+                    k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()})
+                stale = 0
+            else:
+                stale += 1
+            metrics = {
+                "train_loss": t_loss / max(1, t_count), "train_accuracy": t_correct / max(1, t_count),
+                "valid_loss": v_loss / max(1, v_count), "valid_accuracy": valid_accuracy,
+                "valid_best_accuracy": best["accuracy"], "lr": lr,
+                "epoch_seconds": tr["seconds"], "images_per_second": t_count / tr["seconds"],
+            }
+            history.append({"epoch": epoch, **metrics})
+            if env.is_main:  # checkpoint first: a job killed after the line can resume it
+                ckpt.save({
+                    "signature": sig, "epoch": epoch, "model": model.backbone.state_dict(),
+                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                    "history": history, "best_accuracy": best["accuracy"],
+                    "best_epoch": best["epoch"], "stale_epochs": stale,
+                }, best["weights"] if improved else None)
+                print(format_epoch_line(epoch, metrics), flush=True)
+            stop = bool(args.patience) and stale >= args.patience
+            if distributed.broadcast_flag(stop, env):
+                if env.is_main:
+                    log.info("early stopping: no better validation accuracy for %d epochs",
+                             stale)
+                break
+        hook.close()
+
+        if env.is_main:
+            model.backbone.load_state_dict(best["weights"])
+            hyperparameters = {k: getattr(args, k) for k in sig if hasattr(args, k)}
+            summary = {
+                "best_epoch": best["epoch"], "valid_accuracy": best["accuracy"],
+                "epochs_run": len(history), "train_seconds": time.perf_counter() - started,
+                "precision": "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+                "device": str(env.device), "world_size": env.world_size,
+                "torch_version": torch.__version__, "hyperparameters": hyperparameters,
+            }
+            save_model_dir(args.model_dir, model, arch=args.arch, class_names=class_names,
+                           image_size=args.image_size, extra={"training": summary})
+            os.makedirs(args.output_data_dir, exist_ok=True)
+            with open(os.path.join(args.output_data_dir, "history.json"), "w") as fh:
+                json.dump(history, fh, indent=2)
+            with open(os.path.join(args.output_data_dir, "training_summary.json"), "w") as fh:
+                json.dump(summary, fh, indent=2)
+            print(f"best_epoch={best['epoch']} valid_best_accuracy={best['accuracy']:.4f}",
+                  flush=True)
+            log.info("model written to %s", args.model_dir)
+        distributed.barrier(env)
+    finally:
+        distributed.shutdown(env)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,37 @@
+"""dogbreed-mlops: fine-tune a ResNet on image folders with SageMaker Pipelines or locally."""
+
+from setuptools import setup
+
+# torch/torchvision are pinned: a bare requirement can pull a newer multi-GB CUDA build.
+# numpy < 2.3: smdebug 1.0.34 writes tensors with ndarray.tostring, removed in numpy 2.3.
+# smdebug imports requests, pandas and psutil without declaring them.
+INSTALL_REQUIRES = [
+    "torch==2.14.1",
+    "torchvision==0.29.1",
+    "numpy>=1.26,<2.3",
+    "pillow>=10.1",
+    "tqdm>=4.66",
+    "scikit-learn>=1.4",
+    "matplotlib>=3.8",
+    "smdebug==1.0.34",
+    "requests",
+    "pandas",
+    "psutil",
+]
+
+DEV_REQUIRES = [
+    "pytest>=8",
+    "pytest-timeout>=2.3",
+    "sagemaker-inference==1.10.1",  # the serving toolkit, to check our errors map to 4xx
+]
+
+setup(
+    name="dogbreed-mlops",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.10",
+    package_dir={"breedkit": "scripts/breedkit"},
+    packages=["breedkit"],
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"dev": DEV_REQUIRES},
+)

@@ -1,0 +1,105 @@
+"""Shared fixtures: generated image folders and one small trained model for the whole session."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+# A learnable task: each class is a coloured shape on a random grey background.
+CLASS_STYLES = {
+    "001.Red_square": ((210, 40, 40), "rectangle"),
+    "002.Green_disc": ((40, 190, 60), "ellipse"),
+    "003.Blue_bar": ((40, 60, 210), "bar"),
+}
+
+
+def draw_example(style, rng: random.Random, size=(48, 40)) -> Image.Image:
+    (r, g, b), shape = style
+    w, h = size
+    grey = rng.randint(60, 200)
+    img = Image.new("RGB", size, (grey, grey, grey))
+    draw = ImageDraw.Draw(img)
+    x, y = rng.randint(0, w // 3), rng.randint(0, h // 3)
+    jitter = lambda v: max(0, min(255, v + rng.randint(-25, 25)))  # noqa: E731
+    colour = (jitter(r), jitter(g), jitter(b))
+    if shape == "rectangle":
+        draw.rectangle([x, y, x + w // 2, y + h // 2], fill=colour)
+    elif shape == "ellipse":
+        draw.ellipse([x, y, x + w // 2, y + h // 2], fill=colour)
+    else:
+        draw.rectangle([x, 0, x + w // 5, h - 1], fill=colour)
+    return img
+
+
+def make_image_folder(root: Path, per_class: int, *, seed: int = 0, size=(48, 40),
+                      classes=None, fmt: str = "JPEG") -> Path:
+    """<root>/<class>/<i>.jpg for the generated classes."""
+    rng = random.Random(seed)
+    for name in classes or CLASS_STYLES:
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            ext = "jpg" if fmt == "JPEG" else fmt.lower()
+            draw_example(CLASS_STYLES[name], rng, size).save(folder / f"{i:03d}.{ext}", fmt)
+    return root
+
+
+def make_split_folders(root: Path, train: int, valid: int, test: int = 0, seed: int = 0,
+                       size=(48, 40)) -> Path:
+    for offset, (split, n) in enumerate((("train", train), ("valid", valid), ("test", test))):
+        if n:
+            make_image_folder(root / split, n, seed=seed * 10 + offset, size=size)
+    return root
+
+
+def run_script(name: str, *args, env=None, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run scripts/<name> as SageMaker would: a fresh interpreter, arguments, SM_* variables."""
+    full_env = dict(os.environ)
+    full_env.setdefault("OMP_NUM_THREADS", "2")
+    for key in list(full_env):
+        if key.startswith("SM_") or key in ("SMDEBUG_CONFIG_FILE_PATH", "WORLD_SIZE", "RANK"):
+            del full_env[key]
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)],
+                          capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout)
+
+
+def train_env(tmp: Path, data: Path) -> dict:
+    return {"SM_CHANNEL_TRAIN": str(data / "train"), "SM_CHANNEL_VALID": str(data / "valid"),
+            "SM_MODEL_DIR": str(tmp / "model"), "SM_OUTPUT_DATA_DIR": str(tmp / "output")}
+
+
+SMALL_TRAINING = ("--arch", "resnet18", "--pretrained", "false", "--image-size", "32",
+                  "--batch-size", "16", "--lr", "0.003", "--workers", "0")
+
+
+@pytest.fixture(scope="session")
+def split_data(tmp_path_factory) -> Path:
+    """train (30/class), valid (10/class), test (10/class) of the generated task."""
+    return make_split_folders(tmp_path_factory.mktemp("data"), 30, 10, 10)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, split_data):
+    """One small model trained through train.py, shared by evaluation and inference tests."""
+    tmp = tmp_path_factory.mktemp("trained")
+    proc = run_script("train.py", *SMALL_TRAINING, "--epochs", "5",
+                      "--checkpoint-dir", tmp / "ckpt", env=train_env(tmp, split_data))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {"dir": tmp, "model": tmp / "model", "output": tmp / "output", "log": proc.stdout,
+            "data": split_data}
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
