@@ -31,7 +31,7 @@ setup(
     description=__doc__,
     python_requires=">=3.10",
     package_dir={"breedkit": "scripts/breedkit"},
-    packages=["breedkit"],
+    packages=["breedkit", "pipelines"],
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": DEV_REQUIRES},
 )

@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="linear learning-rate warm-up before the cosine decay")
     hp.add_argument("--min-scale", type=float, default=0.25,
                     help="smallest area fraction of the random-resized crop")
+    hp.add_argument("--hflip", type=str2bool, default=True,
+                    help="random horizontal flips (turn off for digits, text, signs)")
     hp.add_argument("--patience", type=int, default=0,
                     help="stop after this many epochs without a better validation accuracy "
                          "(0: never)")
@@ -102,14 +104,15 @@ def default_workers(env) -> int:
     per_process = cpu_count() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if env.device.type == "cuda":
         return max(2, min(8, per_process - 1))
-    return 1 if per_process <= 4 else min(4, per_process // 4)
+    # measured on 2 cores: decoding in the training process beats a worker competing for a core
+    return 0 if per_process <= 2 else 1 if per_process <= 4 else min(4, per_process // 4)
 
 
 def signature(args, class_names, env) -> dict:
     """What a checkpoint must match to be resumed."""
     keys = ("lr", "batch_size", "epochs", "weight_decay", "arch", "pretrained", "image_size",
             "seed", "optimizer", "momentum", "label_smoothing", "fine_tune", "warmup_epochs",
-            "min_scale", "max_steps_per_epoch")
+            "min_scale", "hflip", "max_steps_per_epoch")
     sig = {k: getattr(args, k) for k in keys}
     sig.update(class_names=list(class_names), world_size=env.world_size)
     return sig
@@ -127,14 +130,15 @@ def main(argv=None) -> int:
     from breedkit.debugger import create_hook
     from breedkit.model import build_model, parameter_groups, save_model_dir
     from breedkit.training import (Checkpoints, choose_precision, cosine_schedule, evaluate,
-                                   train_one_epoch)
+                                   make_optimizer, train_one_epoch)
     from breedkit.transforms import eval_transform, train_transform
 
     env = distributed.init(args.device)
     try:
         torch.manual_seed(args.seed)
         train_set = ImageFolderDataset(args.train_dir,
-                                       transform=train_transform(args.image_size, args.min_scale))
+                                       transform=train_transform(args.image_size, args.min_scale,
+                                                                 args.hflip))
         class_names = train_set.class_names
         if len(class_names) < 2:
             raise UserError(f"{args.train_dir} has {len(class_names)} class folder(s); "
@@ -167,11 +171,8 @@ def main(argv=None) -> int:
             net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
 
-        groups = parameter_groups(model, args.weight_decay)
-        if args.optimizer == "sgd":
-            optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=args.lr)
+        optimizer = make_optimizer(parameter_groups(model, args.weight_decay), args.optimizer,
+                                   args.lr, args.momentum)
         steps = len(train_loader)
         if args.max_steps_per_epoch:
             steps = min(steps, args.max_steps_per_epoch)

@@ -212,8 +212,9 @@ def test_bad_image_in_training_data_names_the_file(tmp_path):
     data = make_split_folders(tmp_path / "data", 4, 2)
     bad = next((data / "train").iterdir()) / "broken.jpg"
     bad.write_bytes(b"garbage")
-    proc = run_script("train.py", *SMALL_TRAINING, "--epochs", "1", "--checkpoint-dir", "",
-                      env=train_env(tmp_path, data))
-    assert proc.returncode == 2
-    assert "broken.jpg" in proc.stderr and "preprocess.py" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    for workers in ("0", "1"):  # raised in the main process, or in a loader worker
+        proc = run_script("train.py", *SMALL_TRAINING, "--epochs", "1", "--checkpoint-dir", "",
+                          "--workers", workers, env=train_env(tmp_path, data))
+        assert proc.returncode == 2
+        assert "broken.jpg" in proc.stderr and "preprocess.py" in proc.stderr
+        assert "Traceback" not in proc.stderr

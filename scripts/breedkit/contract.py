@@ -90,9 +90,11 @@ def run_main(main: Callable[[Sequence[str] | None], int | None],
     try:
         code = main(argv)
     except UserError as exc:
-        message = f"ERROR: {exc}"
-        print(message, file=sys.stderr, flush=True)
-        write_failure_reason(str(exc))
+        text = str(exc)
+        if "Original Traceback" in text:  # raised in a DataLoader worker: keep the message only
+            text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+        print(f"ERROR: {text}", file=sys.stderr, flush=True)
+        write_failure_reason(text)
         return 2
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr, flush=True)

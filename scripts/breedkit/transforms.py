@@ -16,14 +16,17 @@ def resize_size(image_size: int) -> int:
     return int(round(image_size * 256 / 224))
 
 
-def train_transform(image_size: int, min_scale: float = 0.25):
-    """Random-resized crop and horizontal flip, the standard fine-tuning augmentation."""
+def train_transform(image_size: int, min_scale: float = 0.25, hflip: bool = True):
+    """Random-resized crop and horizontal flip, the standard fine-tuning augmentation.
+
+    Turn ``hflip`` off for classes that mirroring changes (digits, text, road signs).
+    """
     from torchvision.transforms import v2
 
-    return v2.Compose([
-        v2.RandomResizedCrop(image_size, scale=(min_scale, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(),
-    ])
+    steps = [v2.RandomResizedCrop(image_size, scale=(min_scale, 1.0), antialias=True)]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
 
 
 def eval_transform(image_size: int):

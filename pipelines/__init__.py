@@ -1,0 +1,1 @@
+"""Pipeline definitions, command-line tools and the local engine (see the README)."""

@@ -1,0 +1,104 @@
+"""evaluate.py on the session's trained model, and the metric computations themselves."""
+
+from __future__ import annotations
+
+import csv
+import io
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_image_folder, read_json, run_script
+
+from breedkit.evaluation import compute_metrics
+
+
+def make_tarball(model_dir, path):
+    with tarfile.open(path, "w:gz") as tar:
+        for item in sorted(model_dir.iterdir()):
+            tar.add(item, arcname=item.name)
+    return path
+
+
+def test_evaluation_report_in_model_registry_format(trained, tmp_path):
+    # the model arrives as model.tar.gz inside a folder, as a ProcessingInput delivers it
+    model_input = tmp_path / "model"
+    model_input.mkdir()
+    make_tarball(trained["model"], model_input / "model.tar.gz")
+    out = tmp_path / "evaluation"
+    proc = run_script("evaluate.py", "--model-dir", model_input, "--test-dir",
+                      trained["data"] / "test", "--output-dir", out)
+    assert proc.returncode == 0, proc.stderr
+    report = read_json(out / "evaluation.json")
+    metrics = report["multiclass_classification_metrics"]
+    for name in ("accuracy", "weighted_f1", "weighted_precision", "weighted_recall", "macro_f1",
+                 "top_5_accuracy", "log_loss"):
+        assert set(metrics[name]) == {"value", "standard_deviation"}, name
+        assert metrics[name]["standard_deviation"] >= 0
+    assert 0.7 <= metrics["accuracy"]["value"] <= 1.0  # a learnable task; chance is 0.33
+    assert metrics["top_5_accuracy"]["value"] == 1.0  # 3 classes
+    names = report["class_names"]
+    matrix = metrics["confusion_matrix"]
+    assert sum(sum(row.values()) for row in matrix.values()) == report["num_test_images"] == 30
+    assert sum(matrix[c][c] for c in names) / 30 == pytest.approx(metrics["accuracy"]["value"])
+    assert set(report["per_class"]) == set(names)
+    assert all(report["per_class"][c]["support"] == 10 for c in names)
+    with Image.open(out / "confusion_matrix.png") as png:
+        assert png.format == "PNG" and png.width >= 300
+    with open(out / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 30
+    correct = sum(r["true_class"] == r["predicted_class"] for r in rows)
+    assert correct / 30 == pytest.approx(metrics["accuracy"]["value"])
+    assert f"test_accuracy={metrics['accuracy']['value']:.4f}" in proc.stdout
+
+
+def test_evaluate_errors_are_clear(trained, tmp_path):
+    proc = run_script("evaluate.py", "--model-dir", tmp_path / "missing", "--test-dir",
+                      trained["data"] / "test", "--output-dir", tmp_path / "out")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    (tmp_path / "empty").mkdir()
+    proc = run_script("evaluate.py", "--model-dir", tmp_path / "empty", "--test-dir",
+                      trained["data"] / "test", "--output-dir", tmp_path / "out")
+    assert proc.returncode == 2 and "not the output of train.py" in proc.stderr
+    other = make_image_folder(tmp_path / "other", 2)
+    (other / "999.Unknown_breed").mkdir()
+    Image.new("RGB", (40, 40)).save(other / "999.Unknown_breed/x.jpg")
+    proc = run_script("evaluate.py", "--model-dir", trained["model"], "--test-dir", other,
+                      "--output-dir", tmp_path / "out")
+    assert proc.returncode == 2 and "999.Unknown_breed" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_model_archive_with_path_traversal_is_refused(tmp_path):
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        data = b"owned"
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    proc = run_script("evaluate.py", "--model-dir", archive, "--test-dir", tmp_path,
+                      "--output-dir", tmp_path / "out")
+    assert proc.returncode == 2 and "cannot extract" in proc.stderr
+    assert not (tmp_path.parent / "escaped.txt").exists()
+
+
+def test_metrics_on_a_known_case():
+    names = ["a", "b", "c"]
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.array([[.8, .1, .1], [.2, .7, .1], [.1, .8, .1], [.1, .6, .3], [.1, .1, .8],
+                      [.3, .3, .4]])
+    report = compute_metrics(y_true, probs, names, rounds=50)
+    m = report["multiclass_classification_metrics"]
+    assert m["accuracy"]["value"] == pytest.approx(5 / 6)
+    # class a: precision 1, recall .5; b: precision 2/3, recall 1; c: 1, 1
+    f1_a, f1_b, f1_c = 2 / 3, 0.8, 1.0
+    assert m["weighted_f1"]["value"] == pytest.approx((f1_a + f1_b + f1_c) / 3)
+    assert m["confusion_matrix"]["a"] == {"a": 1, "b": 1, "c": 0}
+    assert report["per_class"]["a"]["accuracy"] == pytest.approx(0.5)
+    assert m["accuracy"]["standard_deviation"] > 0
+    perfect = compute_metrics(y_true, np.eye(3)[y_true], names, rounds=20)
+    assert perfect["multiclass_classification_metrics"]["accuracy"] == {
+        "value": 1.0, "standard_deviation": 0.0}

@@ -1,0 +1,153 @@
+"""inference.py, served from a model directory extracted alone into an empty folder.
+
+The requests go through the SageMaker inference toolkit's own Transformer (the code the PyTorch
+serving container runs), so status codes are the ones a real endpoint would answer with.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import subprocess
+import sys
+import tarfile
+import textwrap
+
+import pytest
+
+from conftest import run_script
+
+SERVE = textwrap.dedent('''
+    import base64, json, os, sys
+    model_dir = sys.argv[1]
+    sys.path.insert(0, os.path.join(model_dir, "code"))   # what the serving container does
+    from sagemaker_inference.transformer import Transformer
+
+    class Request:
+        def __init__(self, headers): self.headers = headers
+        def get_request_properties(self): return self.headers
+
+    class Context:
+        def __init__(self, headers):
+            self.system_properties = {"model_dir": model_dir}
+            self.request_processor = [Request(headers)]
+            self.status, self.content_type = 200, None
+        def set_response_content_type(self, idx, value): self.content_type = value
+        def set_response_status(self, code, phrase): self.status = code
+
+    transformer = Transformer()
+    results = []
+    for request in json.load(sys.stdin):
+        body = base64.b64decode(request["body"])
+        headers = {"Content-Type": request["content_type"], "Accept": request.get("accept")}
+        ctx = Context(headers)
+        out = transformer.transform([{"body": body}], ctx)[0]
+        results.append({"status": ctx.status, "body": out if ctx.status != 200 else json.loads(out)})
+    import inference
+    results.append({"module": os.path.abspath(inference.__file__)})
+    print(json.dumps(results))
+''')
+
+
+@pytest.fixture(scope="module")
+def served_model(trained, tmp_path_factory):
+    """model.tar.gz extracted alone into an empty folder, far from the project's sources."""
+    tmp = tmp_path_factory.mktemp("endpoint")
+    with tarfile.open(tmp / "model.tar.gz", "w:gz") as tar:
+        for item in sorted(trained["model"].iterdir()):
+            tar.add(item, arcname=item.name)
+    model_dir = tmp / "opt-ml-model"
+    model_dir.mkdir()
+    with tarfile.open(tmp / "model.tar.gz") as tar:
+        tar.extractall(model_dir, filter="data")
+    return model_dir
+
+
+def invoke(model_dir, requests, cwd):
+    payload = [{"content_type": r[0], "body": base64.b64encode(r[1]).decode(),
+                "accept": r[2] if len(r) > 2 else None} for r in requests]
+    proc = subprocess.run([sys.executable, "-c", SERVE, str(model_dir)], input=json.dumps(payload),
+                          capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2",
+                               "HOME": str(cwd)})
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert results[-1]["module"] == str(model_dir / "code" / "inference.py")
+    return results[:-1]
+
+
+def test_predictions_match_evaluation_for_every_content_type(trained, served_model, tmp_path):
+    out = tmp_path / "evaluation"
+    proc = run_script("evaluate.py", "--model-dir", trained["model"], "--test-dir",
+                      trained["data"] / "test", "--output-dir", out, "--bootstrap-rounds", "5")
+    assert proc.returncode == 0, proc.stderr
+    with open(out / "predictions.csv") as fh:
+        expected = {r["file"]: r for r in csv.DictReader(fh)}
+    files = sorted(expected)[::4]
+    test_dir = trained["data"] / "test"
+    requests = [("image/jpeg", (test_dir / f).read_bytes()) for f in files]
+    # the same images as application/x-image and as one JSON request with top_k
+    requests.append(("application/x-image", (test_dir / files[0]).read_bytes()))
+    b64 = [base64.b64encode((test_dir / f).read_bytes()).decode() for f in files[:3]]
+    requests.append(("application/json", json.dumps({"images": b64, "top_k": 2}).encode()))
+    requests.append(("application/json; charset=utf-8",
+                     json.dumps({"instances": [{"b64": b64[0]}]}).encode()))
+    results = invoke(served_model, requests, tmp_path)
+    for f, result in zip(files, results):
+        assert result["status"] == 200
+        (pred,) = result["body"]["predictions"]
+        assert pred["class"] == expected[f]["predicted_class"], f
+        assert pred["probability"] == pytest.approx(float(expected[f]["probability"]), abs=1e-4)
+        assert len(pred["top_k"]) == 3  # min(default 5, 3 classes)
+        assert pred["top_k"][0]["class"] == pred["class"]
+        probs = [p["probability"] for p in pred["top_k"]]
+        assert probs == sorted(probs, reverse=True) and sum(probs) == pytest.approx(1, abs=1e-4)
+        assert pred["label"] == pred["class"].split(".", 1)[1].replace("_", " ")
+    x_image, batch, instances = results[len(files):]
+    assert x_image["body"]["predictions"][0]["class"] == expected[files[0]]["predicted_class"]
+    assert [p["class"] for p in batch["body"]["predictions"]] == [
+        expected[f]["predicted_class"] for f in files[:3]]
+    assert all(len(p["top_k"]) == 2 for p in batch["body"]["predictions"])
+    assert instances["status"] == 200
+
+
+def test_png_is_accepted(trained, served_model, tmp_path):
+    from PIL import Image
+
+    jpg = next((trained["data"] / "test").rglob("*.jpg"))
+    with Image.open(jpg) as img:
+        img.save(tmp_path / "x.png")
+    (result,) = invoke(served_model, [("image/png", (tmp_path / "x.png").read_bytes())], tmp_path)
+    assert result["status"] == 200 and len(result["body"]["predictions"]) == 1
+
+
+def test_bad_requests_get_4xx_with_a_message(trained, served_model, tmp_path):
+    jpg = next((trained["data"] / "test").rglob("*.jpg")).read_bytes()
+    cases = [
+        (("text/csv", b"1,2,3"), 415, "unsupported content type"),
+        (("image/jpeg", b"this is not a jpeg"), 400, "not an image"),
+        (("application/json", b"{not json"), 400, "not valid JSON"),
+        (("application/json", b'{"image": "%%%not-base64"}'), 400, "not valid base64"),
+        (("application/json", b'{"image": "https://example.com/dog.jpg"}'), 400,
+         "URLs are not fetched"),
+        (("application/json", b'{"images": []}'), 400, "no images"),
+        (("application/json", b'{"pictures": "x"}'), 400, '"image"'),
+        (("application/json", json.dumps({"image": base64.b64encode(jpg).decode(),
+                                          "top_k": 0}).encode()), 400, "top_k"),
+        (("image/jpeg", jpg, "text/csv"), 406, "accept application/json"),
+    ]
+    results = invoke(served_model, [c[0] for c in cases], tmp_path)
+    for (request, status, message), result in zip(cases, results):
+        assert result["status"] == status, (request[0], result)
+        assert message in result["body"], (request[0], result["body"][:200])
+    # an empty body: our handler answers 400 (the toolkit never calls us for it on a server)
+    sys.path.insert(0, str(served_model / "code"))
+    try:
+        import inference
+
+        with pytest.raises(inference.RequestError) as err:
+            inference.input_fn(b"", "image/jpeg")
+        assert err.value.status_code == 400 and "empty" in str(err.value)
+    finally:
+        sys.path.remove(str(served_model / "code"))
