@@ -17,12 +17,16 @@ INSTALL_REQUIRES = [
     "requests",
     "pandas",
     "psutil",
+    # the cloud pipeline: SDK 2.x (3.x dropped Estimator, RegisterModel and Debugger rules)
+    "sagemaker>=2.257,<3",
+    "boto3",
 ]
 
 DEV_REQUIRES = [
     "pytest>=8",
     "pytest-timeout>=2.3",
     "sagemaker-inference==1.10.1",  # the serving toolkit, to check our errors map to 4xx
+    "moto[s3,sagemaker,sts]==5.2.5",  # AWS emulation
 ]
 
 setup(
@@ -31,7 +35,7 @@ setup(
     description=__doc__,
     python_requires=">=3.10",
     package_dir={"breedkit": "scripts/breedkit"},
-    packages=["breedkit", "pipelines"],
+    packages=["breedkit", "pipelines", "steps"],
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": DEV_REQUIRES},
 )

@@ -218,3 +218,14 @@ def test_bad_image_in_training_data_names_the_file(tmp_path):
         assert proc.returncode == 2
         assert "broken.jpg" in proc.stderr and "preprocess.py" in proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_multi_instance_sagemaker_job_forms_a_process_group_from_sm_hosts():
+    from breedkit.distributed import sagemaker_multi_host
+
+    env = {"SM_HOSTS": '["algo-1", "algo-2", "algo-3"]', "SM_CURRENT_HOST": "algo-2"}
+    assert sagemaker_multi_host(env) == {"WORLD_SIZE": "3", "RANK": "1", "LOCAL_RANK": "0",
+                                         "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "algo-1",
+                                         "MASTER_PORT": "29500"}
+    assert sagemaker_multi_host({"SM_HOSTS": '["algo-1"]', "SM_CURRENT_HOST": "algo-1"}) is None
+    assert sagemaker_multi_host({**env, "WORLD_SIZE": "2"}) is None  # torchrun decides

@@ -1,4 +1,4 @@
-"""torch.distributed set-up for torchrun (and SageMaker's ``torch_distributed`` launcher).
+"""torch.distributed set-up: torchrun, or one process per instance of a SageMaker job.
 
 One process (no WORLD_SIZE, or WORLD_SIZE=1) runs without a process group at all, so a plain
 ``python train.py`` and ``torchrun --nproc_per_node 1 train.py`` behave the same.
@@ -29,7 +29,29 @@ class DistEnv:
         return self.world_size > 1
 
 
+def sagemaker_multi_host(environ=os.environ) -> dict | None:
+    """torch.distributed settings for a multi-instance SageMaker job started without torchrun.
+
+    SageMaker runs the script once per instance and describes the cluster in SM_HOSTS and
+    SM_CURRENT_HOST; one process per instance joins a process group led by the first host.
+    This works on CPU and GPU instances alike (SageMaker's torch_distributed launcher is
+    GPU/Trainium only). Returns None for single-instance jobs or under torchrun.
+    """
+    import json
+
+    if "WORLD_SIZE" in environ or not environ.get("SM_HOSTS"):
+        return None
+    hosts = json.loads(environ["SM_HOSTS"])
+    if len(hosts) < 2:
+        return None
+    return {"WORLD_SIZE": str(len(hosts)), "RANK": str(hosts.index(environ["SM_CURRENT_HOST"])),
+            "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
+            "MASTER_ADDR": environ.get("MASTER_ADDR", hosts[0]),
+            "MASTER_PORT": environ.get("MASTER_PORT", "29500")}
+
+
 def init(device: str = "auto") -> DistEnv:
+    os.environ.update(sagemaker_multi_host() or {})
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

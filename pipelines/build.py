@@ -1,0 +1,26 @@
+"""The build pipeline: Preprocess -> HPTuning -> TrainFinal -> Evaluate -> CheckAccuracy ->
+RegisterModel (or AccuracyTooLow). Each step is defined in its own module of ``steps/``."""
+
+from __future__ import annotations
+
+from sagemaker.workflow.pipeline import Pipeline
+
+from steps import condition, evaluate, preprocess, register, train, tune
+from steps.context import BuildContext
+
+
+def build_pipeline(ctx: BuildContext) -> Pipeline:
+    step_preprocess = preprocess.make_step(ctx)
+    step_tune = tune.make_step(ctx, step_preprocess)
+    step_train = train.make_step(ctx, step_tune, tune.training_inputs(step_preprocess))
+    step_evaluate, report = evaluate.make_step(ctx, step_preprocess, step_train)
+    step_register = register.make_step(ctx, step_train, step_evaluate)
+    step_fail = condition.make_fail_step(ctx, step_evaluate, report)
+    step_check = condition.make_step(ctx, step_evaluate, report, if_steps=[step_register],
+                                     else_steps=[step_fail])
+    return Pipeline(
+        name=ctx.pipeline_name,
+        parameters=list(ctx.params.values()),
+        steps=[step_preprocess, step_tune, step_train, step_evaluate, step_check],
+        sagemaker_session=ctx.session,
+    )

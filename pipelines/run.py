@@ -1,0 +1,238 @@
+"""Create, update, start and follow the build pipeline in SageMaker.
+
+    python -m pipelines.run --upsert                       # create or update DogBreedBuild
+    python -m pipelines.run --upsert --start --wait \\
+        --param Epochs=5 --param BaseModel=resnet18         # and run it, following the steps
+    python -m pipelines.run --definition-out pipeline.json  # only write the definition
+
+The role comes from --role-arn, $SAGEMAKER_ROLE_ARN, or the Studio execution role; the bucket
+from --bucket, $DOGBREED_BUCKET, or SageMaker's default bucket. Standard AWS configuration
+(profiles, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL) applies. Building the definition calls nothing
+in AWS but the upload of the scripts to S3. ``--local`` runs the same pipeline on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from pipelines import spec
+from pipelines.aws import CliError
+
+TERMINAL = ("Succeeded", "Failed", "Stopped")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipelines.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    act = p.add_argument_group("actions")
+    act.add_argument("--upsert", action="store_true", help="create or update the pipeline")
+    act.add_argument("--start", action="store_true", help="start an execution")
+    act.add_argument("--wait", action="store_true",
+                     help="follow the execution until it ends; exit 1 if it fails")
+    act.add_argument("--definition-out", metavar="FILE", help="write the definition JSON here")
+    act.add_argument("--local", action="store_true",
+                     help="run the pipeline on this machine (the local engine)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="pipeline parameter for --start (repeatable): "
+                        + ", ".join(x.name for x in spec.PARAMETERS))
+    aws = p.add_argument_group("AWS")
+    aws.add_argument("--role-arn")
+    aws.add_argument("--region")
+    aws.add_argument("--profile")
+    aws.add_argument("--bucket")
+    aws.add_argument("--prefix", default=spec.DEFAULT_PREFIX, help="S3 key prefix")
+    aws.add_argument("--pipeline-name", default=spec.DEFAULT_PIPELINE_NAME)
+    aws.add_argument("--model-package-group", default=spec.DEFAULT_MODEL_PACKAGE_GROUP)
+    aws.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
+                     help="tag for the pipeline (repeatable)")
+    build = p.add_argument_group("build options (fixed in the definition)")
+    build.add_argument("--no-debugger-rules", action="store_true",
+                       help="no Debugger tensor rules on TrainFinal (Debugger is closed to new "
+                            "AWS accounts)")
+    build.add_argument("--no-profiler", action="store_true",
+                       help="no system monitoring and ProfilerReport rule")
+    build.add_argument("--spot", action="store_true",
+                       help="managed spot training (TrainFinal resumes from S3 checkpoints)")
+    build.add_argument("--training-instance-count", type=int, default=1,
+                       help="instances for TrainFinal; > 1 trains data-parallel across them")
+    return p
+
+
+def parse_pairs(items: list[str], what: str) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise CliError(f"{what} {item!r} must look like NAME=VALUE")
+        pairs[name.strip()] = value
+    return pairs
+
+
+def parse_params(items: list[str]) -> dict:
+    try:
+        return {name: spec.coerce_parameter(name, value)
+                for name, value in parse_pairs(items, "--param").items()}
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def make_context(args, session, role_arn: str, bucket: str):
+    from sagemaker.workflow.pipeline_context import PipelineSession
+
+    from steps.context import BuildContext, BuildOptions
+
+    pipeline_session = PipelineSession(boto_session=session)
+    pipeline_session._default_bucket = bucket  # no ListBuckets/CreateBucket at build time
+    options = BuildOptions(debugger_rules=not args.no_debugger_rules,
+                           profiler=not args.no_profiler, spot=args.spot,
+                           training_instance_count=args.training_instance_count)
+    return BuildContext(session=pipeline_session, role_arn=role_arn, bucket=bucket,
+                        prefix=args.prefix.strip("/"), pipeline_name=args.pipeline_name,
+                        model_package_group=args.model_package_group, options=options)
+
+
+def ensure_model_package_group(sm, name: str, tags: list[dict]) -> None:
+    from botocore.exceptions import ClientError
+
+    try:
+        sm.describe_model_package_group(ModelPackageGroupName=name)
+    except ClientError:
+        kwargs = {"Tags": tags} if tags else {}
+        sm.create_model_package_group(
+            ModelPackageGroupName=name,
+            ModelPackageGroupDescription="Dog breed classifiers from the DogBreedBuild pipeline",
+            **kwargs)
+        print(f"created model package group {name}")
+
+
+def follow(sm, execution_arn: str, poll_seconds: float = 30.0) -> str:
+    """Print step status changes until the execution ends; return its final status."""
+    from botocore.exceptions import ClientError
+
+    seen: dict[str, str] = {}
+    steps_supported = True
+    while True:
+        status = sm.describe_pipeline_execution(
+            PipelineExecutionArn=execution_arn)["PipelineExecutionStatus"]
+        if steps_supported:
+            try:
+                steps = sm.list_pipeline_execution_steps(
+                    PipelineExecutionArn=execution_arn, SortOrder="Ascending")
+                for step in steps.get("PipelineExecutionSteps", []):
+                    name, state = step["StepName"], step["StepStatus"]
+                    if seen.get(name) != state:
+                        seen[name] = state
+                        reason = step.get("FailureReason")
+                        print(f"  {name:<28} {state}" + (f": {reason}" if reason else ""),
+                              flush=True)
+            except (ClientError, NotImplementedError) as exc:
+                steps_supported = False
+                print(f"  (step statuses unavailable: {exc})", flush=True)
+        if status in TERMINAL:
+            return status
+        time.sleep(poll_seconds)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("sagemaker", "botocore.credentials"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="Running within a PipelineSession")
+    try:
+        return _run(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if args.local:
+        raise CliError("the local engine is not available yet in this version; run the "
+                       "scripts by hand as the README shows")
+    if not (args.upsert or args.start or args.definition_out or args.wait):
+        raise CliError("nothing to do: pass --upsert, --start, --wait or --definition-out")
+    if args.wait and not args.start:
+        raise CliError("--wait follows an execution started with --start")
+    if args.training_instance_count < 1:
+        raise CliError("--training-instance-count must be at least 1")
+    params = parse_params(args.param)
+    if params and not args.start:
+        raise CliError("--param sets parameters of an execution: add --start")
+    tags = [{"Key": k, "Value": v} for k, v in parse_pairs(args.tag, "--tag").items()]
+
+    from pipelines.aws import boto_session, describe_aws_error, resolve_bucket, resolve_role
+
+    try:
+        session = boto_session(args.region, args.profile)
+        sm = session.client("sagemaker")
+        pipeline = None
+        if args.upsert or args.definition_out:
+            role_arn = resolve_role(args.role_arn)
+            bucket = resolve_bucket(session, args.bucket)
+            from pipelines.build import build_pipeline
+
+            pipeline = build_pipeline(make_context(args, session, role_arn, bucket))
+            definition = pipeline.definition()
+            if args.definition_out:
+                Path(args.definition_out).write_text(
+                    json.dumps(json.loads(definition), indent=2, sort_keys=True) + "\n")
+                print(f"wrote the definition of {args.pipeline_name} to {args.definition_out}")
+            if args.upsert:
+                ensure_model_package_group(sm, args.model_package_group, tags)
+                exists = _pipeline_exists(sm, args.pipeline_name)
+                response = pipeline.upsert(role_arn=role_arn, tags=tags or None,
+                                           description="Dog breed classifier: preprocess, "
+                                                       "tune, train, evaluate, register")
+                print(f"{'updated' if exists else 'created'} pipeline {args.pipeline_name}: "
+                      f"{response['PipelineArn']}")
+        if args.start:
+            if not _pipeline_exists(sm, args.pipeline_name):
+                raise CliError(f"pipeline {args.pipeline_name} does not exist in "
+                               f"{session.region_name}: create it with --upsert")
+            response = sm.start_pipeline_execution(
+                PipelineName=args.pipeline_name,
+                PipelineParameters=[{"Name": k, "Value": _as_text(v)} for k, v in params.items()])
+            arn = response["PipelineExecutionArn"]
+            print(f"started execution {arn}")
+            if args.wait:
+                status = follow(sm, arn)
+                print(f"execution {status}")
+                if status != "Succeeded":
+                    detail = sm.describe_pipeline_execution(PipelineExecutionArn=arn)
+                    reason = detail.get("FailureReason")
+                    if reason:
+                        print(f"reason: {reason}", file=sys.stderr)
+                    return 1
+    except (ClientError, BotoCoreError) as exc:
+        raise CliError(describe_aws_error(exc)) from None
+    return 0
+
+
+def _as_text(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _pipeline_exists(sm, name: str) -> bool:
+    from botocore.exceptions import ClientError
+
+    try:
+        sm.describe_pipeline(PipelineName=name)
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("ResourceNotFound",
+                                                         "ValidationException"):
+            return False
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

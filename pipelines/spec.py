@@ -1,0 +1,150 @@
+"""The build pipeline, described once as plain data for every backend.
+
+Step names, pipeline parameters, hyperparameter ranges, the tuning objective, Debugger rules
+and the accuracy condition live here. ``steps/`` turns them into SageMaker SDK objects; the
+local engine reads the same values. Metric regexes come from the training script's own
+``breedkit.logformat``, so the log and the regexes cannot disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from breedkit.logformat import METRIC_DEFINITIONS, OBJECTIVE_METRIC, OBJECTIVE_TYPE
+from breedkit.model import ARCHS
+
+__all__ = ["METRIC_DEFINITIONS", "OBJECTIVE_METRIC", "OBJECTIVE_TYPE", "PARAMETERS", "STEP",
+           "HYPERPARAMETER_RANGES", "DEBUGGER_RULES", "PROFILER_RULE", "Parameter",
+           "parameter", "ACCURACY_JSON_PATH", "coerce_parameter"]
+
+DEFAULT_PIPELINE_NAME = "DogBreedBuild"
+DEFAULT_MODEL_PACKAGE_GROUP = "DogBreedModels"
+DEFAULT_PREFIX = "dogbreed"
+
+
+class STEP:
+    """Step names: the same in SageMaker Studio and in the local engine's records."""
+
+    PREPROCESS = "Preprocess"
+    TUNE = "HPTuning"
+    TRAIN = "TrainFinal"
+    EVALUATE = "Evaluate"
+    CHECK = "CheckAccuracy"
+    REGISTER = "RegisterModel"
+    FAIL = "AccuracyTooLow"
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    type: str  # String, Integer, Float, Boolean (SageMaker's ParameterTypeEnum)
+    default: Any
+    help: str
+    choices: tuple = ()
+    minimum: float | None = None
+
+
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("InputDataUrl", "String", "",
+              "S3 URI of the data: a prefix with image folders, or a .zip (see stage_data); "
+              "empty: s3://<bucket>/<prefix>/data/"),
+    Parameter("ProcessingInstanceType", "String", "ml.m5.xlarge",
+              "instance for Preprocess and Evaluate"),
+    Parameter("TrainingInstanceType", "String", "ml.g4dn.xlarge",
+              "instance for tuning trials and TrainFinal"),
+    Parameter("ImageSize", "Integer", 224, "training crop size in pixels", minimum=16),
+    Parameter("PreprocessImageSize", "Integer", 256,
+              "shorter side of the preprocessed images", minimum=16),
+    Parameter("BaseModel", "String", "resnet50", "ResNet architecture", choices=ARCHS),
+    Parameter("Pretrained", "String", "true", "start from ImageNet weights",
+              choices=("true", "false")),
+    Parameter("TuningEpochs", "Integer", 4, "most epochs a tuning trial may train", minimum=1),
+    Parameter("Epochs", "Integer", 10, "epochs of TrainFinal", minimum=1),
+    Parameter("MaxTuningJobs", "Integer", 8, "tuning trials in all", minimum=1),
+    Parameter("MaxParallelTuningJobs", "Integer", 2, "tuning trials at once", minimum=1),
+    Parameter("AccuracyThreshold", "Float", 0.7,
+              "test accuracy needed to register the model", minimum=0.0),
+    Parameter("ModelApprovalStatus", "String", "PendingManualApproval",
+              "status of the registered version",
+              choices=("PendingManualApproval", "Approved", "Rejected")),
+    Parameter("MaxRuntimeSeconds", "Integer", 86400, "limit of each training job", minimum=60),
+)
+
+
+def parameter(name: str) -> Parameter:
+    for p in PARAMETERS:
+        if p.name == name:
+            return p
+    raise KeyError(name)
+
+
+def coerce_parameter(name: str, value: str):
+    """A ``--param Name=Value`` string as the parameter's type; ValueError says what is wrong."""
+    names = [p.name for p in PARAMETERS]
+    try:
+        spec = parameter(name)
+    except KeyError:
+        raise ValueError(f"unknown pipeline parameter {name!r}; known: "
+                         f"{', '.join(names)}") from None
+    try:
+        if spec.type == "Integer":
+            result = int(value)
+        elif spec.type == "Float":
+            result = float(value)
+        elif spec.type == "Boolean":
+            lowered = value.strip().lower()
+            if lowered not in ("true", "false"):
+                raise ValueError
+            result = lowered == "true"
+        else:
+            result = value
+    except ValueError:
+        raise ValueError(f"{name} must be {spec.type.lower()}, got {value!r}") from None
+    if spec.choices and result not in spec.choices:
+        raise ValueError(f"{name} must be one of {', '.join(spec.choices)}, got {value!r}")
+    if spec.minimum is not None and result < spec.minimum:
+        raise ValueError(f"{name} must be >= {spec.minimum}, got {value!r}")
+    if spec.name == "AccuracyThreshold" and result > 1:
+        raise ValueError(f"AccuracyThreshold is a fraction in [0, 1], got {value!r}")
+    return result
+
+
+# Hyperparameter ranges of the tuning step. A bound given as a string names the pipeline
+# parameter that supplies it.
+HYPERPARAMETER_RANGES: dict[str, dict] = {
+    "lr": {"type": "Continuous", "min": 1e-4, "max": 3e-3, "scaling": "Logarithmic"},
+    "batch-size": {"type": "Categorical", "values": [16, 32, 64]},
+    "epochs": {"type": "Integer", "min": 1, "max": "TuningEpochs", "scaling": "Auto"},
+    "weight-decay": {"type": "Continuous", "min": 1e-6, "max": 1e-2, "scaling": "Logarithmic"},
+}
+TUNING_STRATEGY = "Bayesian"
+EARLY_STOPPING = "Auto"
+
+# Hyperparameters every training job gets, by pipeline parameter (or fixed value).
+STATIC_HYPERPARAMETERS: dict[str, str] = {
+    "arch": "BaseModel",
+    "pretrained": "Pretrained",
+    "image-size": "ImageSize",
+}
+
+# SageMaker Debugger built-in rules on TrainFinal (names as in smdebug_rulesconfig), and the
+# profiler's report rule. The local engine evaluates rules of the same names.
+DEBUGGER_RULES = ("loss_not_decreasing", "overfit", "overtraining", "vanishing_gradient",
+                  "exploding_tensor", "poor_weight_initialization")
+PROFILER_RULE = "ProfilerReport"
+SYSTEM_MONITOR_INTERVAL_MS = 500
+
+# The condition: evaluation.json's accuracy against AccuracyThreshold.
+EVALUATION_REPORT = "EvaluationReport"
+EVALUATION_FILE = "evaluation.json"
+ACCURACY_JSON_PATH = "multiclass_classification_metrics.accuracy.value"
+
+# What the registered model serves.
+CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "application/json")
+RESPONSE_TYPES = ("application/json",)
+INFERENCE_INSTANCES = ("ml.m5.large", "ml.m5.xlarge", "ml.g4dn.xlarge")
+
+# Containers: the newest PyTorch DLC with both training and inference images in SDK 2.257.
+FRAMEWORK_VERSION = "2.6.0"
+PY_VERSION = "py312"

@@ -1,0 +1,39 @@
+"""CheckAccuracy: test accuracy from evaluation.json >= AccuracyThreshold.
+
+True: the register step runs. False: AccuracyTooLow fails the execution with a message that
+states the accuracy and the threshold.
+"""
+
+from __future__ import annotations
+
+from sagemaker.workflow.condition_step import ConditionStep
+from sagemaker.workflow.conditions import ConditionGreaterThanOrEqualTo
+from sagemaker.workflow.fail_step import FailStep
+from sagemaker.workflow.functions import Join, JsonGet
+from sagemaker.workflow.properties import PropertyFile
+from sagemaker.workflow.steps import ProcessingStep
+
+from pipelines import spec
+
+from .context import BuildContext
+
+
+def accuracy(evaluate: ProcessingStep, report: PropertyFile) -> JsonGet:
+    return JsonGet(step_name=evaluate.name, property_file=report,
+                   json_path=spec.ACCURACY_JSON_PATH)
+
+
+def make_fail_step(ctx: BuildContext, evaluate: ProcessingStep, report: PropertyFile
+                   ) -> FailStep:
+    message = Join(on=" ", values=["Test accuracy", accuracy(evaluate, report),
+                                   "is below the AccuracyThreshold of",
+                                   ctx.p("AccuracyThreshold"), "- the model was not registered."])
+    return FailStep(name=spec.STEP.FAIL, error_message=message)
+
+
+def make_step(ctx: BuildContext, evaluate: ProcessingStep, report: PropertyFile,
+              if_steps: list, else_steps: list) -> ConditionStep:
+    condition = ConditionGreaterThanOrEqualTo(left=accuracy(evaluate, report),
+                                              right=ctx.p("AccuracyThreshold"))
+    return ConditionStep(name=spec.STEP.CHECK, conditions=[condition], if_steps=if_steps,
+                         else_steps=else_steps)

@@ -1,0 +1,51 @@
+"""Evaluate: scripts/evaluate.py on the test split, with the trained model.
+
+Its evaluation.json (Model Registry multiclass format) is the PropertyFile that CheckAccuracy
+reads and RegisterModel attaches as model metrics.
+"""
+
+from __future__ import annotations
+
+from sagemaker.processing import ProcessingInput, ProcessingOutput
+from sagemaker.workflow.functions import Join
+from sagemaker.workflow.properties import PropertyFile
+from sagemaker.workflow.steps import ProcessingStep, TrainingStep
+
+from pipelines import spec
+
+from .common import cache_config, pytorch_processor
+from .context import SCRIPTS_DIR, BuildContext
+from .preprocess import output_uri
+from .train import model_artifact
+
+OUTPUT_NAME = "evaluation"
+
+
+def make_step(ctx: BuildContext, preprocess: ProcessingStep, train: TrainingStep
+              ) -> tuple[ProcessingStep, PropertyFile]:
+    report = PropertyFile(name=spec.EVALUATION_REPORT, output_name=OUTPUT_NAME,
+                          path=spec.EVALUATION_FILE)
+    processor = pytorch_processor(ctx, "dogbreed-evaluate")
+    step_args = processor.run(
+        code="evaluate.py",
+        source_dir=SCRIPTS_DIR,
+        inputs=[
+            ProcessingInput(source=model_artifact(train), destination="/opt/ml/processing/model",
+                            input_name="model"),
+            ProcessingInput(source=output_uri(preprocess, "test"),
+                            destination="/opt/ml/processing/test", input_name="test"),
+        ],
+        outputs=[ProcessingOutput(output_name=OUTPUT_NAME,
+                                  source="/opt/ml/processing/evaluation")],
+        arguments=["--model-dir", "/opt/ml/processing/model", "--test-dir",
+                   "/opt/ml/processing/test", "--output-dir", "/opt/ml/processing/evaluation"],
+        job_name="dogbreed-evaluate",
+    )
+    step = ProcessingStep(name=spec.STEP.EVALUATE, step_args=step_args,
+                          property_files=[report], cache_config=cache_config(ctx))
+    return step, report
+
+
+def report_uri(step: ProcessingStep):
+    """S3 URI of evaluation.json."""
+    return Join(on="/", values=[output_uri(step, OUTPUT_NAME), spec.EVALUATION_FILE])

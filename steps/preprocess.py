@@ -1,0 +1,41 @@
+"""Preprocess: split and resize the data set (scripts/preprocess.py in a PyTorch container).
+
+Input:   InputDataUrl (an S3 prefix of image folders, or a .zip) -> /opt/ml/processing/input
+Outputs: train, valid, test (image folders) and manifest, under s3://<bucket>/<prefix>/...
+Cached: the same data and arguments reuse the last run's outputs.
+"""
+
+from __future__ import annotations
+
+from sagemaker.processing import ProcessingInput, ProcessingOutput
+from sagemaker.workflow.steps import ProcessingStep
+
+from pipelines import spec
+
+from .common import cache_config, pytorch_processor
+from .context import SCRIPTS_DIR, BuildContext
+
+OUTPUTS = ("train", "valid", "test", "manifest")
+INPUT_DIR = "/opt/ml/processing/input"
+OUTPUT_DIR = "/opt/ml/processing"
+
+
+def make_step(ctx: BuildContext) -> ProcessingStep:
+    processor = pytorch_processor(ctx, "dogbreed-preprocess")
+    step_args = processor.run(
+        code="preprocess.py",
+        source_dir=SCRIPTS_DIR,
+        inputs=[ProcessingInput(source=ctx.p("InputDataUrl"), destination=INPUT_DIR,
+                                input_name="data")],
+        outputs=[ProcessingOutput(output_name=name, source=f"{OUTPUT_DIR}/{name}")
+                 for name in OUTPUTS],
+        arguments=["--input-dir", INPUT_DIR, "--output-dir", OUTPUT_DIR,
+                   "--image-size", ctx.p("PreprocessImageSize").to_string()],
+        job_name="dogbreed-preprocess",
+    )
+    return ProcessingStep(name=spec.STEP.PREPROCESS, step_args=step_args,
+                          cache_config=cache_config(ctx))
+
+
+def output_uri(step: ProcessingStep, name: str):
+    return step.properties.ProcessingOutputConfig.Outputs[name].S3Output.S3Uri

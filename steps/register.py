@@ -1,0 +1,50 @@
+"""RegisterModel: a new version in the model package group, with the evaluation as metrics.
+
+The model is a plain ``Model`` on the PyTorch inference image: model.tar.gz already carries
+code/inference.py and its package, so no repack job is added and the definition stays
+deterministic. Approval status comes from the ModelApprovalStatus parameter
+(PendingManualApproval by default).
+"""
+
+from __future__ import annotations
+
+from sagemaker import image_uris
+from sagemaker.model import Model
+from sagemaker.model_metrics import MetricsSource, ModelMetrics
+from sagemaker.workflow.model_step import ModelStep
+from sagemaker.workflow.steps import ProcessingStep, TrainingStep
+
+from pipelines import spec
+
+from .context import BuildContext
+from .evaluate import report_uri
+from .train import model_artifact
+
+SERVING_ENV = {"SAGEMAKER_PROGRAM": "inference.py",
+               "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
+               "TOP_K": "5"}
+
+
+def inference_image(ctx: BuildContext, instance_type: str) -> str:
+    return image_uris.retrieve("pytorch", region=ctx.session.boto_region_name,
+                               version=spec.FRAMEWORK_VERSION, py_version=spec.PY_VERSION,
+                               instance_type=instance_type, image_scope="inference")
+
+
+def make_step(ctx: BuildContext, train: TrainingStep, evaluate: ProcessingStep) -> ModelStep:
+    model = Model(image_uri=inference_image(ctx, spec.INFERENCE_INSTANCES[0]),
+                  model_data=model_artifact(train), role=ctx.role_arn, env=dict(SERVING_ENV),
+                  sagemaker_session=ctx.session)
+    metrics = ModelMetrics(model_statistics=MetricsSource(
+        s3_uri=report_uri(evaluate), content_type="application/json"))
+    step_args = model.register(
+        content_types=list(spec.CONTENT_TYPES),
+        response_types=list(spec.RESPONSE_TYPES),
+        inference_instances=list(spec.INFERENCE_INSTANCES),
+        transform_instances=[spec.INFERENCE_INSTANCES[1]],
+        model_package_group_name=ctx.model_package_group,
+        approval_status=ctx.p("ModelApprovalStatus"),
+        model_metrics=metrics,
+        description="ResNet fine-tuned by the DogBreedBuild pipeline",
+    )
+    return ModelStep(name=spec.STEP.REGISTER, step_args=step_args)

@@ -1,0 +1,275 @@
+"""The SageMaker build pipeline and `python -m pipelines.run`, against moto (offline).
+
+Moto accepts any definition, so the assertions on the definition JSON are ours.
+"""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from pipelines import run, spec
+
+ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
+BUCKET = "dogbreed-test-bucket"
+REGION = "us-east-1"
+
+
+@pytest.fixture
+def aws(monkeypatch, tmp_path):
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "SAGEMAKER_ROLE_ARN", "DOGBREED_ROLE_ARN",
+                 "DOGBREED_BUCKET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    with mock_aws():
+        boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
+        yield boto3.client("sagemaker", region_name=REGION)
+
+
+def cli(*args):
+    return run.main(["--role-arn", ROLE, "--bucket", BUCKET, *args])
+
+
+def definition(tmp_path, *args, name="definition.json") -> dict:
+    out = tmp_path / name
+    assert cli("--definition-out", str(out), *args) == 0
+    return json.loads(out.read_text())
+
+
+def steps_by_name(d: dict) -> dict:
+    found = {}
+    for step in d["Steps"]:
+        found[step["Name"]] = step
+        for branch in ("IfSteps", "ElseSteps"):
+            for inner in step.get("Arguments", {}).get(branch, []):
+                found[inner["Name"]] = inner
+    return found
+
+
+def entrypoint_script(processing_args: dict) -> str:
+    """The runproc.sh a FrameworkProcessor step runs (uploaded to S3 at build time)."""
+    (entry,) = [i for i in processing_args["ProcessingInputs"] if i["InputName"] == "entrypoint"]
+    bucket, _, key = entry["S3Input"]["S3Uri"][len("s3://"):].partition("/")
+    return boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+
+
+def test_upsert_creates_then_updates(aws, capsys):
+    assert cli("--upsert") == 0
+    out = capsys.readouterr().out
+    assert "created pipeline DogBreedBuild" in out
+    assert "created model package group DogBreedModels" in out
+    first = aws.describe_pipeline(PipelineName="DogBreedBuild")
+    assert first["RoleArn"] == ROLE
+    assert cli("--upsert", "--tag", "team=ml") == 0
+    assert "updated pipeline DogBreedBuild" in capsys.readouterr().out
+    second = aws.describe_pipeline(PipelineName="DogBreedBuild")
+    assert json.loads(second["PipelineDefinition"]) == json.loads(first["PipelineDefinition"])
+    assert aws.describe_model_package_group(ModelPackageGroupName="DogBreedModels")
+    # the scripts are uploaded at content-addressed keys, nothing else is written
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]]
+    assert keys and all(k.startswith(("dogbreed/code/", "DogBreedBuild/code/")) for k in keys)
+
+
+def test_definition_in_detail(aws, tmp_path):
+    d = definition(tmp_path)
+    params = {p["Name"]: p for p in d["Parameters"]}
+    assert list(params) == [p.name for p in spec.PARAMETERS]
+    assert params["InputDataUrl"]["DefaultValue"] == f"s3://{BUCKET}/dogbreed/data/"
+    assert params["ModelApprovalStatus"]["DefaultValue"] == "PendingManualApproval"
+    assert params["AccuracyThreshold"]["Type"] == "Float"
+    assert params["Epochs"]["Type"] == "Integer"
+
+    steps = steps_by_name(d)
+    assert [s["Name"] for s in d["Steps"]] == ["Preprocess", "HPTuning", "TrainFinal",
+                                               "Evaluate", "CheckAccuracy"]
+    types = {name: s["Type"] for name, s in steps.items()}
+    assert types == {"Preprocess": "Processing", "HPTuning": "Tuning", "TrainFinal": "Training",
+                     "Evaluate": "Processing", "CheckAccuracy": "Condition",
+                     "RegisterModel-RegisterModel": "RegisterModel", "AccuracyTooLow": "Fail"}
+
+    pre = steps["Preprocess"]
+    assert pre["CacheConfig"]["Enabled"] is True
+    pre_args = pre["Arguments"]
+    assert pre_args["ProcessingInputs"][0]["S3Input"]["S3Uri"] == {"Get": "Parameters.InputDataUrl"}
+    outputs = {o["OutputName"] for o in pre_args["ProcessingOutputConfig"]["Outputs"]}
+    assert {"train", "valid", "test", "manifest"} <= outputs
+    assert pre_args["ProcessingResources"]["ClusterConfig"]["InstanceType"] == {
+        "Get": "Parameters.ProcessingInstanceType"}
+    assert "preprocess.py" in entrypoint_script(pre_args)
+
+    tuning = steps["HPTuning"]["Arguments"]
+    config = tuning["HyperParameterTuningJobConfig"]
+    assert config["Strategy"] == "Bayesian"
+    assert config["TrainingJobEarlyStoppingType"] == "Auto"
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Maximize",
+                                                          "MetricName": "valid:best_accuracy"}
+    assert config["ResourceLimits"] == {
+        "MaxNumberOfTrainingJobs": {"Get": "Parameters.MaxTuningJobs"},
+        "MaxParallelTrainingJobs": {"Get": "Parameters.MaxParallelTuningJobs"}}
+    ranges = config["ParameterRanges"]
+    continuous = {r["Name"]: r for r in ranges["ContinuousParameterRanges"]}
+    assert continuous["lr"]["ScalingType"] == "Logarithmic"
+    assert float(continuous["lr"]["MinValue"]) == spec.HYPERPARAMETER_RANGES["lr"]["min"]
+    assert float(continuous["weight-decay"]["MaxValue"]) == 1e-2
+    (batch,) = ranges["CategoricalParameterRanges"]
+    assert batch["Name"] == "batch-size" and [json.loads(v) for v in batch["Values"]] == [
+        "16", "32", "64"]
+    (epochs,) = ranges["IntegerParameterRanges"]
+    assert "Parameters.TuningEpochs" in json.dumps(epochs["MaxValue"])
+    job = tuning["TrainingJobDefinition"]
+    assert job["AlgorithmSpecification"]["MetricDefinitions"] == spec.METRIC_DEFINITIONS
+    channels = {c["ChannelName"]: c for c in job["InputDataConfig"]}
+    assert set(channels) == {"train", "valid"}  # never the test split
+    assert "Steps.Preprocess.ProcessingOutputConfig.Outputs['train']" in json.dumps(
+        channels["train"])
+    assert job["StaticHyperParameters"]["arch"] == {"Get": "Parameters.BaseModel"}
+    assert "train.py" in job["StaticHyperParameters"]["sagemaker_program"]
+
+    train = steps["TrainFinal"]["Arguments"]
+    hp = json.dumps(train["HyperParameters"])
+    for name in ("lr", "batch-size", "weight-decay"):
+        assert f"Steps.HPTuning.BestTrainingJob.TunedHyperParameters['{name}']" in hp
+    assert "Parameters.Epochs" in json.dumps(train["HyperParameters"]["epochs"])
+    assert train["CheckpointConfig"]["S3Uri"] == f"s3://{BUCKET}/dogbreed/checkpoints"
+    rules = {r["RuleConfigurationName"] for r in train["DebugRuleConfigurations"]}
+    assert rules == {"LossNotDecreasing", "Overfit", "Overtraining", "VanishingGradient",
+                     "ExplodingTensor", "PoorWeightInitialization"}
+    collections = {c["CollectionName"]: c["CollectionParameters"]
+                   for c in train["DebugHookConfig"]["CollectionConfigurations"]}
+    assert collections["losses"]["save_interval"] == "10"
+    assert [r["RuleConfigurationName"] for r in train["ProfilerRuleConfigurations"]] == [
+        "ProfilerReport"]
+    assert train["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
+    assert "EnableManagedSpotTraining" not in train or not train["EnableManagedSpotTraining"]
+
+    evaluate = steps["Evaluate"]
+    assert evaluate["PropertyFiles"] == [{"PropertyFileName": "EvaluationReport",
+                                          "OutputName": "evaluation", "FilePath":
+                                          "evaluation.json"}]
+    assert "evaluate.py" in entrypoint_script(evaluate["Arguments"])
+    inputs = json.dumps(evaluate["Arguments"]["ProcessingInputs"])
+    assert "Steps.TrainFinal.ModelArtifacts.S3ModelArtifacts" in inputs
+    assert "Outputs['test']" in inputs
+
+    (condition,) = steps["CheckAccuracy"]["Arguments"]["Conditions"]
+    assert condition["Type"] == "GreaterThanOrEqualTo"
+    assert condition["LeftValue"]["Std:JsonGet"] == {
+        "PropertyFile": {"Get": "Steps.Evaluate.PropertyFiles.EvaluationReport"},
+        "Path": "multiclass_classification_metrics.accuracy.value"}
+    assert condition["RightValue"] == {"Get": "Parameters.AccuracyThreshold"}
+    branches = steps["CheckAccuracy"]["Arguments"]
+    assert [s["Name"] for s in branches["IfSteps"]] == ["RegisterModel-RegisterModel"]
+    assert [s["Name"] for s in branches["ElseSteps"]] == ["AccuracyTooLow"]
+
+    register = steps["RegisterModel-RegisterModel"]["Arguments"]
+    assert register["ModelPackageGroupName"] == "DogBreedModels"
+    assert register["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
+    spec_ = register["InferenceSpecification"]
+    assert spec_["SupportedContentTypes"] == list(spec.CONTENT_TYPES)
+    (container,) = spec_["Containers"]
+    assert "pytorch-inference:2.6.0" in container["Image"]
+    assert container["ModelDataUrl"] == {"Get": "Steps.TrainFinal.ModelArtifacts.S3ModelArtifacts"}
+    assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
+    statistics = register["ModelMetrics"]["ModelQuality"]["Statistics"]
+    assert "Outputs['evaluation']" in json.dumps(statistics["S3Uri"])
+    assert not any("Repack" in name for name in steps)  # no hidden repack job
+
+    message = json.dumps(steps["AccuracyTooLow"]["Arguments"]["ErrorMessage"])
+    assert "Parameters.AccuracyThreshold" in message and "Std:JsonGet" in message
+
+
+def test_definition_is_deterministic(aws, tmp_path):
+    first = definition(tmp_path, name="a.json")
+    second = definition(tmp_path, name="b.json")
+    assert first == second
+    text = json.dumps(first)
+    assert "2026-" not in text and "2027-" not in text  # no timestamps in names or paths
+
+
+def test_changed_scripts_change_every_step_that_runs_them(aws, tmp_path, monkeypatch):
+    import shutil
+
+    from steps import context
+
+    before = steps_by_name(definition(tmp_path, name="a.json"))
+    scripts = tmp_path / "scripts"
+    shutil.copytree(context.SCRIPTS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    (scripts / "train.py").write_text((scripts / "train.py").read_text() + "\n# changed\n")
+    for module in ("steps.context", "steps.common", "steps.preprocess", "steps.evaluate"):
+        monkeypatch.setattr(f"{module}.SCRIPTS_DIR", str(scripts))
+    after = steps_by_name(definition(tmp_path, name="b.json"))
+    for name in ("Preprocess", "HPTuning", "TrainFinal", "Evaluate"):  # no stale cache hits
+        assert before[name]["Arguments"] != after[name]["Arguments"], name
+
+
+def test_build_options_switch_debugger_profiler_spot_and_instances(aws, tmp_path):
+    d = definition(tmp_path, "--no-debugger-rules", "--no-profiler", "--spot",
+                   "--training-instance-count", "2")
+    train = steps_by_name(d)["TrainFinal"]["Arguments"]
+    assert "DebugRuleConfigurations" not in train
+    assert "ProfilerRuleConfigurations" not in train
+    assert train.get("ProfilerConfig", {}).get("DisableProfiler", True) is True
+    assert train["EnableManagedSpotTraining"] is True
+    assert train["StoppingCondition"]["MaxWaitTimeInSeconds"] == {
+        "Get": "Parameters.MaxRuntimeSeconds"}
+    assert train["ResourceConfig"]["InstanceCount"] == 2  # train.py joins the hosts itself
+
+
+def test_start_passes_parameters(aws, capsys):
+    assert cli("--upsert", "--start", "--wait", "--param", "Epochs=3",
+               "--param", "BaseModel=resnet18", "--param", "AccuracyThreshold=0.5") == 0
+    out = capsys.readouterr().out
+    assert "started execution" in out and "execution Succeeded" in out
+    (execution,) = aws.list_pipeline_executions(PipelineName="DogBreedBuild")[
+        "PipelineExecutionSummaries"]
+    params = aws.list_pipeline_parameters_for_execution(
+        PipelineExecutionArn=execution["PipelineExecutionArn"])["PipelineParameters"]
+    assert {p["Name"]: p["Value"] for p in params} == {
+        "Epochs": "3", "BaseModel": "resnet18", "AccuracyThreshold": "0.5"}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--start", "--param", "Epoks=3"], "unknown pipeline parameter 'Epoks'"),
+    (["--start", "--param", "Epochs=three"], "Epochs must be integer"),
+    (["--start", "--param", "BaseModel=vgg16"], "BaseModel must be one of"),
+    (["--start", "--param", "AccuracyThreshold=85"], "fraction"),
+    (["--start", "--param", "Epochs"], "must look like NAME=VALUE"),
+    (["--upsert", "--param", "Epochs=3"], "add --start"),
+    (["--start"], "does not exist"),
+    ([], "nothing to do"),
+    (["--local"], "local engine"),
+])
+def test_bad_arguments_give_one_clear_line(aws, capsys, args, message):
+    assert cli(*args) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_missing_aws_settings_give_one_clear_line(aws, monkeypatch, capsys):
+    assert run.main(["--upsert", "--bucket", BUCKET]) == 2
+    assert "no SageMaker execution role" in capsys.readouterr().err
+    assert run.main(["--upsert", "--role-arn", "admin"]) == 2
+    assert "not an IAM role ARN" in capsys.readouterr().err
+    assert cli("--upsert", "--bucket", "no-such-bucket-here") == 2
+    assert "no-such-bucket-here does not exist" in capsys.readouterr().err
+    monkeypatch.setenv("DOGBREED_BUCKET", BUCKET)
+    monkeypatch.setenv("SAGEMAKER_ROLE_ARN", ROLE)
+    assert run.main(["--definition-out", "/dev/null"]) == 0  # both from the environment
+    capsys.readouterr()
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    assert cli("--upsert") == 2
+    assert "no AWS region" in capsys.readouterr().err
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    assert cli("--upsert") == 2
+    err = capsys.readouterr().err
+    assert "no AWS credentials" in err and "Traceback" not in err
