@@ -273,3 +273,29 @@ def test_missing_aws_settings_give_one_clear_line(aws, monkeypatch, capsys):
     assert cli("--upsert") == 2
     err = capsys.readouterr().err
     assert "no AWS credentials" in err and "Traceback" not in err
+
+
+def test_buildspec_runs_the_tests_then_upserts_and_starts(tmp_path):
+    import subprocess
+
+    import yaml
+
+    from conftest import ROOT
+
+    doc = yaml.safe_load((ROOT / "buildspec.yml").read_text())
+    assert tuple(int(x) for x in str(doc["phases"]["install"]["runtime-versions"]["python"])
+                 .split(".")) >= (3, 11)
+    assert any("pytest" in c for c in doc["phases"]["pre_build"]["commands"])
+    (script,) = doc["phases"]["build"]["commands"]
+    env = {"PATH": "/usr/bin:/bin", **{k: str(v) for k, v in doc["env"]["variables"].items()},
+           "DOGBREED_BUCKET": BUCKET, "PIPELINE_PARAMS": "Epochs=3 BaseModel=resnet18",
+           "BUILD_OPTIONS": "--no-debugger-rules", "CODEBUILD_RESOLVED_SOURCE_VERSION": "abc123"}
+    # run the shell script with the CLI replaced by a recorder of its arguments
+    probe = script.replace(".venv/bin/python -m pipelines.run", "printf '%s\\n'")
+    out = subprocess.run(["bash", "-c", probe], env=env, capture_output=True, text=True,
+                         cwd=tmp_path, check=True).stdout.split()
+    args = run.build_parser().parse_args(out)
+    assert args.upsert and args.start and args.no_debugger_rules
+    assert args.bucket == BUCKET and args.pipeline_name == "DogBreedBuild"
+    assert run.parse_params(args.param) == {"Epochs": 3, "BaseModel": "resnet18"}
+    assert args.tag == ["source-version=abc123"]
