@@ -9,6 +9,7 @@ Two paths, one result: an RGB image with EXIF orientation applied.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
 
@@ -52,24 +53,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_rgb(source, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None
-             ) -> Image.Image:
-    """Open an image file or file object fully (so truncation is detected) as upright RGB.
-
-    ``draft``: the shorter side the caller will resize to; JPEGs are then decoded at a reduced
-    scale that still covers it (much faster for large photos, same quality after resizing).
-    Raises ImageDecodeError with a short reason for anything that is not a usable image.
-    """
+@contextlib.contextmanager
+def _as_decode_errors():
+    """Pillow's many exceptions (and its bomb warning) as one ImageDecodeError with a reason."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(source)
-            _check_pixels(img.width, img.height, max_pixels)
-            if draft and img.format == "JPEG":
-                img.draft(None, (draft, draft))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+            yield
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -83,6 +73,29 @@ def open_rgb(source, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = N
         raise ImageDecodeError(f"cannot decode image: {text}") from None
 
 
+def _open_checked(source, max_pixels: int) -> Image.Image:
+    """Image.open (reads only the header) and the pixel-count limit."""
+    img = Image.open(source)
+    _check_pixels(img.width, img.height, max_pixels)
+    return img
+
+
+def open_rgb(source, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None
+             ) -> Image.Image:
+    """Open an image file or file object fully (so truncation is detected) as upright RGB.
+
+    ``draft``: the shorter side the caller will resize to; JPEGs are then decoded at a reduced
+    scale that still covers it (much faster for large photos, same quality after resizing).
+    Raises ImageDecodeError with a short reason for anything that is not a usable image.
+    """
+    with _as_decode_errors():
+        img = _open_checked(source, max_pixels)
+        if draft and img.format == "JPEG":
+            img.draft(None, (draft, draft))
+        img.load()
+        return to_rgb(ImageOps.exif_transpose(img))
+
+
 def decode_tensor(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Decode encoded image bytes to an upright RGB ``uint8`` tensor of shape (3, H, W)."""
     import torch
@@ -90,19 +103,8 @@ def decode_tensor(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS):
 
     if not data:
         raise ImageDecodeError("empty image")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            header = Image.open(io.BytesIO(data))
-            _check_pixels(header.width, header.height, max_pixels)
-    except ImageDecodeError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"decompression bomb: {exc}") from None
-    except Image.UnidentifiedImageError:
-        raise ImageDecodeError("not an image (unknown format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageDecodeError(f"cannot decode image: {exc}") from None
+    with _as_decode_errors():
+        _open_checked(io.BytesIO(data), max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torchvision warns on non-writable buffers
