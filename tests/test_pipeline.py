@@ -241,6 +241,8 @@ def test_start_passes_parameters(aws, capsys):
     (["--start", "--param", "BaseModel=vgg16"], "BaseModel must be one of"),
     (["--start", "--param", "AccuracyThreshold=85"], "fraction"),
     (["--start", "--param", "Epochs"], "must look like NAME=VALUE"),
+    (["--start", "--param", "InputDataUrl=./data"], "must be an s3:// URI"),
+    (["--start", "--param", "TrainingInstanceType=g4dn.xlarge"], "SageMaker instance type"),
     (["--upsert", "--param", "Epochs=3"], "add --start"),
     (["--start"], "does not exist"),
     ([], "nothing to do"),
