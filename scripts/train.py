@@ -134,6 +134,7 @@ def main(argv=None) -> int:
     from breedkit.transforms import eval_transform, train_transform
 
     env = distributed.init(args.device)
+    hook = None
     try:
         torch.manual_seed(args.seed)
         train_set = ImageFolderDataset(args.train_dir,
@@ -248,7 +249,6 @@ def main(argv=None) -> int:
                     log.info("early stopping: no better validation accuracy for %d epochs",
                              stale)
                 break
-        hook.close()
 
         if env.is_main:
             model.backbone.load_state_dict(best["weights"])
@@ -272,6 +272,8 @@ def main(argv=None) -> int:
             log.info("model written to %s", args.model_dir)
         distributed.barrier(env)
     finally:
+        if hook is not None:  # flush Debugger output even when training failed (e.g. NaN)
+            hook.close()
         distributed.shutdown(env)
     return 0
 

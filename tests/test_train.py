@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -107,6 +108,20 @@ def test_divergence_stops_with_a_clear_error(tmp_path, split_data):
     assert proc.returncode == 2
     assert "diverged" in proc.stderr and "lower --lr" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_debugger_output_survives_a_diverged_run(tmp_path, split_data):
+    out = tmp_path / "debug"
+    proc = run_script("train.py", *SMALL_TRAINING, "--epochs", "2", "--optimizer", "sgd",
+                      "--lr", "1e12", "--debugger-out", out, "--debugger-save-interval", "1",
+                      "--checkpoint-dir", "", env=train_env(tmp_path, split_data))
+    assert proc.returncode == 2 and "diverged" in proc.stderr
+    from smdebug.trials import create_trial
+
+    trial = create_trial(str(out))
+    (loss,) = trial.tensor_names(collection="losses")
+    values = [trial.tensor(loss).value(s) for s in trial.tensor(loss).steps()]
+    assert values and not all(map(math.isfinite, (float(v) for v in values)))  # NaN recorded
 
 
 def test_sagemaker_style_arguments(tmp_path, split_data):
