@@ -116,6 +116,31 @@ def coerce_parameter(name: str, value: str):
     return result
 
 
+class Param(str):
+    """In an argument list: the value of the pipeline parameter of this name."""
+
+
+# The processing scripts' container contract: script, arguments (container paths, and
+# parameters), inputs and outputs. The cloud steps pass these paths to SageMaker; the local
+# engine maps each container path to a folder of its own.
+PROCESSING_ROOT = "/opt/ml/processing"
+PREPROCESS_JOB = {
+    "script": "preprocess.py",
+    "inputs": {"data": f"{PROCESSING_ROOT}/input"},
+    "outputs": {name: f"{PROCESSING_ROOT}/{name}" for name in ("train", "valid", "test",
+                                                               "manifest")},
+    "arguments": ["--input-dir", f"{PROCESSING_ROOT}/input", "--output-dir", PROCESSING_ROOT,
+                  "--image-size", Param("PreprocessImageSize")],
+}
+EVALUATE_JOB = {
+    "script": "evaluate.py",
+    "inputs": {"model": f"{PROCESSING_ROOT}/model", "test": f"{PROCESSING_ROOT}/test"},
+    "outputs": {"evaluation": f"{PROCESSING_ROOT}/evaluation"},
+    "arguments": ["--model-dir", f"{PROCESSING_ROOT}/model", "--test-dir",
+                  f"{PROCESSING_ROOT}/test", "--output-dir", f"{PROCESSING_ROOT}/evaluation"],
+}
+TRAINING_CHANNELS = ("train", "valid")  # never the test split
+
 # Hyperparameter ranges of the tuning step. A bound given as a string names the pipeline
 # parameter that supplies it.
 HYPERPARAMETER_RANGES: dict[str, dict] = {

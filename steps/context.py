@@ -64,6 +64,10 @@ class BuildContext:
     def p(self, name: str):
         return self.params[name]
 
+    def arguments(self, template: list) -> list:
+        """A spec argument list with parameter references as pipeline variables."""
+        return [self.p(a).to_string() if isinstance(a, spec.Param) else a for a in template]
+
 
 def make_parameters(default_input_url: str) -> dict:
     params = {}

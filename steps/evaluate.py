@@ -19,6 +19,7 @@ from .preprocess import output_uri
 from .train import model_artifact
 
 OUTPUT_NAME = "evaluation"
+JOB = spec.EVALUATE_JOB
 
 
 def make_step(ctx: BuildContext, preprocess: ProcessingStep, train: TrainingStep
@@ -27,18 +28,17 @@ def make_step(ctx: BuildContext, preprocess: ProcessingStep, train: TrainingStep
                           path=spec.EVALUATION_FILE)
     processor = pytorch_processor(ctx, "dogbreed-evaluate")
     step_args = processor.run(
-        code="evaluate.py",
+        code=JOB["script"],
         source_dir=SCRIPTS_DIR,
         inputs=[
-            ProcessingInput(source=model_artifact(train), destination="/opt/ml/processing/model",
+            ProcessingInput(source=model_artifact(train), destination=JOB["inputs"]["model"],
                             input_name="model"),
             ProcessingInput(source=output_uri(preprocess, "test"),
-                            destination="/opt/ml/processing/test", input_name="test"),
+                            destination=JOB["inputs"]["test"], input_name="test"),
         ],
         outputs=[ProcessingOutput(output_name=OUTPUT_NAME,
-                                  source="/opt/ml/processing/evaluation")],
-        arguments=["--model-dir", "/opt/ml/processing/model", "--test-dir",
-                   "/opt/ml/processing/test", "--output-dir", "/opt/ml/processing/evaluation"],
+                                  source=JOB["outputs"][OUTPUT_NAME])],
+        arguments=ctx.arguments(JOB["arguments"]),
         job_name="dogbreed-evaluate",
     )
     step = ProcessingStep(name=spec.STEP.EVALUATE, step_args=step_args,

@@ -15,22 +15,19 @@ from pipelines import spec
 from .common import cache_config, pytorch_processor
 from .context import SCRIPTS_DIR, BuildContext
 
-OUTPUTS = ("train", "valid", "test", "manifest")
-INPUT_DIR = "/opt/ml/processing/input"
-OUTPUT_DIR = "/opt/ml/processing"
+JOB = spec.PREPROCESS_JOB
 
 
 def make_step(ctx: BuildContext) -> ProcessingStep:
     processor = pytorch_processor(ctx, "dogbreed-preprocess")
     step_args = processor.run(
-        code="preprocess.py",
+        code=JOB["script"],
         source_dir=SCRIPTS_DIR,
-        inputs=[ProcessingInput(source=ctx.p("InputDataUrl"), destination=INPUT_DIR,
+        inputs=[ProcessingInput(source=ctx.p("InputDataUrl"), destination=JOB["inputs"]["data"],
                                 input_name="data")],
-        outputs=[ProcessingOutput(output_name=name, source=f"{OUTPUT_DIR}/{name}")
-                 for name in OUTPUTS],
-        arguments=["--input-dir", INPUT_DIR, "--output-dir", OUTPUT_DIR,
-                   "--image-size", ctx.p("PreprocessImageSize").to_string()],
+        outputs=[ProcessingOutput(output_name=name, source=path)
+                 for name, path in JOB["outputs"].items()],
+        arguments=ctx.arguments(JOB["arguments"]),
         job_name="dogbreed-preprocess",
     )
     return ProcessingStep(name=spec.STEP.PREPROCESS, step_args=step_args,

@@ -37,7 +37,7 @@ def tuning_ranges(ctx: BuildContext) -> dict:
 
 def training_inputs(preprocess: ProcessingStep) -> dict:
     return {channel: TrainingInput(output_uri(preprocess, channel))
-            for channel in ("train", "valid")}
+            for channel in spec.TRAINING_CHANNELS}
 
 
 def make_step(ctx: BuildContext, preprocess: ProcessingStep) -> TuningStep:
