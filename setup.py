@@ -20,6 +20,8 @@ INSTALL_REQUIRES = [
     # the cloud pipeline: SDK 2.x (3.x dropped Estimator, RegisterModel and Debugger rules)
     "sagemaker>=2.257,<3",
     "boto3",
+    # the local engine's tuner
+    "optuna>=4,<6",
 ]
 
 DEV_REQUIRES = [
@@ -35,7 +37,7 @@ setup(
     description=__doc__,
     python_requires=">=3.10",
     package_dir={"breedkit": "scripts/breedkit"},
-    packages=["breedkit", "pipelines", "steps"],
+    packages=["breedkit", "pipelines", "pipelines.local", "steps"],
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": DEV_REQUIRES},
 )

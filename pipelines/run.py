@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="follow the execution until it ends; exit 1 if it fails")
     act.add_argument("--definition-out", metavar="FILE", help="write the definition JSON here")
     act.add_argument("--local", action="store_true",
-                     help="run the pipeline on this machine (the local engine)")
+                     help="run the whole pipeline on this machine (no AWS, no Docker)")
+    p.add_argument("--home", help="local engine state (default $DOGBREED_HOME or ./.dogbreed)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="pipeline parameter for --start (repeatable): "
                         + ", ".join(x.name for x in spec.PARAMETERS))
@@ -156,8 +157,7 @@ def _run(args) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
     if args.local:
-        raise CliError("the local engine is not available yet in this version; run the "
-                       "scripts by hand as the README shows")
+        return _run_local(args)
     if not (args.upsert or args.start or args.definition_out or args.wait):
         raise CliError("nothing to do: pass --upsert, --start, --wait or --definition-out")
     if args.wait and not args.start:
@@ -165,6 +165,10 @@ def _run(args) -> int:
     if args.training_instance_count < 1:
         raise CliError("--training-instance-count must be at least 1")
     params = parse_params(args.param)
+    url = params.get("InputDataUrl")
+    if url is not None and not url.startswith("s3://"):
+        raise CliError(f"InputDataUrl must be an s3:// URI for SageMaker (stage local data with "
+                       f"python -m pipelines.stage_data), got {url!r}")
     if params and not args.start:
         raise CliError("--param sets parameters of an execution: add --start")
     tags = [{"Key": k, "Value": v} for k, v in parse_pairs(args.tag, "--tag").items()]
@@ -215,6 +219,24 @@ def _run(args) -> int:
     except (ClientError, BotoCoreError) as exc:
         raise CliError(describe_aws_error(exc)) from None
     return 0
+
+
+def _run_local(args) -> int:
+    if args.upsert or args.start or args.wait or args.definition_out:
+        raise CliError("--local runs the pipeline here; it does not combine with --upsert, "
+                       "--start, --wait or --definition-out")
+    params = parse_params(args.param)
+    from pipelines.local.engine import LocalPipeline, summary
+    from pipelines.registry import home_dir
+    from steps.context import BuildOptions
+
+    options = BuildOptions(debugger_rules=not args.no_debugger_rules,
+                           profiler=not args.no_profiler)
+    engine = LocalPipeline(home_dir(args.home), args.pipeline_name, args.model_package_group,
+                           options, echo=lambda line: print(line, flush=True))
+    result = engine.run(params)
+    print(summary(result), flush=True)
+    return 0 if result.status == "Succeeded" else 130 if result.status == "Stopped" else 1
 
 
 def _as_text(value) -> str:

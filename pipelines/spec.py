@@ -107,9 +107,6 @@ def coerce_parameter(name: str, value: str):
         raise ValueError(f"{name} must be >= {spec.minimum}, got {value!r}")
     if spec.name == "AccuracyThreshold" and result > 1:
         raise ValueError(f"AccuracyThreshold is a fraction in [0, 1], got {value!r}")
-    if spec.name == "InputDataUrl" and not str(result).startswith("s3://"):
-        raise ValueError(f"InputDataUrl must be an s3:// URI (stage local data with "
-                         f"python -m pipelines.stage_data), got {value!r}")
     if spec.name.endswith("InstanceType") and not str(result).startswith("ml."):
         raise ValueError(f"{name} must be a SageMaker instance type such as ml.m5.xlarge, "
                          f"got {value!r}")

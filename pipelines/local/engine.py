@@ -1,0 +1,354 @@
+"""Run the build pipeline locally: Preprocess -> HPTuning -> TrainFinal -> Evaluate ->
+CheckAccuracy -> RegisterModel | AccuracyTooLow, as pipelines/spec.py defines it.
+
+Layout under the home folder::
+
+    <home>/engine.sqlite                 executions, steps, trials, step cache
+    <home>/registry.sqlite               the local model registry
+    <home>/cache/                        downloads and rendered sample data
+    <home>/pipelines/<name>/<execution>/<step>/   each step's files and log
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from breedkit.contract import cpu_count
+from pipelines import spec
+from pipelines.registry import LocalRegistry
+from steps.context import SCRIPTS_DIR, BuildOptions, scripts_digest
+
+from . import inputs, tuning
+from .jobs import map_paths, run_script, training_contract
+from .store import Store
+
+# Which parameters each step's result depends on (its cache key), besides its inputs.
+STEP_PARAMETERS = {
+    spec.STEP.PREPROCESS: ("PreprocessImageSize",),
+    spec.STEP.TUNE: ("ImageSize", "BaseModel", "Pretrained", "TuningEpochs", "MaxTuningJobs",
+                     "MaxParallelTuningJobs"),
+    spec.STEP.TRAIN: ("ImageSize", "BaseModel", "Pretrained", "Epochs"),
+    spec.STEP.EVALUATE: (),
+}
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, message: str):
+        super().__init__(f"{step} failed: {message}")
+        self.step = step
+
+
+class PipelineFailed(Exception):
+    """The Fail step: the execution ends as Failed with this message."""
+
+
+@dataclass
+class StepRecord:
+    name: str
+    status: str
+    seconds: float
+    cached_from: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class RunResult:
+    execution_id: str
+    status: str
+    steps: list[StepRecord] = field(default_factory=list)
+    best_hyperparameters: dict = field(default_factory=dict)
+    accuracy: float | None = None
+    registered_version: int | None = None
+    reports: dict = field(default_factory=dict)
+    error: str | None = None
+
+
+class LocalPipeline:
+    def __init__(self, home: str | os.PathLike, pipeline_name: str = spec.DEFAULT_PIPELINE_NAME,
+                 model_package_group: str = spec.DEFAULT_MODEL_PACKAGE_GROUP,
+                 options: BuildOptions | None = None, echo=print):
+        self.home = Path(home)
+        self.name = pipeline_name
+        self.group = model_package_group
+        self.options = options or BuildOptions()
+        self.echo = echo
+        self.store = Store(self.home)
+        self.code_version = scripts_digest(SCRIPTS_DIR)
+
+    # -- the pipeline --------------------------------------------------------------------------
+
+    def run(self, params: dict) -> RunResult:
+        params = {**{p.name: p.default for p in spec.PARAMETERS}, **params}
+        if not params["InputDataUrl"]:
+            params["InputDataUrl"] = "sklearn-digits"
+        execution_id = self.store.new_execution(self.name, params)
+        self.root = self.home / "pipelines" / self.name / execution_id
+        self.result = RunResult(execution_id, "Executing")
+        self.params = params
+        self.echo(f"local execution {execution_id} of {self.name} (home {self.home})")
+        try:
+            data = self._step(spec.STEP.PREPROCESS, self._preprocess)
+            tuned = self._step(spec.STEP.TUNE, self._tune, data)
+            model = self._step(spec.STEP.TRAIN, self._train, data, tuned)
+            evaluation = self._step(spec.STEP.EVALUATE, self._evaluate, data, model)
+            passed = self._step(spec.STEP.CHECK, self._check, evaluation)
+            if passed:
+                self._step(spec.STEP.REGISTER, self._register, data, tuned, model, evaluation)
+            else:
+                self._step(spec.STEP.FAIL, self._fail)
+            self.result.status = "Succeeded"
+        except KeyboardInterrupt:
+            self.result.status, self.result.error = "Stopped", "stopped by the user (Ctrl-C)"
+        except (StepFailed, PipelineFailed) as exc:
+            self.result.status, self.result.error = "Failed", str(exc)
+        except Exception as exc:  # an engine bug: record it, then let it surface
+            self.result.status, self.result.error = "Failed", f"{type(exc).__name__}: {exc}"
+            self.store.end_execution(execution_id, "Failed", self.result.error)
+            raise
+        self.store.end_execution(execution_id, self.result.status, self.result.error)
+        return self.result
+
+    def _step(self, name: str, fn, *args):
+        """Run one step: record it, reuse the cache where the step allows, print progress."""
+        step_dir = self.root / name
+        step_dir.mkdir(parents=True, exist_ok=True)
+        log_path = step_dir / "step.log"
+        self.store.start_step(self.result.execution_id, name, str(log_path))
+        self.echo(f"[{name}] started")
+        start = time.perf_counter()
+        key = self._cache_key(name, args) if name in STEP_PARAMETERS else None
+        try:
+            hit = self.store.cached(self.name, name, key) if key else None
+            if hit and all(Path(p).exists() for p in _paths(hit["outputs"])):
+                outputs, cached_from = hit["outputs"], hit["execution_id"]
+                self.echo(f"[{name}] cache hit: reusing the outputs of execution {cached_from}")
+                self._replay(name, outputs)
+            else:
+                outputs, cached_from = fn(step_dir, *args), None
+                if key:
+                    self.store.remember(self.name, name, key, self.result.execution_id, outputs)
+        except KeyboardInterrupt:
+            self._end(name, "Stopped", start, error="stopped by the user")
+            raise
+        except PipelineFailed as exc:
+            self._end(name, "Failed", start, error=str(exc))
+            raise
+        except StepFailed as exc:
+            self._end(name, "Failed", start, error=str(exc))
+            raise
+        except Exception as exc:
+            self._end(name, "Failed", start, error=f"{type(exc).__name__}: {exc}")
+            raise
+        self._end(name, "Succeeded", start, outputs=outputs if isinstance(outputs, dict) else
+                  {"value": outputs}, key=key, cached_from=cached_from)
+        return outputs
+
+    def _end(self, name, status, start, *, outputs=None, key=None, cached_from=None,
+             error=None):
+        seconds = time.perf_counter() - start
+        self.store.end_step(self.result.execution_id, name, status, seconds, outputs=outputs,
+                            cache_key=key, cached_from=cached_from, error=error)
+        self.result.steps.append(StepRecord(name, status, seconds, cached_from, error or ""))
+        self.echo(f"[{name}] {status.lower()} in {seconds:.1f}s" + (f": {error}" if error else ""))
+
+    def _cache_key(self, name: str, args) -> str:
+        upstream = [a.get("cache_key", "") if isinstance(a, dict) else str(a) for a in args]
+        if name == spec.STEP.PREPROCESS:
+            upstream.append(self._input_fingerprint())
+        material = {"step": name, "code": self.code_version, "upstream": upstream,
+                    "params": {p: self.params[p] for p in STEP_PARAMETERS[name]},
+                    "options": [self.options.debugger_rules, self.options.profiler]
+                    if name == spec.STEP.TRAIN else []}
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+    def _input_fingerprint(self) -> str:
+        path = self._input_path()
+        return f"{path}:{inputs.fingerprint(path)}"
+
+    def _input_path(self) -> Path:
+        if not hasattr(self, "_resolved_input"):
+            try:
+                self._resolved_input = inputs.resolve(self.params["InputDataUrl"],
+                                                      self.home / "cache")
+            except inputs.InputError as exc:
+                raise StepFailed(spec.STEP.PREPROCESS, str(exc)) from None
+        return self._resolved_input
+
+    def _replay(self, name: str, outputs: dict) -> None:
+        """Restore what a cached step contributes to the summary."""
+        if name == spec.STEP.TUNE:
+            self.result.best_hyperparameters = outputs["best"]
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def _processing(self, job: dict, step_dir: Path, input_paths: dict, name: str) -> dict:
+        outputs = {out: step_dir / out for out in job["outputs"]}
+        mapping = {job["inputs"][k]: Path(v) for k, v in input_paths.items()}
+        mapping.update({path: outputs[out] for out, path in job["outputs"].items()})
+        mapping[spec.PROCESSING_ROOT] = step_dir
+        args = [str(self.params[a]) if isinstance(a, spec.Param) else a for a in job["arguments"]]
+        result = run_script(job["script"], map_paths(args, mapping), step_dir / "step.log",
+                            env={"SM_OUTPUT_DIR": str(step_dir / "job-output")})
+        if result.returncode != 0:
+            raise StepFailed(name, f"{result.failure_reason} (log: {result.log_path})")
+        return {k: str(v) for k, v in outputs.items()}
+
+    def _preprocess(self, step_dir: Path) -> dict:
+        outputs = self._processing(spec.PREPROCESS_JOB, step_dir,
+                                   {"data": self._input_path()}, spec.STEP.PREPROCESS)
+        manifest = json.loads((Path(outputs["manifest"]) / "manifest.json").read_text())
+        counts = {s: manifest["counts"][s]["total"] for s in ("train", "valid", "test")}
+        self.echo(f"[{spec.STEP.PREPROCESS}] {len(manifest['classes'])} classes, {counts}, "
+                  f"{len(manifest['skipped'])} skipped")
+        return {**outputs, "cache_key": self._cache_key(spec.STEP.PREPROCESS, ())}
+
+    def _static_hyperparameters(self) -> dict:
+        return {hp: self.params[p] for hp, p in spec.STATIC_HYPERPARAMETERS.items()}
+
+    def _train_job(self, job_dir: Path, data: dict, hps: dict, on_line=None, threads=None,
+                   extra_args=()):
+        channels = {c: Path(data[c]) for c in spec.TRAINING_CHANNELS}
+        env, args = training_contract(channels, job_dir / "model", job_dir / "output",
+                                      {**self._static_hyperparameters(), **hps})
+        return run_script("train.py", [*args, *extra_args], job_dir / "train.log", env=env,
+                          threads=threads, on_line=on_line)
+
+    def _tune(self, step_dir: Path, data: dict) -> dict:
+        parallel = max(1, min(int(self.params["MaxParallelTuningJobs"]),
+                              int(self.params["MaxTuningJobs"])))
+        threads = max(1, cpu_count() // parallel)
+
+        def run_trial(number, hps, on_line):
+            return self._train_job(step_dir / f"trial-{number}", data, hps, on_line, threads,
+                                   ("--checkpoint-dir", ""))
+
+        def on_trial(outcome):
+            outcome.log_path = str(step_dir / f"trial-{outcome.number}" / "train.log")
+            self.store.record_trial(self.result.execution_id, outcome.number, outcome.state,
+                                    outcome.hyperparameters, outcome.value, outcome.intermediate,
+                                    outcome.log_path)
+            value = f"{outcome.value:.4f}" if outcome.value is not None else "-"
+            self.echo(f"[{spec.STEP.TUNE}] trial {outcome.number}: {outcome.state}, "
+                      f"{spec.OBJECTIVE_METRIC}={value}, {_fmt(outcome.hyperparameters)}")
+
+        outcomes = tuning.tune(self.params, run_trial, n_trials=int(self.params["MaxTuningJobs"]),
+                               parallel=parallel, on_trial=on_trial)
+        best = tuning.best(outcomes)
+        if best is None:
+            raise StepFailed(spec.STEP.TUNE, "no tuning trial completed; see the trial logs in "
+                             f"{step_dir}")
+        self.result.best_hyperparameters = best.hyperparameters
+        self.echo(f"[{spec.STEP.TUNE}] best trial {best.number}: {spec.OBJECTIVE_METRIC}="
+                  f"{best.value:.4f}, {_fmt(best.hyperparameters)}")
+        return {"best": best.hyperparameters, "best_value": best.value,
+                "trials": str(step_dir), "cache_key": self._cache_key(spec.STEP.TUNE, (data,))}
+
+    def _train(self, step_dir: Path, data: dict, tuned: dict) -> dict:
+        hps = {k: v for k, v in tuned["best"].items() if k != "epochs"}
+        hps["epochs"] = self.params["Epochs"]
+        extra = ["--checkpoint-dir", str(step_dir / "checkpoints")]
+        if self.options.debugger_rules:
+            extra += ["--debugger-out", str(step_dir / "debugger")]
+
+        def on_line(line: str):
+            if line.startswith("epoch="):
+                self.echo(f"[{spec.STEP.TRAIN}] {line}")
+
+        result = self._train_job(step_dir, data, hps, on_line, extra_args=extra)
+        if result.returncode != 0:
+            raise StepFailed(spec.STEP.TRAIN, f"{result.failure_reason} (log: {result.log_path})")
+        archive = step_dir / "output" / "model.tar.gz"  # what SageMaker uploads
+        with tarfile.open(archive, "w:gz") as tar:
+            for item in sorted((step_dir / "model").iterdir()):
+                tar.add(item, arcname=item.name)
+        return {"model_data": str(archive), "hyperparameters": hps,
+                "debugger": str(step_dir / "debugger") if self.options.debugger_rules else "",
+                "cache_key": self._cache_key(spec.STEP.TRAIN, (data, tuned))}
+
+    def _evaluate(self, step_dir: Path, data: dict, model: dict) -> dict:
+        outputs = self._processing(spec.EVALUATE_JOB, step_dir,
+                                   {"model": model["model_data"], "test": data["test"]},
+                                   spec.STEP.EVALUATE)
+        report = Path(outputs["evaluation"]) / spec.EVALUATION_FILE
+        self.result.reports["evaluation"] = str(report)
+        self.result.reports["confusion_matrix"] = str(Path(outputs["evaluation"]) /
+                                                      "confusion_matrix.png")
+        return {**outputs, "report": str(report),
+                "cache_key": self._cache_key(spec.STEP.EVALUATE, (data, model))}
+
+    def _check(self, step_dir: Path, evaluation: dict) -> bool:
+        report = json.loads(Path(evaluation["report"]).read_text())
+        self.result.reports.setdefault("evaluation", evaluation["report"])
+        value = report
+        for part in spec.ACCURACY_JSON_PATH.split("."):
+            value = value[part]
+        self.result.accuracy = float(value)
+        threshold = float(self.params["AccuracyThreshold"])
+        passed = self.result.accuracy >= threshold
+        self.echo(f"[{spec.STEP.CHECK}] accuracy {self.result.accuracy:.4f} "
+                  f"{'>=' if passed else '<'} AccuracyThreshold {threshold}")
+        return passed
+
+    def _register(self, step_dir: Path, data: dict, tuned: dict, model: dict,
+                  evaluation: dict) -> dict:
+        manifest = json.loads((Path(data["manifest"]) / "manifest.json").read_text())
+        # the registered artifact must outlive the execution's folder
+        artifact = self.home / "models" / self.group / f"{self.result.execution_id}.tar.gz"
+        artifact.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(model["model_data"], artifact)
+        package = LocalRegistry(self.home).register(
+            self.group, str(artifact),
+            metrics=json.loads(Path(evaluation["report"]).read_text()),
+            hyperparameters={**self._static_hyperparameters(), **model["hyperparameters"]},
+            lineage={"pipeline": self.name, "execution": self.result.execution_id,
+                     "input": self.params["InputDataUrl"],
+                     "data_fingerprint": manifest["fingerprint"],
+                     "code_version": self.code_version},
+            approval_status=self.params["ModelApprovalStatus"],
+            description=f"{self.params['BaseModel']} from local execution "
+                        f"{self.result.execution_id}")
+        self.result.registered_version = package.version
+        self.echo(f"[{spec.STEP.REGISTER}] {self.group} version {package.version} "
+                  f"({package.approval_status})")
+        return {"version": package.version, "model_data": str(artifact)}
+
+    def _fail(self, step_dir: Path):
+        raise PipelineFailed(
+            f"Test accuracy {self.result.accuracy} is below the AccuracyThreshold of "
+            f"{self.params['AccuracyThreshold']} - the model was not registered.")
+
+
+def _paths(outputs: dict) -> list[str]:
+    keys = ("train", "valid", "test", "manifest", "model_data", "evaluation", "report")
+    return [outputs[k] for k in keys if k in outputs and outputs[k]]
+
+
+def _fmt(hps: dict) -> str:
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in hps.items())
+
+
+def summary(result: RunResult) -> str:
+    lines = [f"execution {result.execution_id}: {result.status}"]
+    lines.append(f"  {'step':<16} {'status':<10} {'seconds':>8}  note")
+    for s in result.steps:
+        note = f"cache hit ({s.cached_from})" if s.cached_from else s.detail
+        lines.append(f"  {s.name:<16} {s.status:<10} {s.seconds:>8.1f}  {note}")
+    if result.best_hyperparameters:
+        lines.append(f"  best hyperparameters: {_fmt(result.best_hyperparameters)}")
+    if result.accuracy is not None:
+        lines.append(f"  test accuracy: {result.accuracy:.4f}")
+    if result.registered_version is not None:
+        lines.append(f"  registered: version {result.registered_version}")
+    for name, path in result.reports.items():
+        lines.append(f"  {name}: {path}")
+    if result.error:
+        lines.append(f"  error: {result.error}")
+    return "\n".join(lines)

@@ -1,0 +1,130 @@
+"""The local engine end to end on generated data: one real run, then cache, resume, the false
+branch and Ctrl-C on top of it (the steps are cached, so the later runs are quick)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+
+import pytest
+
+from conftest import make_image_folder
+from pipelines import run
+from pipelines.local import engine as engine_module
+from pipelines.local.engine import LocalPipeline, StepFailed
+from pipelines.registry import LocalRegistry
+from steps.context import BuildOptions
+
+SMALL = {"BaseModel": "resnet18", "Pretrained": "false", "ImageSize": 32,
+         "PreprocessImageSize": 36, "TuningEpochs": 1, "MaxTuningJobs": 2,
+         "MaxParallelTuningJobs": 2, "Epochs": 6, "AccuracyThreshold": 0.3}
+STEPS = ["Preprocess", "HPTuning", "TrainFinal", "Evaluate", "CheckAccuracy", "RegisterModel"]
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """Data with two indistinguishable classes, so test accuracy stays clearly below 1."""
+    root = tmp_path_factory.mktemp("local")
+    data = make_image_folder(root / "data", 30)
+    shutil.copytree(data / "001.Red_square", data / "004.Red_square_twin")
+    return {"home": root / "home", "data": data}
+
+
+def pipeline(home, lines, **kwargs):
+    return LocalPipeline(home["home"], options=BuildOptions(debugger_rules=False),
+                         echo=lines.append, **kwargs)
+
+
+def execution_rows(home):
+    db = sqlite3.connect(home["home"] / "engine.sqlite")
+    return db.execute("SELECT id, status, error FROM executions ORDER BY started_at").fetchall()
+
+
+def test_failed_step_then_resume_from_cache(home, monkeypatch):
+    params = {**SMALL, "InputDataUrl": str(home["data"])}
+    lines: list[str] = []
+
+    def broken(self, step_dir, data, tuned):
+        raise StepFailed("TrainFinal", "simulated crash")
+
+    monkeypatch.setattr(engine_module.LocalPipeline, "_train", broken)
+    first = pipeline(home, lines).run(params)
+    assert first.status == "Failed" and "simulated crash" in first.error
+    assert [(s.name, s.status) for s in first.steps] == [
+        ("Preprocess", "Succeeded"), ("HPTuning", "Succeeded"), ("TrainFinal", "Failed")]
+    record = pipeline(home, []).store.execution(first.execution_id)
+    assert record["status"] == "Failed"
+    assert len(record["trials"]) == 2 and all(t["state"] == "Completed" for t in record["trials"])
+    assert all(json.loads(t["hyperparameters"]).keys() == {"lr", "batch-size", "epochs",
+                                                           "weight-decay"}
+               for t in record["trials"])
+
+    monkeypatch.undo()
+    lines.clear()
+    second = pipeline(home, lines).run(params)
+    assert second.status == "Succeeded", second.error
+    assert [s.name for s in second.steps] == STEPS
+    cached = {s.name: s.cached_from for s in second.steps}
+    assert cached["Preprocess"] == cached["HPTuning"] == first.execution_id  # resumed
+    assert cached["TrainFinal"] is None
+    assert any("cache hit" in line for line in lines)
+    assert any(line.startswith("[TrainFinal] epoch=6 ") for line in lines)
+    assert second.registered_version == 1
+    assert 0.3 <= second.accuracy < 1.0
+    assert second.best_hyperparameters["epochs"] == 1
+
+    package = LocalRegistry(home["home"]).describe("DogBreedModels", 1)
+    assert package.approval_status == "PendingManualApproval"
+    assert package.lineage["execution"] == second.execution_id
+    assert package.lineage["data_fingerprint"].startswith("sha256:")
+    assert package.accuracy == pytest.approx(second.accuracy)
+    assert package.hyperparameters["epochs"] == 6 and package.hyperparameters["arch"] == \
+        "resnet18"
+    assert (home["home"] / "models").exists() and package.model_data.endswith(".tar.gz")
+
+
+def test_rerun_hits_the_cache_and_registers_a_new_version(home):
+    lines: list[str] = []
+    result = pipeline(home, lines).run({**SMALL, "InputDataUrl": str(home["data"])})
+    assert result.status == "Succeeded"
+    assert all(s.cached_from for s in result.steps[:4])
+    assert result.registered_version == 2
+    assert sum(s.seconds for s in result.steps) < 30
+
+
+def test_accuracy_below_threshold_fails_with_the_numbers(home, capsys):
+    code = run.main(["--local", "--home", str(home["home"]), "--no-debugger-rules",
+                     *[f"--param={k}={v}" for k, v in SMALL.items() if k != "AccuracyThreshold"],
+                     f"--param=InputDataUrl={home['data']}", "--param=AccuracyThreshold=0.99"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "AccuracyTooLow" in out and "is below the AccuracyThreshold of 0.99" in out
+    assert "Test accuracy 0." in out
+    assert execution_rows(home)[-1][1] == "Failed"
+    assert len(LocalRegistry(home["home"]).list("DogBreedModels")) == 2  # nothing registered
+
+
+def test_ctrl_c_marks_the_execution_stopped(home, monkeypatch, capsys):
+    def interrupted(self, step_dir, evaluation):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine_module.LocalPipeline, "_check", interrupted)
+    code = run.main(["--local", "--home", str(home["home"]), "--no-debugger-rules",
+                     *[f"--param={k}={v}" for k, v in SMALL.items()],
+                     f"--param=InputDataUrl={home['data']}"])
+    assert code == 130
+    execution_id, status, error = execution_rows(home)[-1]
+    assert status == "Stopped" and "Ctrl-C" in error
+    steps = dict(sqlite3.connect(home["home"] / "engine.sqlite").execute(
+        "SELECT name, status FROM steps WHERE execution_id = ?", (execution_id,)).fetchall())
+    assert steps["CheckAccuracy"] == "Stopped" and steps["Evaluate"] == "Succeeded"
+
+
+def test_bad_local_input_and_flags(home, capsys, tmp_path):
+    code = run.main(["--local", "--home", str(tmp_path / "h"),
+                     f"--param=InputDataUrl={tmp_path / 'nowhere'}"])
+    out = capsys.readouterr().out
+    assert code == 1 and "does not exist" in out and "Traceback" not in out
+    assert run.main(["--local", "--upsert"]) == 2
+    assert "does not combine" in capsys.readouterr().err
