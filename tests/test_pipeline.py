@@ -246,7 +246,7 @@ def test_start_passes_parameters(aws, capsys):
     (["--upsert", "--param", "Epochs=3"], "add --start"),
     (["--start"], "does not exist"),
     ([], "nothing to do"),
-    (["--local"], "local engine"),
+    (["--local", "--start"], "does not combine"),
 ])
 def test_bad_arguments_give_one_clear_line(aws, capsys, args, message):
     assert cli(*args) == 2
