@@ -32,8 +32,8 @@ def home(tmp_path_factory):
 
 
 def pipeline(home, lines, **kwargs):
-    return LocalPipeline(home["home"], options=BuildOptions(debugger_rules=False),
-                         echo=lines.append, **kwargs)
+    return LocalPipeline(home["home"], options=BuildOptions(profiler=False), echo=lines.append,
+                         **kwargs)
 
 
 def execution_rows(home):
@@ -73,6 +73,14 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
     assert second.registered_version == 1
     assert 0.3 <= second.accuracy < 1.0
     assert second.best_hyperparameters["epochs"] == 1
+    # the Debugger rules ran on TrainFinal's hook output, each with a verdict
+    verdicts = {v["rule"]: v["status"] for v in second.rules}
+    assert set(verdicts) == {"LossNotDecreasing", "Overfit", "Overtraining", "VanishingGradient",
+                             "ExplodingTensor", "PoorWeightInitialization"}
+    assert verdicts["ExplodingTensor"] == "NoIssuesFound"
+    assert "Error" not in verdicts.values()
+    assert any(line.startswith("[TrainFinal] rule ExplodingTensor: NoIssuesFound")
+               for line in lines)
 
     package = LocalRegistry(home["home"]).describe("DogBreedModels", 1)
     assert package.approval_status == "PendingManualApproval"
@@ -89,12 +97,13 @@ def test_rerun_hits_the_cache_and_registers_a_new_version(home):
     result = pipeline(home, lines).run({**SMALL, "InputDataUrl": str(home["data"])})
     assert result.status == "Succeeded"
     assert all(s.cached_from for s in result.steps[:4])
+    assert len(result.rules) == 6  # the verdicts come back with the cached step
     assert result.registered_version == 2
     assert sum(s.seconds for s in result.steps) < 30
 
 
 def test_accuracy_below_threshold_fails_with_the_numbers(home, capsys):
-    code = run.main(["--local", "--home", str(home["home"]), "--no-debugger-rules",
+    code = run.main(["--local", "--home", str(home["home"]), "--no-profiler",
                      *[f"--param={k}={v}" for k, v in SMALL.items() if k != "AccuracyThreshold"],
                      f"--param=InputDataUrl={home['data']}", "--param=AccuracyThreshold=0.99"])
     out = capsys.readouterr().out
@@ -110,7 +119,7 @@ def test_ctrl_c_marks_the_execution_stopped(home, monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(engine_module.LocalPipeline, "_check", interrupted)
-    code = run.main(["--local", "--home", str(home["home"]), "--no-debugger-rules",
+    code = run.main(["--local", "--home", str(home["home"]), "--no-profiler",
                      *[f"--param={k}={v}" for k, v in SMALL.items()],
                      f"--param=InputDataUrl={home['data']}"])
     assert code == 130

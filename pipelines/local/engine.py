@@ -67,6 +67,7 @@ class RunResult:
     accuracy: float | None = None
     registered_version: int | None = None
     reports: dict = field(default_factory=dict)
+    rules: list = field(default_factory=list)
     error: str | None = None
 
 
@@ -185,6 +186,8 @@ class LocalPipeline:
         """Restore what a cached step contributes to the summary."""
         if name == spec.STEP.TUNE:
             self.result.best_hyperparameters = outputs["best"]
+        if name == spec.STEP.TRAIN:
+            self.result.rules = outputs.get("rules", [])
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -268,9 +271,29 @@ class LocalPipeline:
         with tarfile.open(archive, "w:gz") as tar:
             for item in sorted((step_dir / "model").iterdir()):
                 tar.add(item, arcname=item.name)
-        return {"model_data": str(archive), "hyperparameters": hps,
-                "debugger": str(step_dir / "debugger") if self.options.debugger_rules else "",
-                "cache_key": self._cache_key(spec.STEP.TRAIN, (data, tuned))}
+        outputs = {"model_data": str(archive), "hyperparameters": hps,
+                   "cache_key": self._cache_key(spec.STEP.TRAIN, (data, tuned))}
+        if self.options.debugger_rules:
+            outputs["rules"] = self._evaluate_rules(step_dir / "debugger")
+        self._replay(spec.STEP.TRAIN, outputs)
+        return outputs
+
+    def _evaluate_rules(self, hook_dir: Path) -> list[dict]:
+        """The Debugger rules on TrainFinal's hook output, as SageMaker's rule jobs would."""
+        try:
+            from .rules import evaluate_rules
+
+            verdicts = evaluate_rules(str(hook_dir))
+        except ImportError as exc:
+            verdicts = [{"rule": name, "status": "Error", "step": None,
+                         "message": f"smdebug unavailable: {exc}"}
+                        for name in spec.DEBUGGER_RULES]
+        (hook_dir.parent / "rules.json").write_text(json.dumps(verdicts, indent=2) + "\n")
+        for v in verdicts:
+            where = f" at step {v['step']}" if v["step"] is not None else ""
+            self.echo(f"[{spec.STEP.TRAIN}] rule {v['rule']}: {v['status']}{where}"
+                      + (f" ({v['message']})" if v["status"] == "Error" else ""))
+        return verdicts
 
     def _evaluate(self, step_dir: Path, data: dict, model: dict) -> dict:
         outputs = self._processing(spec.EVALUATE_JOB, step_dir,
@@ -343,6 +366,9 @@ def summary(result: RunResult) -> str:
         lines.append(f"  {s.name:<16} {s.status:<10} {s.seconds:>8.1f}  {note}")
     if result.best_hyperparameters:
         lines.append(f"  best hyperparameters: {_fmt(result.best_hyperparameters)}")
+    for v in result.rules:
+        where = f" at step {v['step']}" if v["step"] is not None else ""
+        lines.append(f"  rule {v['rule']:<26} {v['status']}{where}")
     if result.accuracy is not None:
         lines.append(f"  test accuracy: {result.accuracy:.4f}")
     if result.registered_version is not None:
