@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--debugger-out", default="",
                     help="write SageMaker Debugger (smdebug) reductions here, for local rules")
     rt.add_argument("--debugger-save-interval", type=int, default=20)
+    rt.add_argument("--profile-out", default="",
+                    help="write system use and per-step timings here (breedkit.profiling)")
     rt.add_argument("--max-steps-per-epoch", type=int, default=0,
                     help="cap on steps per epoch (0: the whole training set); for smoke tests")
     loc = p.add_argument_group("locations (SageMaker sets these)")
@@ -134,7 +136,7 @@ def main(argv=None) -> int:
     from breedkit.transforms import eval_transform, train_transform
 
     env = distributed.init(args.device)
-    hook = None
+    hook = profiler = None
     try:
         torch.manual_seed(args.seed)
         train_set = ImageFolderDataset(args.train_dir,
@@ -207,6 +209,10 @@ def main(argv=None) -> int:
                      "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
                      args.arch, args.optimizer, args.pretrained, args.fine_tune)
 
+        from breedkit.profiling import NullProfiler, Profiler
+
+        profiler = (Profiler(args.profile_out, env.device) if args.profile_out and env.is_main
+                    else NullProfiler())
         started = time.perf_counter()
         for epoch in range(start_epoch, args.epochs + 1):
             train_loader.sampler.set_epoch(epoch)
@@ -214,7 +220,8 @@ def main(argv=None) -> int:
             tr = train_one_epoch(net, train_loader, optimizer, criterion, env.device,
                                  amp_dtype=amp_dtype, scaler=scaler, scheduler=scheduler,
                                  hook=hook, epoch=epoch,
-                                 max_steps=args.max_steps_per_epoch or None)
+                                 max_steps=args.max_steps_per_epoch or None,
+                                 profiler=profiler if profiler.enabled else None)
             va = evaluate(net, valid_loader, criterion, env.device, amp_dtype=amp_dtype, hook=hook)
             (t_loss, t_correct, t_count, v_loss, v_correct, v_count) = distributed.all_reduce_sum(
                 [tr["loss_sum"], tr["correct"], tr["count"], va["loss_sum"], va["correct"],
@@ -274,6 +281,8 @@ def main(argv=None) -> int:
     finally:
         if hook is not None:  # flush Debugger output even when training failed (e.g. NaN)
             hook.close()
+        if profiler is not None:
+            profiler.close()
         distributed.shutdown(env)
     return 0
 

@@ -32,8 +32,7 @@ def home(tmp_path_factory):
 
 
 def pipeline(home, lines, **kwargs):
-    return LocalPipeline(home["home"], options=BuildOptions(profiler=False), echo=lines.append,
-                         **kwargs)
+    return LocalPipeline(home["home"], options=BuildOptions(), echo=lines.append, **kwargs)
 
 
 def execution_rows(home):
@@ -81,6 +80,11 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
     assert "Error" not in verdicts.values()
     assert any(line.startswith("[TrainFinal] rule ExplodingTensor: NoIssuesFound")
                for line in lines)
+    # the ProfilerReport: one HTML page with the system and per-step plots
+    report = second.reports["profiler_report"]
+    page = open(report).read()
+    assert "Time per training step" in page and "System use over time" in page
+    assert page.count("data:image/png;base64,") == 2 and "data loading" in page
 
     package = LocalRegistry(home["home"]).describe("DogBreedModels", 1)
     assert package.approval_status == "PendingManualApproval"
@@ -103,7 +107,7 @@ def test_rerun_hits_the_cache_and_registers_a_new_version(home):
 
 
 def test_accuracy_below_threshold_fails_with_the_numbers(home, capsys):
-    code = run.main(["--local", "--home", str(home["home"]), "--no-profiler",
+    code = run.main(["--local", "--home", str(home["home"]),
                      *[f"--param={k}={v}" for k, v in SMALL.items() if k != "AccuracyThreshold"],
                      f"--param=InputDataUrl={home['data']}", "--param=AccuracyThreshold=0.99"])
     out = capsys.readouterr().out
@@ -119,7 +123,7 @@ def test_ctrl_c_marks_the_execution_stopped(home, monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(engine_module.LocalPipeline, "_check", interrupted)
-    code = run.main(["--local", "--home", str(home["home"]), "--no-profiler",
+    code = run.main(["--local", "--home", str(home["home"]),
                      *[f"--param={k}={v}" for k, v in SMALL.items()],
                      f"--param=InputDataUrl={home['data']}"])
     assert code == 130

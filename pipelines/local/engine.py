@@ -188,6 +188,8 @@ class LocalPipeline:
             self.result.best_hyperparameters = outputs["best"]
         if name == spec.STEP.TRAIN:
             self.result.rules = outputs.get("rules", [])
+            if outputs.get("profiler_report"):
+                self.result.reports["profiler_report"] = outputs["profiler_report"]
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -259,6 +261,8 @@ class LocalPipeline:
         extra = ["--checkpoint-dir", str(step_dir / "checkpoints")]
         if self.options.debugger_rules:
             extra += ["--debugger-out", str(step_dir / "debugger")]
+        if self.options.profiler:
+            extra += ["--profile-out", str(step_dir / "profiler")]
 
         def on_line(line: str):
             if line.startswith("epoch="):
@@ -275,6 +279,12 @@ class LocalPipeline:
                    "cache_key": self._cache_key(spec.STEP.TRAIN, (data, tuned))}
         if self.options.debugger_rules:
             outputs["rules"] = self._evaluate_rules(step_dir / "debugger")
+        if self.options.profiler:
+            from .profiler_report import build_report
+
+            outputs["profiler_report"] = str(build_report(
+                step_dir / "profiler", step_dir / "profiler-report.html",
+                f"{spec.PROFILER_RULE}: {self.name} {self.result.execution_id} {spec.STEP.TRAIN}"))
         self._replay(spec.STEP.TRAIN, outputs)
         return outputs
 

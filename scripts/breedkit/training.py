@@ -91,7 +91,7 @@ def cosine_schedule(optimizer, total_steps: int, warmup_steps: int = 0):
 
 def train_one_epoch(model, loader, optimizer, criterion, device, *, amp_dtype=None, scaler=None,
                     scheduler=None, hook=None, epoch: int = 0, max_steps: int | None = None,
-                    progress=None) -> dict:
+                    progress=None, profiler=None) -> dict:
     """One pass over ``loader``; returns sums (loss, correct, count) and timings for this rank.
 
     Raises TrainingDiverged as soon as the loss is not finite.
@@ -107,7 +107,8 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, amp_dtype=No
     for step, (images, labels) in enumerate(loader):
         if max_steps is not None and step >= max_steps:
             break
-        data_seconds += time.perf_counter() - tick
+        started = time.perf_counter()
+        data_seconds += started - tick
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
@@ -119,15 +120,24 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, amp_dtype=No
                 f"training loss became {loss.item()} at epoch {epoch} step {step} (lr={lr:.3g}); "
                 f"the run diverged: lower --lr, or check the data")
         optimizer.zero_grad(set_to_none=True)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if profiler is not None:
+            profiler.sync()
+            backward_done = time.perf_counter()
         if scaler is not None:
-            scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if profiler is not None:
+            profiler.sync()
+            done = time.perf_counter()
+            profiler.record_step(epoch=epoch, step=step, images=int(labels.shape[0]),
+                                 data_s=round(started - tick, 5),
+                                 forward_backward_s=round(backward_done - started, 5),
+                                 optimizer_s=round(done - backward_done, 5))
         n = labels.shape[0]
         loss_sum += loss.detach().double() * n
         correct += (logits.detach().argmax(1) == labels).sum()
