@@ -228,7 +228,7 @@ def _run_local(args) -> int:
     params = parse_params(args.param)
     from pipelines.local.engine import LocalPipeline, summary
     from pipelines.registry import home_dir
-    from steps.context import BuildOptions
+    from pipelines.spec import BuildOptions
 
     options = BuildOptions(debugger_rules=not args.no_debugger_rules,
                            profiler=not args.no_profiler)

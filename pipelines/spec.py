@@ -8,7 +8,10 @@ local engine reads the same values. Metric regexes come from the training script
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from breedkit.logformat import METRIC_DEFINITIONS, OBJECTIVE_METRIC, OBJECTIVE_TYPE
@@ -18,6 +21,7 @@ __all__ = ["METRIC_DEFINITIONS", "OBJECTIVE_METRIC", "OBJECTIVE_TYPE", "PARAMETE
            "HYPERPARAMETER_RANGES", "DEBUGGER_RULES", "PROFILER_RULE", "Parameter",
            "parameter", "ACCURACY_JSON_PATH", "coerce_parameter"]
 
+SCRIPTS_DIR = str(Path(__file__).resolve().parent.parent / "scripts")
 DEFAULT_PIPELINE_NAME = "DogBreedBuild"
 DEFAULT_MODEL_PACKAGE_GROUP = "DogBreedModels"
 DEFAULT_PREFIX = "dogbreed"
@@ -176,3 +180,30 @@ INFERENCE_INSTANCES = ("ml.m5.large", "ml.m5.xlarge", "ml.g4dn.xlarge")
 # Containers: the newest PyTorch DLC with both training and inference images in SDK 2.257.
 FRAMEWORK_VERSION = "2.6.0"
 PY_VERSION = "py312"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Structural choices, fixed when the pipeline is built (not per execution).
+
+    Spot training is one: SageMaker rejects MaxWaitTimeInSeconds unless spot is on, so it
+    cannot be switched by a pipeline parameter. Instance counts change the distribution set-up.
+    """
+
+    debugger_rules: bool = True
+    profiler: bool = True
+    spot: bool = False
+    training_instance_count: int = 1
+    cache_expire: str = "P30D"
+
+
+@lru_cache(maxsize=None)
+def scripts_digest(scripts_dir: str) -> str:
+    """sha256 over the container scripts' paths and bytes (caches ignored)."""
+    digest = hashlib.sha256()
+    root = Path(scripts_dir)
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()

@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 
 from sagemaker.workflow.parameters import (ParameterBoolean, ParameterFloat, ParameterInteger,
                                            ParameterString)
 from sagemaker.workflow.pipeline_context import PipelineSession
 
 from pipelines import spec
-
-SCRIPTS_DIR = str(Path(__file__).resolve().parent.parent / "scripts")
+from pipelines.spec import SCRIPTS_DIR, BuildOptions, scripts_digest  # noqa: F401
 
 _PARAMETER_TYPES = {"String": ParameterString, "Integer": ParameterInteger,
                     "Float": ParameterFloat, "Boolean": ParameterBoolean}
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    """Structural choices, fixed when the pipeline is built (not per execution).
-
-    Spot training is one: SageMaker rejects MaxWaitTimeInSeconds unless spot is on, so it
-    cannot be switched by a pipeline parameter. Instance counts change the distribution set-up.
-    """
-
-    debugger_rules: bool = True
-    profiler: bool = True
-    spot: bool = False
-    training_instance_count: int = 1
-    cache_expire: str = "P30D"
 
 
 @dataclass
@@ -78,15 +59,3 @@ def make_parameters(default_input_url: str) -> dict:
         params[spec_param.name] = _PARAMETER_TYPES[spec_param.type](name=spec_param.name,
                                                                     default_value=default)
     return params
-
-
-@lru_cache(maxsize=None)
-def scripts_digest(scripts_dir: str) -> str:
-    """sha256 over the container scripts' paths and bytes (caches ignored)."""
-    digest = hashlib.sha256()
-    root = Path(scripts_dir)
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-            digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()

@@ -14,7 +14,7 @@ from pipelines import run
 from pipelines.local import engine as engine_module
 from pipelines.local.engine import LocalPipeline, StepFailed
 from pipelines.registry import LocalRegistry
-from steps.context import BuildOptions
+from pipelines.spec import BuildOptions
 
 SMALL = {"BaseModel": "resnet18", "Pretrained": "false", "ImageSize": 32,
          "PreprocessImageSize": 36, "TuningEpochs": 1, "MaxTuningJobs": 2,

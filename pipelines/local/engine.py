@@ -23,7 +23,7 @@ from pathlib import Path
 from breedkit.contract import cpu_count
 from pipelines import spec
 from pipelines.registry import LocalRegistry
-from steps.context import SCRIPTS_DIR, BuildOptions, scripts_digest
+from pipelines.spec import SCRIPTS_DIR, BuildOptions, scripts_digest
 
 from . import inputs, tuning
 from .jobs import map_paths, run_script, training_contract

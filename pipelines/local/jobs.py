@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from steps.context import SCRIPTS_DIR
+from pipelines.spec import SCRIPTS_DIR
 
 
 @dataclass
