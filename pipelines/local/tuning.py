@@ -3,7 +3,8 @@
 TPE sampling stands in for SageMaker's Bayesian strategy and a median pruner for its early
 stopping: each trial is scripts/train.py in a subprocess whose log is read line by line with
 the same metric regexes; the objective's per-epoch values are reported to Optuna, and a trial
-that falls below the median of earlier trials at the same epoch is stopped.
+that falls below the median of earlier trials at the same epoch (from its second epoch
+on) is stopped.
 """
 
 from __future__ import annotations
@@ -55,12 +56,12 @@ def tune(params: dict, run_trial: Callable, *, n_trials: int, parallel: int, see
          on_trial: Callable[[TrialOutcome], None] | None = None) -> list[TrialOutcome]:
     """Run the study. ``run_trial(number, hyperparameters, on_line)`` runs train.py and returns
     a JobResult; ``on_line`` returns True when the trial should be stopped (pruned)."""
-    optuna.logging.set_verbosity(logging.WARNING)
+    optuna.logging.set_verbosity(logging.ERROR)  # trials are reported by on_trial
     study = optuna.create_study(
         direction="maximize" if spec.OBJECTIVE_TYPE == "Maximize" else "minimize",
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=max(2, parallel),
-                                           n_warmup_steps=1))
+                                           n_warmup_steps=2))
     outcomes: list[TrialOutcome] = []
     lock = threading.Lock()
 

@@ -1,0 +1,71 @@
+"""The local tuner's bookkeeping with fake trials (no training): objective read from log lines
+by the cloud regex, failures recorded, weak trials pruned, best chosen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+from moto import mock_aws
+
+from breedkit.logformat import format_epoch_line
+from pipelines.local import inputs, tuning
+from pipelines.local.jobs import JobResult, JobStopped
+
+PARAMS = {"TuningEpochs": 3}
+
+
+def fake_runner(plan):
+    """plan[number] -> per-epoch objective values, or 'fail'."""
+    def run_trial(number, hps, on_line):
+        outcome = plan[number]
+        if outcome == "fail":
+            return JobResult(1, "simulated failure", Path("/dev/null"))
+        for epoch, value in enumerate(outcome, start=1):
+            line = format_epoch_line(epoch, {"train_loss": 1.0, "valid_accuracy": value,
+                                             "valid_best_accuracy": value})
+            if on_line("noise that mentions valid_best_accuracy=0.99 mid-line"):
+                raise JobStopped("train.py")
+            if on_line(line):
+                raise JobStopped("train.py")
+        return JobResult(0, None, Path("/dev/null"))
+    return run_trial
+
+
+def test_trials_are_read_recorded_pruned_and_the_best_is_chosen():
+    plan = {0: [0.5, 0.8, 0.9], 1: [0.5, 0.7, 0.95], 2: "fail", 3: [0.1, 0.1, 0.1],
+            4: [0.6, 0.85, 0.97]}
+    seen = []
+    outcomes = tuning.tune(PARAMS, fake_runner(plan), n_trials=5, parallel=1, seed=1,
+                           on_trial=seen.append)
+    assert [o.number for o in outcomes] == [0, 1, 2, 3, 4] and len(seen) == 5
+    states = {o.number: o.state for o in outcomes}
+    assert states[2] == "Failed"
+    assert states[3] == "Stopped"  # below the median at epoch 2: stopped early
+    assert outcomes[3].intermediate == [0.1, 0.1]
+    assert outcomes[0].intermediate == [0.5, 0.8, 0.9]  # only epoch lines count
+    best = tuning.best(outcomes)
+    assert best.number == 4 and best.value == 0.97
+    assert set(best.hyperparameters) == {"lr", "batch-size", "epochs", "weight-decay"}
+    assert 1 <= best.hyperparameters["epochs"] <= 3  # bound by the TuningEpochs parameter
+    assert best.hyperparameters["batch-size"] in (16, 32, 64)
+
+
+def test_input_from_s3_is_downloaded_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    with mock_aws():
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="data")
+        s3.put_object(Bucket="data", Key="sets/dogs/a/1.jpg", Body=b"one")
+        s3.put_object(Bucket="data", Key="sets/dogs/b/2.jpg", Body=b"two")
+        path = inputs.resolve("s3://data/sets/dogs/", tmp_path)
+        assert (path / "a/1.jpg").read_bytes() == b"one" and (path / "b/2.jpg").is_file()
+        assert inputs.resolve("s3://data/sets/dogs/", tmp_path) == path  # cached
+    try:
+        inputs.resolve(str(tmp_path / "missing"), tmp_path)
+    except inputs.InputError as exc:
+        assert "does not exist" in str(exc)
+    else:
+        raise AssertionError("a missing folder must be an InputError")
