@@ -20,8 +20,9 @@ INSTALL_REQUIRES = [
     # the cloud pipeline: SDK 2.x (3.x dropped Estimator, RegisterModel and Debugger rules)
     "sagemaker>=2.257,<3",
     "boto3",
-    # the local engine's tuner
+    # the local engine's tuner, and the local endpoint's HTTP server
     "optuna>=4,<6",
+    "aiohttp>=3.9",
 ]
 
 DEV_REQUIRES = [

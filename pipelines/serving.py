@@ -1,0 +1,201 @@
+"""A local endpoint with SageMaker's serving contract, calling the model's own inference.py.
+
+    python -m pipelines.serving --model-data model.tar.gz --port 8080 [--host 127.0.0.1]
+
+- ``GET /ping``: 200 once the model is loaded; 503 with the reason if it failed to load.
+- ``POST /invocations``: the request goes through the artifact's ``input_fn`` (decoding runs
+  in worker threads), requests arriving together are batched into one ``predict_fn`` call (up
+  to ``--max-batch`` images, waiting at most ``--max-wait-ms``), and each answer goes through
+  ``output_fn``. Client errors (the handlers' ``status_code``: bad content type, undecodable or
+  empty body) and oversized bodies get a 4xx JSON error; the server keeps serving.
+
+Binds to 127.0.0.1 unless told otherwise. Nothing here fetches URLs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import logging
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from aiohttp import web
+
+log = logging.getLogger("serving")
+MAX_BODY_BYTES = 16 * 2**20
+
+
+def load_handlers(model_data: str | os.PathLike, workdir: str | os.PathLike):
+    """Extract model.tar.gz (safely) and import its code/inference.py as its own module."""
+    path = Path(model_data)
+    model_dir = path
+    if path.is_file():
+        import tarfile
+
+        model_dir = Path(workdir) / "model"
+        model_dir.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(path, "r:*") as tar:
+            tar.extractall(model_dir, filter="data")
+    code = model_dir / "code"
+    sys.path.insert(0, str(code))
+    spec = importlib.util.spec_from_file_location("endpoint_inference", code / "inference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, module.model_fn(str(model_dir))
+
+
+class Batcher:
+    """Collects decoded requests and runs them through predict_fn together."""
+
+    def __init__(self, handlers, model, executor, max_batch: int, max_wait: float):
+        self.handlers, self.model, self.executor = handlers, model, executor
+        self.max_batch, self.max_wait = max_batch, max_wait
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.batches = 0
+
+    async def predict(self, data: dict) -> tuple[list, int]:
+        """The request's predictions and how many images its batch held."""
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((data, future))
+        return await future
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = [await self.queue.get()]
+            count = len(items[0][0]["images"])
+            deadline = loop.time() + self.max_wait
+            while count < self.max_batch:
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+                items.append(item)
+                count += len(item[0]["images"])
+            await self._run_batch(loop, items)
+
+    async def _run_batch(self, loop, items) -> None:
+        # one forward pass over all images; top_k is applied per request afterwards
+        default_k = getattr(self.handlers, "DEFAULT_TOP_K", 5)
+        wanted = [data.get("top_k") or default_k for data, _ in items]
+        merged = {"images": [img for data, _ in items for img in data["images"]],
+                  "top_k": max(wanted)}
+        try:
+            results = await loop.run_in_executor(self.executor, self.handlers.predict_fn,
+                                                 merged, self.model)
+        except Exception as exc:  # noqa: BLE001 - answer every waiting request
+            for _, future in items:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self.batches += 1
+        start = 0
+        for (data, future), k in zip(items, wanted):
+            n = len(data["images"])
+            mine = results[start:start + n]
+            start += n
+            for entry in mine:
+                entry["top_k"] = entry["top_k"][:k]
+            if not future.done():
+                future.set_result((mine, len(merged["images"])))
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message, "status": status}, status=status)
+
+
+def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
+             threads: int = 4, workdir: str | None = None) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="serve")
+    state = {"error": None, "handlers": None, "batcher": None}
+    scratch = workdir or tempfile.mkdtemp(prefix="endpoint-")
+
+    async def startup(app):
+        try:
+            handlers, model = await asyncio.get_running_loop().run_in_executor(
+                executor, load_handlers, model_data, scratch)
+        except Exception as exc:  # noqa: BLE001 - reported by /ping, the server stays up
+            state["error"] = f"model failed to load: {type(exc).__name__}: {exc}"
+            log.error(state["error"])
+            return
+        state["handlers"] = handlers
+        state["batcher"] = Batcher(handlers, model, executor, max_batch, max_wait_ms / 1000)
+        app["batch_task"] = asyncio.create_task(state["batcher"].run())
+
+    async def cleanup(app):
+        task = app.get("batch_task")
+        if task:
+            task.cancel()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    async def ping(request):
+        if state["error"]:
+            return json_error(503, state["error"])
+        if state["batcher"] is None:
+            return json_error(503, "model loading")
+        return web.json_response({"status": "healthy"})
+
+    async def invocations(request):
+        if state["batcher"] is None:
+            return json_error(503, state["error"] or "model loading")
+        handlers = state["handlers"]
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return json_error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        content_type = request.headers.get("Content-Type", "")
+        accept = request.headers.get("Accept") or "application/json"
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.run_in_executor(executor, handlers.input_fn, body, content_type)
+            prediction, batch_images = await state["batcher"].predict(data)
+            payload = handlers.output_fn(prediction, accept)
+        except Exception as exc:  # noqa: BLE001
+            status = getattr(exc, "status_code", 500)
+            message = getattr(exc, "message", None) or str(exc)
+            if status >= 500:
+                log.exception("invocation failed")
+            return json_error(status, message)
+        return web.Response(text=payload, content_type="application/json",
+                            headers={"X-Batch-Images": str(batch_images)})
+
+    app.router.add_get("/ping", ping)
+    app.router.add_post("/invocations", invocations)
+    app.on_startup.append(startup)
+    app.on_cleanup.append(cleanup)
+    app["state"] = state
+    return app
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipelines.serving", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-data", required=True, help="model.tar.gz or a model directory")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--max-batch", type=int, default=16)
+    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--threads", type=int, default=4)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    started = time.time()
+    app = make_app(args.model_data, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                   threads=args.threads)
+    log.info("serving %s on http://%s:%d (started %.0f)", args.model_data, args.host, args.port,
+             started)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""The local endpoint: SageMaker's serving contract over HTTP, batching, and bad requests."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_data, tmp_path, *extra):
+    port = free_port()
+    log = open(tmp_path / f"server-{port}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.serving", "--model-data",
+                             str(model_data), "--port", str(port), *extra], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if requests.get(url + "/ping", timeout=1).status_code in (200, 503):
+                break
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    return proc, url
+
+
+@pytest.fixture(scope="module")
+def endpoint(trained, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("serving")
+    archive = tmp / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for item in sorted(trained["model"].iterdir()):
+            tar.add(item, arcname=item.name)
+    proc, url = start_server(archive, tmp, "--max-wait-ms", "20")
+    for _ in range(200):
+        if requests.get(url + "/ping", timeout=2).status_code == 200:
+            break
+        time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_invocations_with_jpeg_png_and_json(endpoint, trained, tmp_path):
+    from PIL import Image
+
+    jpg = sorted((trained["data"] / "test").rglob("*.jpg"))[0]
+    with Image.open(jpg) as img:
+        img.save(tmp_path / "x.png")
+    r = requests.post(endpoint + "/invocations", data=jpg.read_bytes(),
+                      headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200
+    (pred,) = r.json()["predictions"]
+    assert pred["class"] == jpg.parent.name  # the model learned this task
+    r = requests.post(endpoint + "/invocations", data=(tmp_path / "x.png").read_bytes(),
+                      headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and r.json()["predictions"][0]["class"] == pred["class"]
+    body = {"images": [base64.b64encode(jpg.read_bytes()).decode()] * 2, "top_k": 2}
+    r = requests.post(endpoint + "/invocations", json=body)
+    assert r.status_code == 200
+    predictions = r.json()["predictions"]
+    assert len(predictions) == 2 and all(len(p["top_k"]) == 2 for p in predictions)
+
+
+def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(endpoint, trained):
+    jpg = sorted((trained["data"] / "test").rglob("*.jpg"))[0].read_bytes()
+    cases = [
+        ({"Content-Type": "text/plain"}, b"hello", 415),
+        ({"Content-Type": "image/jpeg"}, b"not an image", 400),
+        ({"Content-Type": "image/jpeg"}, b"", 400),
+        ({"Content-Type": "application/json"}, b'{"image": "http://x/y.jpg"}', 400),
+        ({"Content-Type": "image/jpeg", "Accept": "text/csv"}, jpg, 406),
+        ({"Content-Type": "image/jpeg"}, b"\xff" * (17 * 2**20), 413),
+    ]
+    for headers, body, status in cases:
+        r = requests.post(endpoint + "/invocations", data=body, headers=headers)
+        assert r.status_code == status, (headers, r.text[:200])
+        assert r.json()["status"] == status and r.json()["error"]
+    assert requests.get(endpoint + "/ping").status_code == 200
+    r = requests.post(endpoint + "/invocations", data=jpg, headers={"Content-Type": "image/jpeg"})
+    assert r.status_code == 200
+
+
+def test_concurrent_requests_are_batched_and_answered_separately(endpoint, trained):
+    files = sorted((trained["data"] / "test").rglob("*.jpg"))[:16]
+
+    def call(path):
+        r = requests.post(endpoint + "/invocations", data=path.read_bytes(),
+                          headers={"Content-Type": "image/jpeg"})
+        return path, r.status_code, r.json()["predictions"][0]["class"], int(
+            r.headers["X-Batch-Images"])
+
+    serial = {p: call(p)[2] for p in files}
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, files))
+    assert all(code == 200 for _, code, _, _ in results)
+    assert {p: c for p, _, c, _ in results} == serial  # each client gets its own answer
+    assert max(batch for *_, batch in results) > 1  # concurrent requests shared a forward pass
+
+
+def test_ping_reports_a_model_that_failed_to_load(tmp_path):
+    broken = tmp_path / "broken"
+    (broken / "code").mkdir(parents=True)
+    (broken / "code/inference.py").write_text("def model_fn(d):\n    raise ValueError('bad')\n")
+    proc, url = start_server(broken, tmp_path)
+    try:
+        for _ in range(100):
+            r = requests.get(url + "/ping", timeout=2)
+            if "failed" in r.text:
+                break
+            time.sleep(0.1)
+        assert r.status_code == 503 and "model failed to load" in r.json()["error"]
+        r = requests.post(url + "/invocations", data=b"x", headers={"Content-Type": "image/jpeg"})
+        assert r.status_code == 503
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
