@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipelines import spec
+from pipelines.sqlite import connect, initialize
 
 STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 DEFAULT_HOME = ".dogbreed"
@@ -96,16 +97,10 @@ class LocalRegistry:
 
     def __init__(self, home: str | os.PathLike | None = None):
         self.path = home_dir(home) / DB_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
+        initialize(self.path, _SCHEMA)
 
     def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)  # autocommit
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA foreign_keys=ON")
-        return db
+        return connect(self.path)
 
     def _connect(self):
         return contextlib.closing(self._open())

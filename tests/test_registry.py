@@ -116,3 +116,28 @@ def test_sagemaker_registry(sagemaker, capsys):
     assert reg.latest_approved(GROUP).version == 3
     assert registry.main(["--sagemaker", "reject", "4"]) == 2
     assert "version 4 does not exist" in capsys.readouterr().err
+
+
+def _open_and_register(home, barrier, results):
+    barrier.wait()  # every process creates the new database at the same moment
+    try:
+        LocalRegistry(home).register(GROUP, "/m")
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        results.put(repr(exc))
+
+
+def test_processes_creating_a_new_registry_at_once(tmp_path):
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(5):
+        home = tmp_path / f"home-{round_}"
+        barrier, results = ctx.Barrier(10), ctx.Queue()
+        procs = [ctx.Process(target=_open_and_register, args=(str(home), barrier, results))
+                 for _ in range(10)]
+        for p in procs:
+            p.start()
+        outcomes = [results.get(timeout=120) for _ in procs]
+        for p in procs:
+            p.join()
+        assert outcomes == ["ok"] * 10
+        assert [p.version for p in LocalRegistry(home).list(GROUP)] == list(range(10, 0, -1))

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+
+from pipelines.sqlite import connect, initialize
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
@@ -40,15 +41,11 @@ def now() -> str:
 class Store:
     def __init__(self, home: Path):
         self.path = Path(home) / "engine.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._db() as db:
-            db.executescript(_SCHEMA)
+        initialize(self.path, _SCHEMA)
 
     @contextlib.contextmanager
     def _db(self):
-        db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
+        db = connect(self.path)
         try:
             yield db
         finally:
