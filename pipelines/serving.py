@@ -5,7 +5,8 @@
 - ``GET /ping``: 200 once the model is loaded; 503 with the reason if it failed to load.
 - ``POST /invocations``: the request goes through the artifact's ``input_fn`` (decoding runs
   in worker threads), requests arriving together are batched into one ``predict_fn`` call (up
-  to ``--max-batch`` images, waiting at most ``--max-wait-ms``), and each answer goes through
+  to ``--max-batch`` images, waiting at most ``--max-wait-ms`` and only while other requests
+  are being decoded, so a lone request is never delayed), and each answer goes through
   ``output_fn``. Client errors (the handlers' ``status_code``: bad content type, undecodable or
   empty body) and oversized bodies get a 4xx JSON error; the server keeps serving.
 
@@ -57,6 +58,7 @@ class Batcher:
         self.handlers, self.model, self.executor = handlers, model, executor
         self.max_batch, self.max_wait = max_batch, max_wait
         self.queue: asyncio.Queue = asyncio.Queue()
+        self.in_flight = 0  # requests accepted and not yet answered (decoding or queued)
         self.batches = 0
 
     async def predict(self, data: dict) -> tuple[list, int]:
@@ -71,7 +73,9 @@ class Batcher:
             items = [await self.queue.get()]
             count = len(items[0][0]["images"])
             deadline = loop.time() + self.max_wait
-            while count < self.max_batch:
+            # wait for more only while other requests are on their way (being decoded):
+            # a lone request is never delayed
+            while count < self.max_batch and self.in_flight > len(items):
                 timeout = deadline - loop.time()
                 if timeout <= 0:
                     break
@@ -148,7 +152,7 @@ def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
     async def invocations(request):
         if state["batcher"] is None:
             return json_error(503, state["error"] or "model loading")
-        handlers = state["handlers"]
+        handlers, batcher = state["handlers"], state["batcher"]
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -156,9 +160,10 @@ def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
         content_type = request.headers.get("Content-Type", "")
         accept = request.headers.get("Accept") or "application/json"
         loop = asyncio.get_running_loop()
+        batcher.in_flight += 1
         try:
             data = await loop.run_in_executor(executor, handlers.input_fn, body, content_type)
-            prediction, batch_images = await state["batcher"].predict(data)
+            prediction, batch_images = await batcher.predict(data)
             payload = handlers.output_fn(prediction, accept)
         except Exception as exc:  # noqa: BLE001
             status = getattr(exc, "status_code", 500)
@@ -166,6 +171,8 @@ def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
             if status >= 500:
                 log.exception("invocation failed")
             return json_error(status, message)
+        finally:
+            batcher.in_flight -= 1
         return web.Response(text=payload, content_type="application/json",
                             headers={"X-Batch-Images": str(batch_images)})
 
