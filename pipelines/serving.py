@@ -96,19 +96,22 @@ class Batcher:
         try:
             results = await loop.run_in_executor(self.executor, self.handlers.predict_fn,
                                                  merged, self.model)
-        except Exception as exc:  # noqa: BLE001 - answer every waiting request
+            answers = []
+            start = 0
+            for (data, _), k in zip(items, wanted):
+                n = len(data["images"])
+                mine = results[start:start + n]
+                start += n
+                for entry in mine:
+                    entry["top_k"] = entry["top_k"][:k]
+                answers.append(mine)
+        except Exception as exc:  # noqa: BLE001 - answer every waiting request, keep serving
             for _, future in items:
                 if not future.done():
                     future.set_exception(exc)
             return
         self.batches += 1
-        start = 0
-        for (data, future), k in zip(items, wanted):
-            n = len(data["images"])
-            mine = results[start:start + n]
-            start += n
-            for entry in mine:
-                entry["top_k"] = entry["top_k"][:k]
+        for (_, future), mine in zip(items, answers):
             if not future.done():
                 future.set_result((mine, len(merged["images"])))
 

@@ -1,0 +1,91 @@
+"""Local deployment: approved version -> staging -> smoke test -> prod, blue/green, idempotent."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+
+import pytest
+import requests
+
+from pipelines import deploy, endpoint
+from pipelines.endpoint import Endpoints
+from pipelines.registry import LocalRegistry
+
+GROUP = "DogBreedModels"
+
+
+@pytest.fixture
+def home(tmp_path, trained):
+    archive = tmp_path / "model.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for item in sorted(trained["model"].iterdir()):
+            tar.add(item, arcname=item.name)
+    yield {"home": tmp_path / "home", "archive": archive, "data": trained["data"]}
+    for e in Endpoints(tmp_path / "home").all():  # never leave servers behind
+        endpoint.stop(e.pid)
+
+
+def cli(home, *args):
+    return deploy.main(["--local", "--home", str(home["home"]), *args])
+
+
+def test_deploy_staging_then_prod_idempotent_and_blue_green(home, capsys, tmp_path):
+    registry = LocalRegistry(home["home"])
+    registry.register(GROUP, str(home["archive"]))
+    assert cli(home) == 0
+    assert "no Approved version" in capsys.readouterr().out
+    assert cli(home, "--stage", "prod") == 1
+    assert "deploy to staging first" in capsys.readouterr().err
+
+    registry.set_status(GROUP, 1, "Approved")
+    assert cli(home) == 0
+    assert "dogbreed-staging: DogBreedModels version 1 InService" in capsys.readouterr().out
+    staging = Endpoints(home["home"]).get("dogbreed-staging")
+    assert staging.version == 1 and requests.get(staging.url + "/ping").status_code == 200
+    assert cli(home) == 0
+    assert "already serves DogBreedModels version 1" in capsys.readouterr().out
+
+    assert cli(home, "--stage", "prod") == 0
+    prod = Endpoints(home["home"]).get("dogbreed-prod")
+    assert prod.version == 1 and prod.url != staging.url
+
+    # endpoint CLI: list and invoke
+    assert endpoint.main(["--home", str(home["home"]), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "dogbreed-prod" in out and "InService" in out and "v1" in out
+    jpg = next((home["data"] / "test").rglob("*.jpg"))
+    assert endpoint.main(["--home", str(home["home"]), "invoke", "dogbreed-prod", str(jpg)]) == 0
+    assert '"predictions"' in capsys.readouterr().out
+
+    # a newer approved version whose serving code is broken fails its smoke test:
+    broken = tmp_path / "broken.tar.gz"
+    code = tmp_path / "inference.py"
+    code.write_text("def model_fn(d):\n    return None\n"
+                    "def input_fn(b, c):\n    return {'images': [b]}\n"
+                    "def predict_fn(d, m):\n    return [{'nonsense': 1}]\n"
+                    "def output_fn(p, a):\n    import json; return json.dumps(p)\n")
+    with tarfile.open(broken, "w:gz") as tar:
+        tar.add(code, arcname="code/inference.py")
+    registry.register(GROUP, str(broken))
+    registry.set_status(GROUP, 2, "Approved")
+    assert cli(home) == 1
+    err = capsys.readouterr().err
+    assert "smoke test of dogbreed-staging version 2 failed" in err
+    assert "version 1 keeps serving" in err
+    staging_after = Endpoints(home["home"]).get("dogbreed-staging")
+    assert staging_after.version == 1 and staging_after.pid == staging.pid
+    assert requests.get(staging.url + "/ping").status_code == 200
+
+    assert endpoint.main(["--home", str(home["home"]), "delete", "dogbreed-staging"]) == 0
+    assert Endpoints(home["home"]).get("dogbreed-staging") is None
+    with pytest.raises(requests.ConnectionError):
+        requests.get(staging.url + "/ping", timeout=2)
+    assert endpoint.main(["--home", str(home["home"]), "delete", "nope"]) == 2
+    assert "no local endpoint named nope" in capsys.readouterr().err
+
+
+def test_sagemaker_deploy_is_refused_clearly(capsys):
+    assert deploy.main([]) == 2
+    assert "use --local" in capsys.readouterr().err
+    assert os.environ.get("AWS_ACCESS_KEY_ID") != "leaked"
