@@ -104,6 +104,54 @@ def deploy_once(args, stage: str, echo=print) -> int:
     return 0
 
 
+def deploy_sagemaker(args, echo=print) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from pipelines.aws import (CliError, boto_session, describe_aws_error, resolve_bucket,
+                               resolve_role)
+    from pipelines.registry import SageMakerRegistry
+    from pipelines.sagemaker_deploy import (DeploySettings, SageMakerDeployError, deploy,
+                                            staged_package)
+
+    if args.watch:
+        print("error: --watch is for --local; in AWS the EventBridge rule on approvals starts "
+              "the deploy (infra/)", file=sys.stderr)
+        return 2
+    try:
+        session = boto_session(args.region, args.profile)
+        settings = DeploySettings(prefix=args.prefix, group=args.group,
+                                  role_arn=resolve_role(args.role_arn),
+                                  bucket=resolve_bucket(session, args.bucket),
+                                  instance_type=args.instance_type,
+                                  instance_count=args.instance_count,
+                                  data_capture=not args.no_data_capture)
+        sm = session.client("sagemaker")
+        if args.stage == "staging":
+            newest = SageMakerRegistry(session).latest_approved(args.group)
+            if newest is None:
+                echo(f"no Approved version in {args.group} yet: approve one with "
+                     f"python -m pipelines.registry --sagemaker approve VERSION")
+                return 0
+            package = sm.describe_model_package(ModelPackageName=newest.arn)
+        else:
+            package = staged_package(session, settings)
+            if package["ModelApprovalStatus"] != "Approved":
+                raise SageMakerDeployError(
+                    f"{args.group} version {package['ModelPackageVersion']} is "
+                    f"{package['ModelApprovalStatus']} now; it will not go to production")
+        deploy(session, settings, args.stage, package, echo)
+        return 0
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SageMakerDeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (ClientError, BotoCoreError) as exc:
+        print(f"error: {describe_aws_error(exc)}", file=sys.stderr)
+        return 1
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipelines.deploy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -115,11 +163,17 @@ def main(argv=None) -> int:
     p.add_argument("--group", default=spec.DEFAULT_MODEL_PACKAGE_GROUP)
     p.add_argument("--prefix", default=spec.DEFAULT_PREFIX, help="endpoint name prefix")
     p.add_argument("--home", help="default $DOGBREED_HOME or ./.dogbreed")
+    aws = p.add_argument_group("SageMaker (without --local)")
+    aws.add_argument("--region")
+    aws.add_argument("--profile")
+    aws.add_argument("--role-arn")
+    aws.add_argument("--bucket", help="for data capture")
+    aws.add_argument("--instance-type", default="ml.m5.large")
+    aws.add_argument("--instance-count", type=int, default=1)
+    aws.add_argument("--no-data-capture", action="store_true")
     args = p.parse_args(argv)
     if not args.local:
-        print("error: deployment to SageMaker endpoints is not available yet; use --local",
-              file=sys.stderr)
-        return 2
+        return deploy_sagemaker(args)
     try:
         if not args.watch:
             return deploy_once(args, args.stage)
