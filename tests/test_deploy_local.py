@@ -84,3 +84,31 @@ def test_deploy_staging_then_prod_idempotent_and_blue_green(home, capsys, tmp_pa
     assert "no local endpoint named nope" in capsys.readouterr().err
 
 
+
+
+def test_watch_deploys_each_newly_approved_version(home, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    registry = LocalRegistry(home["home"])
+    registry.register(GROUP, str(home["archive"]))
+    watcher = subprocess.Popen([sys.executable, "-m", "pipelines.deploy", "--local", "--watch",
+                                "--interval", "0.5", "--home", str(home["home"])], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(2)
+        assert Endpoints(home["home"]).get("dogbreed-staging") is None  # nothing approved yet
+        registry.set_status(GROUP, 1, "Approved")
+        for _ in range(300):
+            staged = Endpoints(home["home"]).get("dogbreed-staging")
+            if staged is not None:
+                break
+            time.sleep(0.2)
+        assert staged is not None and staged.version == 1
+        assert requests.get(staged.url + "/ping").status_code == 200
+    finally:
+        watcher.terminate()
+        watcher.wait(timeout=30)
