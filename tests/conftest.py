@@ -101,5 +101,23 @@ def trained(tmp_path_factory, split_data):
             "data": split_data}
 
 
+@pytest.fixture
+def fake_aws(monkeypatch, tmp_path):
+    """Offline AWS: moto for every service, fake credentials, us-east-1, no profile, no
+    endpoint override, and none of the project's role/bucket variables."""
+    from moto import mock_aws
+
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "SAGEMAKER_ROLE_ARN", "DOGBREED_ROLE_ARN",
+                 "DOGBREED_BUCKET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    with mock_aws():
+        yield
+
+
 def read_json(path: Path):
     return json.loads(Path(path).read_text())

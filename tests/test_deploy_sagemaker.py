@@ -11,7 +11,6 @@ import json
 import boto3
 import pytest
 import requests
-from moto import mock_aws
 
 from pipelines import deploy
 
@@ -28,46 +27,39 @@ def queue_results(*bodies):
 
 
 @pytest.fixture
-def aws(monkeypatch, tmp_path):
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "DOGBREED_BUCKET"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+def aws(fake_aws, monkeypatch):
     monkeypatch.setenv("SAGEMAKER_ROLE_ARN", ROLE)
-    with mock_aws():
-        boto3.client("s3").create_bucket(Bucket="deploy-bucket")
-        sm = boto3.client("sagemaker")
-        sm.create_model_package_group(ModelPackageGroupName=GROUP)
-        for i in range(2):
-            sm.create_model_package(
-                ModelPackageGroupName=GROUP, ModelApprovalStatus="PendingManualApproval",
-                InferenceSpecification={
-                    "Containers": [{"Image": "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
-                                             "pytorch-inference:2.6.0-cpu-py312",
-                                    "ModelDataUrl": f"s3://deploy-bucket/model-{i + 1}.tar.gz"}],
-                    "SupportedContentTypes": ["image/jpeg"],
-                    "SupportedResponseMIMETypes": ["application/json"]})
-        updates = []
-        real_client = boto3.Session.client
+    boto3.client("s3").create_bucket(Bucket="deploy-bucket")
+    sm = boto3.client("sagemaker")
+    sm.create_model_package_group(ModelPackageGroupName=GROUP)
+    for i in range(2):
+        sm.create_model_package(
+            ModelPackageGroupName=GROUP, ModelApprovalStatus="PendingManualApproval",
+            InferenceSpecification={
+                "Containers": [{"Image": "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
+                                         "pytorch-inference:2.6.0-cpu-py312",
+                                "ModelDataUrl": f"s3://deploy-bucket/model-{i + 1}.tar.gz"}],
+                "SupportedContentTypes": ["image/jpeg"],
+                "SupportedResponseMIMETypes": ["application/json"]})
+    updates = []
+    real_client = boto3.Session.client
 
-        def client(self, service, *args, **kwargs):
-            c = real_client(self, service, *args, **kwargs)
-            if service == "sagemaker":
-                def update_endpoint(EndpointName, EndpointConfigName, **rest):  # noqa: N803
-                    updates.append({"EndpointName": EndpointName,
-                                    "EndpointConfigName": EndpointConfigName, **rest})
-                    tags = c.list_tags(ResourceArn=c.describe_endpoint(
-                        EndpointName=EndpointName)["EndpointArn"])["Tags"]
-                    c.delete_endpoint(EndpointName=EndpointName)
-                    c.create_endpoint(EndpointName=EndpointName,
-                                      EndpointConfigName=EndpointConfigName, Tags=tags)
-                c.update_endpoint = update_endpoint
-            return c
+    def client(self, service, *args, **kwargs):
+        c = real_client(self, service, *args, **kwargs)
+        if service == "sagemaker":
+            def update_endpoint(EndpointName, EndpointConfigName, **rest):  # noqa: N803
+                updates.append({"EndpointName": EndpointName,
+                                "EndpointConfigName": EndpointConfigName, **rest})
+                tags = c.list_tags(ResourceArn=c.describe_endpoint(
+                    EndpointName=EndpointName)["EndpointArn"])["Tags"]
+                c.delete_endpoint(EndpointName=EndpointName)
+                c.create_endpoint(EndpointName=EndpointName,
+                                  EndpointConfigName=EndpointConfigName, Tags=tags)
+            c.update_endpoint = update_endpoint
+        return c
 
-        monkeypatch.setattr(boto3.Session, "client", client)
-        yield {"sm": sm, "updates": updates}
+    monkeypatch.setattr(boto3.Session, "client", client)
+    yield {"sm": sm, "updates": updates}
 
 
 def arn(sm, version):

@@ -9,7 +9,6 @@ import json
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from pipelines import run, spec
 
@@ -19,18 +18,9 @@ REGION = "us-east-1"
 
 
 @pytest.fixture
-def aws(monkeypatch, tmp_path):
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "SAGEMAKER_ROLE_ARN", "DOGBREED_ROLE_ARN",
-                 "DOGBREED_BUCKET"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    with mock_aws():
-        boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
-        yield boto3.client("sagemaker", region_name=REGION)
+def aws(fake_aws):
+    boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
+    return boto3.client("sagemaker", region_name=REGION)
 
 
 def cli(*args):

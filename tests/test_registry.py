@@ -6,7 +6,6 @@ import multiprocessing
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from pipelines import registry
 from pipelines.registry import LocalRegistry, RegistryError, SageMakerRegistry
@@ -82,24 +81,18 @@ def test_local_cli(tmp_path, capsys):
 
 
 @pytest.fixture
-def sagemaker(monkeypatch, tmp_path):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with mock_aws():
-        sm = boto3.client("sagemaker", region_name="us-east-1")
-        sm.create_model_package_group(ModelPackageGroupName=GROUP)
-        for i in range(3):
-            sm.create_model_package(
-                ModelPackageGroupName=GROUP, ModelApprovalStatus="PendingManualApproval",
-                InferenceSpecification={
-                    "Containers": [{"Image": "123.dkr.ecr.us-east-1.amazonaws.com/x:1",
-                                    "ModelDataUrl": f"s3://b/model-{i + 1}.tar.gz"}],
-                    "SupportedContentTypes": ["image/jpeg"],
-                    "SupportedResponseMIMETypes": ["application/json"]})
-        yield sm
+def sagemaker(fake_aws):
+    sm = boto3.client("sagemaker", region_name="us-east-1")
+    sm.create_model_package_group(ModelPackageGroupName=GROUP)
+    for i in range(3):
+        sm.create_model_package(
+            ModelPackageGroupName=GROUP, ModelApprovalStatus="PendingManualApproval",
+            InferenceSpecification={
+                "Containers": [{"Image": "123.dkr.ecr.us-east-1.amazonaws.com/x:1",
+                                "ModelDataUrl": f"s3://b/model-{i + 1}.tar.gz"}],
+                "SupportedContentTypes": ["image/jpeg"],
+                "SupportedResponseMIMETypes": ["application/json"]})
+    yield sm
 
 
 def test_sagemaker_registry(sagemaker, capsys):

@@ -9,7 +9,6 @@ import zipfile
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from conftest import make_image_folder
 from pipelines import stage_data
@@ -19,17 +18,10 @@ BUCKET = "stage-bucket"
 
 
 @pytest.fixture
-def s3(monkeypatch, tmp_path):
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "DOGBREED_BUCKET"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
+def s3(fake_aws):
+    client = boto3.client("s3", region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    return client
 
 
 def keys(s3, prefix="dogbreed/data/"):

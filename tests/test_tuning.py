@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import boto3
-from moto import mock_aws
 
 from breedkit.logformat import format_epoch_line
 from pipelines.local import inputs, tuning
@@ -51,18 +50,14 @@ def test_trials_are_read_recorded_pruned_and_the_best_is_chosen():
     assert best.hyperparameters["batch-size"] in (16, 32, 64)
 
 
-def test_input_from_s3_is_downloaded_into_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    with mock_aws():
-        s3 = boto3.client("s3")
-        s3.create_bucket(Bucket="data")
-        s3.put_object(Bucket="data", Key="sets/dogs/a/1.jpg", Body=b"one")
-        s3.put_object(Bucket="data", Key="sets/dogs/b/2.jpg", Body=b"two")
-        path = inputs.resolve("s3://data/sets/dogs/", tmp_path)
-        assert (path / "a/1.jpg").read_bytes() == b"one" and (path / "b/2.jpg").is_file()
-        assert inputs.resolve("s3://data/sets/dogs/", tmp_path) == path  # cached
+def test_input_from_s3_is_downloaded_into_the_cache(tmp_path, fake_aws):
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="data")
+    s3.put_object(Bucket="data", Key="sets/dogs/a/1.jpg", Body=b"one")
+    s3.put_object(Bucket="data", Key="sets/dogs/b/2.jpg", Body=b"two")
+    path = inputs.resolve("s3://data/sets/dogs/", tmp_path)
+    assert (path / "a/1.jpg").read_bytes() == b"one" and (path / "b/2.jpg").is_file()
+    assert inputs.resolve("s3://data/sets/dogs/", tmp_path) == path  # cached
     try:
         inputs.resolve(str(tmp_path / "missing"), tmp_path)
     except inputs.InputError as exc:
