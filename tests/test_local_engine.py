@@ -134,6 +134,20 @@ def test_ctrl_c_marks_the_execution_stopped(home, monkeypatch, capsys):
     assert steps["CheckAccuracy"] == "Stopped" and steps["Evaluate"] == "Succeeded"
 
 
+def test_pretrained_weights_offline_surface_in_the_summary(home, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
+    code = run.main(["--local", "--home", str(tmp_path / "h"), "--no-debugger-rules",
+                     "--no-profiler", *[f"--param={k}={v}" for k, v in SMALL.items()
+                                        if k != "Pretrained"],
+                     "--param=Pretrained=true", f"--param=InputDataUrl={home['data']}"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "HPTuning failed: no tuning trial completed" in out
+    assert "pretrained ImageNet weights" in out and "--pretrained false" in out
+
+
 def test_bad_local_input_and_flags(home, capsys, tmp_path):
     code = run.main(["--local", "--home", str(tmp_path / "h"),
                      f"--param=InputDataUrl={tmp_path / 'nowhere'}"])

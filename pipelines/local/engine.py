@@ -247,8 +247,10 @@ class LocalPipeline:
                                parallel=parallel, on_trial=on_trial)
         best = tuning.best(outcomes)
         if best is None:
-            raise StepFailed(spec.STEP.TUNE, "no tuning trial completed; see the trial logs in "
-                             f"{step_dir}")
+            errors = [o.error for o in outcomes if o.error]
+            reason = f" (first error: {errors[0]})" if errors else ""
+            raise StepFailed(spec.STEP.TUNE, f"no tuning trial completed{reason}; see the trial "
+                             f"logs in {step_dir}")
         self.result.best_hyperparameters = best.hyperparameters
         self.echo(f"[{spec.STEP.TUNE}] best trial {best.number}: {spec.OBJECTIVE_METRIC}="
                   f"{best.value:.4f}, {_fmt(best.hyperparameters)}")

@@ -30,6 +30,7 @@ class TrialOutcome:
     value: float | None
     intermediate: list = field(default_factory=list)
     log_path: str = ""
+    error: str = ""
 
 
 class TrialFailed(Exception):
@@ -82,7 +83,8 @@ def tune(params: dict, run_trial: Callable, *, n_trials: int, parallel: int, see
             result = run_trial(trial.number, hps, on_line)
             outcome.log_path = str(result.log_path)
             if result.returncode != 0:
-                raise TrialFailed(result.failure_reason or f"exit code {result.returncode}")
+                outcome.error = result.failure_reason or f"exit code {result.returncode}"
+                raise TrialFailed(outcome.error)
             if not values:
                 raise TrialFailed(f"no {spec.OBJECTIVE_METRIC} in the trial's log")
             outcome.state, outcome.value = "Completed", values[-1]
