@@ -22,7 +22,6 @@ import logging
 import os
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -202,11 +201,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=4)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    started = time.time()
     app = make_app(args.model_data, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                    threads=args.threads)
-    log.info("serving %s on http://%s:%d (started %.0f)", args.model_data, args.host, args.port,
-             started)
+    log.info("serving %s on http://%s:%d", args.model_data, args.host, args.port)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
     return 0
 

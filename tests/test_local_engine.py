@@ -4,6 +4,7 @@ branch and Ctrl-C on top of it (the steps are cached, so the later runs are quic
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 
@@ -102,6 +103,8 @@ def test_rerun_hits_the_cache_and_registers_a_new_version(home):
     assert result.status == "Succeeded"
     assert all(s.cached_from for s in result.steps[:4])
     assert len(result.rules) == 6  # the verdicts come back with the cached step
+    assert set(result.reports) == {"evaluation", "confusion_matrix", "profiler_report"}
+    assert all(os.path.exists(path) for path in result.reports.values())
     assert result.registered_version == 2
     assert sum(s.seconds for s in result.steps) < 30
 

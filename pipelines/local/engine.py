@@ -93,6 +93,7 @@ class LocalPipeline:
         self.root = self.home / "pipelines" / self.name / execution_id
         self.result = RunResult(execution_id, "Executing")
         self.params = params
+        self._resolved_input = None  # InputDataUrl, resolved once per run
         self.echo(f"local execution {execution_id} of {self.name} (home {self.home})")
         try:
             data = self._step(spec.STEP.PREPROCESS, self._preprocess)
@@ -130,22 +131,20 @@ class LocalPipeline:
             if hit and all(Path(p).exists() for p in _paths(hit["outputs"])):
                 outputs, cached_from = hit["outputs"], hit["execution_id"]
                 self.echo(f"[{name}] cache hit: reusing the outputs of execution {cached_from}")
-                self._replay(name, outputs)
             else:
                 outputs, cached_from = fn(step_dir, *args), None
                 if key:
+                    outputs["cache_key"] = key  # what downstream steps' keys build on
                     self.store.remember(self.name, name, key, self.result.execution_id, outputs)
+            if isinstance(outputs, dict):
+                self._replay(name, outputs)
         except KeyboardInterrupt:
             self._end(name, "Stopped", start, error="stopped by the user")
             raise
-        except PipelineFailed as exc:
-            self._end(name, "Failed", start, error=str(exc))
-            raise
-        except StepFailed as exc:
-            self._end(name, "Failed", start, error=str(exc))
-            raise
         except Exception as exc:
-            self._end(name, "Failed", start, error=f"{type(exc).__name__}: {exc}")
+            known = isinstance(exc, (StepFailed, PipelineFailed))
+            self._end(name, "Failed", start,
+                      error=str(exc) if known else f"{type(exc).__name__}: {exc}")
             raise
         self._end(name, "Succeeded", start, outputs=outputs if isinstance(outputs, dict) else
                   {"value": outputs}, key=key, cached_from=cached_from)
@@ -174,7 +173,7 @@ class LocalPipeline:
         return f"{path}:{inputs.fingerprint(path)}"
 
     def _input_path(self) -> Path:
-        if not hasattr(self, "_resolved_input"):
+        if self._resolved_input is None:
             try:
                 self._resolved_input = inputs.resolve(self.params["InputDataUrl"],
                                                       self.home / "cache")
@@ -183,13 +182,17 @@ class LocalPipeline:
         return self._resolved_input
 
     def _replay(self, name: str, outputs: dict) -> None:
-        """Restore what a cached step contributes to the summary."""
+        """What a step, run or taken from the cache, contributes to the run's summary."""
         if name == spec.STEP.TUNE:
             self.result.best_hyperparameters = outputs["best"]
-        if name == spec.STEP.TRAIN:
+        elif name == spec.STEP.TRAIN:
             self.result.rules = outputs.get("rules", [])
             if outputs.get("profiler_report"):
                 self.result.reports["profiler_report"] = outputs["profiler_report"]
+        elif name == spec.STEP.EVALUATE:
+            self.result.reports["evaluation"] = outputs["report"]
+            self.result.reports["confusion_matrix"] = str(Path(outputs["evaluation"]) /
+                                                          "confusion_matrix.png")
 
     # -- steps ---------------------------------------------------------------------------------
 
@@ -212,7 +215,7 @@ class LocalPipeline:
         counts = {s: manifest["counts"][s]["total"] for s in ("train", "valid", "test")}
         self.echo(f"[{spec.STEP.PREPROCESS}] {len(manifest['classes'])} classes, {counts}, "
                   f"{len(manifest['skipped'])} skipped")
-        return {**outputs, "cache_key": self._cache_key(spec.STEP.PREPROCESS, ())}
+        return outputs
 
     def _static_hyperparameters(self) -> dict:
         return {hp: self.params[p] for hp, p in spec.STATIC_HYPERPARAMETERS.items()}
@@ -251,11 +254,9 @@ class LocalPipeline:
             reason = f" (first error: {errors[0]})" if errors else ""
             raise StepFailed(spec.STEP.TUNE, f"no tuning trial completed{reason}; see the trial "
                              f"logs in {step_dir}")
-        self.result.best_hyperparameters = best.hyperparameters
         self.echo(f"[{spec.STEP.TUNE}] best trial {best.number}: {spec.OBJECTIVE_METRIC}="
                   f"{best.value:.4f}, {_fmt(best.hyperparameters)}")
-        return {"best": best.hyperparameters, "best_value": best.value,
-                "trials": str(step_dir), "cache_key": self._cache_key(spec.STEP.TUNE, (data,))}
+        return {"best": best.hyperparameters, "best_value": best.value, "trials": str(step_dir)}
 
     def _train(self, step_dir: Path, data: dict, tuned: dict) -> dict:
         hps = {k: v for k, v in tuned["best"].items() if k != "epochs"}
@@ -277,8 +278,7 @@ class LocalPipeline:
         with tarfile.open(archive, "w:gz") as tar:
             for item in sorted((step_dir / "model").iterdir()):
                 tar.add(item, arcname=item.name)
-        outputs = {"model_data": str(archive), "hyperparameters": hps,
-                   "cache_key": self._cache_key(spec.STEP.TRAIN, (data, tuned))}
+        outputs = {"model_data": str(archive), "hyperparameters": hps}
         if self.options.debugger_rules:
             outputs["rules"] = self._evaluate_rules(step_dir / "debugger")
         if self.options.profiler:
@@ -287,7 +287,6 @@ class LocalPipeline:
             outputs["profiler_report"] = str(build_report(
                 step_dir / "profiler", step_dir / "profiler-report.html",
                 f"{spec.PROFILER_RULE}: {self.name} {self.result.execution_id} {spec.STEP.TRAIN}"))
-        self._replay(spec.STEP.TRAIN, outputs)
         return outputs
 
     def _evaluate_rules(self, hook_dir: Path) -> list[dict]:
@@ -311,16 +310,10 @@ class LocalPipeline:
         outputs = self._processing(spec.EVALUATE_JOB, step_dir,
                                    {"model": model["model_data"], "test": data["test"]},
                                    spec.STEP.EVALUATE)
-        report = Path(outputs["evaluation"]) / spec.EVALUATION_FILE
-        self.result.reports["evaluation"] = str(report)
-        self.result.reports["confusion_matrix"] = str(Path(outputs["evaluation"]) /
-                                                      "confusion_matrix.png")
-        return {**outputs, "report": str(report),
-                "cache_key": self._cache_key(spec.STEP.EVALUATE, (data, model))}
+        return {**outputs, "report": str(Path(outputs["evaluation"]) / spec.EVALUATION_FILE)}
 
     def _check(self, step_dir: Path, evaluation: dict) -> bool:
         report = json.loads(Path(evaluation["report"]).read_text())
-        self.result.reports.setdefault("evaluation", evaluation["report"])
         value = report
         for part in spec.ACCURACY_JSON_PATH.split("."):
             value = value[part]
