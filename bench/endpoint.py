@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from breedkit.images import decode_tensor  # noqa: E402
 from breedkit.model import build_model, save_model_dir  # noqa: E402
 from breedkit.transforms import eval_transform  # noqa: E402
+from pipelines.endpoint import start_server  # noqa: E402
 
 
 def make_model(path: Path) -> Path:
@@ -71,25 +70,6 @@ def raw_forward_ms(model_dir: Path, body: bytes, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def serve(model_dir: Path, *extra):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.serving", "--model-data",
-                             str(model_dir), "--port", str(port), *extra], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if requests.get(url + "/ping", timeout=1).status_code == 200:
-                return proc, url
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("the endpoint did not start")
-
-
 def latencies(url: str, body: bytes, n: int, clients: int) -> tuple[list[float], float]:
     session = requests.Session()
 
@@ -118,7 +98,7 @@ def main() -> int:
         raw = raw_forward_ms(model_dir, body, 50)
         print(f"threads={torch.get_num_threads()} resnet18 224px, raw forward (batch 1): "
               f"{raw:.1f} ms")
-        proc, url = serve(model_dir)
+        proc, url, _ = start_server(Path(tmp), "batching", str(model_dir), 0)
         try:
             one, _ = latencies(url, body, args.requests, 1)
             p50, p99 = (1000 * float(np.percentile(one, q)) for q in (50, 99))
@@ -131,7 +111,8 @@ def main() -> int:
         finally:
             proc.terminate()
             proc.wait()
-        proc, url = serve(model_dir, "--max-batch", "1")
+        proc, url, _ = start_server(Path(tmp), "one-by-one", str(model_dir), 0,
+                                    extra_args=("--max-batch", "1"))
         try:
             _, single_rps = latencies(url, body, args.requests, 8)
             print(f"8 clients, one by one: {single_rps:.1f} requests/s")

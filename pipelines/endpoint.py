@@ -115,14 +115,15 @@ def alive(endpoint: Endpoint) -> bool:
 
 
 def start_server(home: Path, name: str, model_data: str, version: int,
-                 wait_seconds: float = 180.0) -> tuple[subprocess.Popen, str, Path]:
+                 wait_seconds: float = 180.0, extra_args: tuple = ()
+                 ) -> tuple[subprocess.Popen, str, Path]:
     """A new serving process on a free 127.0.0.1 port; returns once /ping answers 200."""
     port = free_port()
     log_path = home / "endpoints" / f"{name}-v{version}-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "pipelines.serving", "--model-data",
-                                 model_data, "--port", str(port)], stdout=log,
+                                 model_data, "--port", str(port), *extra_args], stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 cwd=str(Path(__file__).resolve().parent.parent))
     url = f"http://127.0.0.1:{port}"
