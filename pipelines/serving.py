@@ -3,12 +3,13 @@
     python -m pipelines.serving --model-data model.tar.gz --port 8080 [--host 127.0.0.1]
 
 - ``GET /ping``: 200 once the model is loaded; 503 with the reason if it failed to load.
-- ``POST /invocations``: the request goes through the artifact's ``input_fn`` (decoding runs
-  in worker threads), requests arriving together are batched into one ``predict_fn`` call (up
-  to ``--max-batch`` images, waiting at most ``--max-wait-ms`` and only while other requests
-  are being decoded, so a lone request is never delayed), and each answer goes through
-  ``output_fn``. Client errors (the handlers' ``status_code``: bad content type, undecodable or
-  empty body) and oversized bodies get a 4xx JSON error; the server keeps serving.
+- ``POST /invocations``: the request goes through the artifact's ``input_fn`` (in worker
+  threads while other requests are in flight; a lone small request is decoded at once),
+  requests arriving together are batched into one ``predict_fn`` call (up to ``--max-batch``
+  images, waiting at most ``--max-wait-ms`` and only while other requests are being decoded,
+  so a lone request is never delayed), and each answer goes through ``output_fn``. Client
+  errors (the handlers' ``status_code``: bad content type, undecodable or empty body) and
+  oversized bodies get a 4xx JSON error; the server keeps serving.
 
 Binds to 127.0.0.1 unless told otherwise. Nothing here fetches URLs.
 """
@@ -29,6 +30,7 @@ from aiohttp import web
 
 log = logging.getLogger("serving")
 MAX_BODY_BYTES = 16 * 2**20
+INLINE_DECODE_MAX_BYTES = 512 * 2**10  # decodes in about a millisecond or two
 
 
 def load_handlers(model_data: str | os.PathLike, workdir: str | os.PathLike):
@@ -166,9 +168,16 @@ def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
         content_type = request.headers.get("Content-Type", "")
         accept = request.headers.get("Accept") or "application/json"
         loop = asyncio.get_running_loop()
+        # a lone, small request has nothing to overlap with: decode it here and skip two
+        # thread hand-offs (~0.4 ms); otherwise decode in a worker while the model runs
+        inline = batcher.in_flight == 0 and len(body) <= INLINE_DECODE_MAX_BYTES
         batcher.in_flight += 1
         try:
-            data = await loop.run_in_executor(executor, handlers.input_fn, body, content_type)
+            if inline:
+                data = handlers.input_fn(body, content_type)
+            else:
+                data = await loop.run_in_executor(executor, handlers.input_fn, body,
+                                                  content_type)
             prediction, batch_images = await batcher.predict(data)
             payload = handlers.output_fn(prediction, accept)
         except Exception as exc:  # noqa: BLE001

@@ -69,6 +69,16 @@ def test_invocations_with_jpeg_png_and_json(endpoint, trained, tmp_path):
     r = requests.post(endpoint + "/invocations", data=(tmp_path / "x.png").read_bytes(),
                       headers={"Content-Type": "image/png"})
     assert r.status_code == 200 and r.json()["predictions"][0]["class"] == pred["class"]
+    # a large body is decoded in a worker thread rather than on the event loop: same answer
+    from pipelines.serving import INLINE_DECODE_MAX_BYTES
+
+    with Image.open(jpg) as img:
+        img.resize((img.width * 16, img.height * 16), Image.Resampling.NEAREST).save(
+            tmp_path / "big.png", compress_level=0)
+    big = (tmp_path / "big.png").read_bytes()
+    assert len(big) > INLINE_DECODE_MAX_BYTES
+    r = requests.post(endpoint + "/invocations", data=big, headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and r.json()["predictions"][0]["class"] == pred["class"]
     body = {"images": [base64.b64encode(jpg.read_bytes()).decode()] * 2, "top_k": 2}
     r = requests.post(endpoint + "/invocations", json=body)
     assert r.status_code == 200
