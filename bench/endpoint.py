@@ -1,39 +1,48 @@
 """Local endpoint latency and throughput against the model's raw forward time, same run.
 
 Builds a resnet18 model directory for 133 classes at 224 px (random weights: speed does not
-depend on them), then measures:
-  raw      the model's own forward pass on one preprocessed image (batch 1), in-process;
-  1 client p50/p99 latency of POST /invocations with a JPEG, one request at a time;
-  8 clients requests/s with 8 concurrent clients, against a server with batching and against
-           one serving requests one by one (--max-batch 1).
-Prints the p50 overhead over the raw forward and the batching speed-up.
+depend on them) and loads it with the artifact's own ``model_fn`` (same device, same memory
+format as the endpoint). Then, in alternating rounds so that drift on a shared machine hits
+both sides alike:
 
-    python bench/endpoint.py [--requests 200]
+  raw          the model's forward pass on one preprocessed image (batch 1), in-process;
+  1 client     latency of POST /invocations with a JPEG, one request at a time;
+  8 clients    requests/s with 8 concurrent clients, against a server that batches and one
+               that serves requests one by one (``--max-batch 1``).
+
+Also prints the model's own images/s at batch 8 against batch 1 (in-process): the most any
+batching server can gain from larger forward passes on this hardware.
+
+The client is ``http.client`` with one keep-alive connection per client thread: the lightest
+client Python has, so the figures describe the server (``requests`` adds ~0.5 ms of client
+CPU per call, on the same cores when client and server share a machine).
+
+    python bench/endpoint.py [--rounds 5] [--requests 40]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import requests
 import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from breedkit.images import decode_tensor  # noqa: E402
+import inference  # noqa: E402  the artifact's handlers, as the endpoint loads them
 from breedkit.model import build_model, save_model_dir  # noqa: E402
-from breedkit.transforms import eval_transform  # noqa: E402
-from pipelines.endpoint import start_server  # noqa: E402
+from pipelines.endpoint import start_server, stop  # noqa: E402
 
 
 def make_model(path: Path) -> Path:
@@ -53,73 +62,105 @@ def jpeg() -> bytes:
     return buf.getvalue()
 
 
-def raw_forward_ms(model_dir: Path, body: bytes, repeats: int) -> float:
-    from breedkit.model import load_model
+class RawForward:
+    """The endpoint's model, called in-process on preprocessed batches."""
 
-    model, config = load_model(model_dir)
-    model.to(memory_format=torch.channels_last)
-    x = eval_transform(224)(decode_tensor(body)).unsqueeze(0)
-    times = []
-    with torch.inference_mode():
-        for _ in range(5):
-            model(x)
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    def __init__(self, model_dir: Path, body: bytes):
+        self.loaded = inference.model_fn(str(model_dir))
+        image = inference.input_fn(body, "image/jpeg")["images"][0]
+        self.one = self.loaded.transform(image).unsqueeze(0).to(self.loaded.device)
+
+    def seconds(self, batch: int, repeats: int) -> list[float]:
+        x = self.one.expand(batch, -1, -1, -1).contiguous()
+        cuda = self.loaded.device.type == "cuda"
+        times = []
+        with torch.inference_mode():
+            for i in range(repeats + 2):  # two untimed warm-up calls
+                start = time.perf_counter()
+                self.loaded.model(x)
+                if cuda:
+                    torch.cuda.synchronize()
+                if i >= 2:
+                    times.append(time.perf_counter() - start)
+        return times
 
 
-def latencies(url: str, body: bytes, n: int, clients: int) -> tuple[list[float], float]:
-    session = requests.Session()
+class Clients:
+    """``n`` threads, each with its own keep-alive connection to the endpoint."""
 
-    def call(_):
+    def __init__(self, url: str, body: bytes, n: int):
+        self.host, port = url.removeprefix("http://").split(":")
+        self.port, self.body, self.n = int(port), body, n
+        self.local = threading.local()
+        self.pool = ThreadPoolExecutor(n)
+
+    def _call(self, _=None) -> float:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = http.client.HTTPConnection(self.host, self.port)
         start = time.perf_counter()
-        r = session.post(url + "/invocations", data=body, headers={"Content-Type": "image/jpeg"})
-        r.raise_for_status()
+        conn.request("POST", "/invocations", body=self.body,
+                     headers={"Content-Type": "image/jpeg"})
+        response = conn.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"endpoint answered {response.status}")
         return time.perf_counter() - start
 
-    for _ in range(5):
-        call(0)
-    start = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        times = list(pool.map(call, range(n)))
-    return times, n / (time.perf_counter() - start)
+    def run(self, requests: int) -> tuple[list[float], float]:
+        """Latencies of ``requests`` calls spread over the threads, and requests/s."""
+        list(self.pool.map(self._call, range(2 * self.n)))  # warm every connection
+        start = time.perf_counter()
+        times = list(self.pool.map(self._call, range(requests)))
+        return times, requests / (time.perf_counter() - start)
+
+    def close(self) -> None:
+        self.pool.shutdown()
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--requests", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--requests", type=int, default=40, help="per round and measurement")
     args = p.parse_args()
     body = jpeg()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = make_model(Path(tmp) / "model")
-        raw = raw_forward_ms(model_dir, body, 50)
-        print(f"threads={torch.get_num_threads()} resnet18 224px, raw forward (batch 1): "
-              f"{raw:.1f} ms")
-        proc, url, _ = start_server(Path(tmp), "batching", str(model_dir), 0)
+        raw = RawForward(model_dir, body)
+        print(f"device={raw.loaded.device} threads={torch.get_num_threads()} resnet18 224 px")
+        servers = {name: start_server(Path(tmp), name, str(model_dir), 0, extra_args=extra)
+                   for name, extra in (("batching", ()), ("one-by-one", ("--max-batch", "1")))}
+        single = Clients(servers["batching"][1], body, 1)
+        many = {name: Clients(url, body, 8) for name, (_, url, _) in servers.items()}
+        raw_times, raw8_times, one_times = [], [], []
+        rps = {name: [] for name in servers}
         try:
-            one, _ = latencies(url, body, args.requests, 1)
-            p50, p99 = (1000 * float(np.percentile(one, q)) for q in (50, 99))
-            print(f"1 client:  p50 {p50:.1f} ms, p99 {p99:.1f} ms, overhead over raw forward "
-                  f"{p50 - raw:.1f} ms ({(p50 - raw) / raw:.0%})")
-            many, batched_rps = latencies(url, body, args.requests, 8)
-            print(f"8 clients, batching:   {batched_rps:.1f} requests/s, p50 "
-                  f"{1000 * statistics.median(many):.1f} ms, p99 "
-                  f"{1000 * float(np.percentile(many, 99)):.1f} ms")
+            for _ in range(args.rounds):
+                raw_times += raw.seconds(1, args.requests)
+                raw8_times += raw.seconds(8, max(3, args.requests // 8))
+                one_times += single.run(args.requests)[0]
+                for name, clients in many.items():
+                    rps[name].append(clients.run(args.requests * 2)[1])
         finally:
-            proc.terminate()
-            proc.wait()
-        proc, url, _ = start_server(Path(tmp), "one-by-one", str(model_dir), 0,
-                                    extra_args=("--max-batch", "1"))
-        try:
-            _, single_rps = latencies(url, body, args.requests, 8)
-            print(f"8 clients, one by one: {single_rps:.1f} requests/s")
-        finally:
-            proc.terminate()
-            proc.wait()
-        print(f"batching speed-up with 8 clients: {batched_rps / single_rps:.2f}x")
+            for clients in (single, *many.values()):
+                clients.close()
+            for proc, _, _ in servers.values():
+                stop(proc.pid)
+    ceiling = 8 * statistics.median(raw_times) / statistics.median(raw8_times)
+    print(f"model alone: {1 / statistics.median(raw_times):.0f} images/s at batch 1, "
+          f"{8 / statistics.median(raw8_times):.0f} at batch 8: batching can gain at most "
+          f"~{ceiling:.2f}x from the forward pass here")
+    forward = 1000 * statistics.median(raw_times)
+    p50, p99 = (1000 * float(np.percentile(one_times, q)) for q in (50, 99))
+    print(f"raw forward (batch 1): {forward:.1f} ms")
+    print(f"1 client:  p50 {p50:.1f} ms, p99 {p99:.1f} ms, overhead over the raw forward "
+          f"{p50 - forward:.1f} ms ({(p50 - forward) / forward:.0%})")
+    batched, one_by_one = (statistics.median(rps[n]) for n in ("batching", "one-by-one"))
+    print(f"8 clients: batching {batched:.1f} requests/s, one by one {one_by_one:.1f} "
+          f"requests/s (medians of {args.rounds} rounds)")
+    print(f"batching speed-up with 8 clients: {batched / one_by_one:.2f}x "
+          f"(the model alone: {ceiling:.2f}x)")
     return 0
 
 
