@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from breedkit.images import ImageDecodeError, decode_tensor  # noqa: E402
 from breedkit.model import display_label, load_model  # noqa: E402
-from breedkit.transforms import eval_transform  # noqa: E402
+from breedkit.transforms import eval_transform, resize_size  # noqa: E402
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
 JSON_TYPE = "application/json"
@@ -70,10 +70,17 @@ class LoadedModel:
         self.labels = [display_label(c) for c in self.class_names]
 
 
+# the shorter side the loaded model's transform resizes to: large JPEGs are decoded at a
+# reduced scale that still covers it (set by model_fn, which the toolkit calls first)
+_decode_draft: int | None = None
+
+
 def model_fn(model_dir: str) -> LoadedModel:
+    global _decode_draft
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, config = load_model(model_dir, device)
     model.to(memory_format=torch.channels_last)
+    _decode_draft = resize_size(config["image_size"])
     return LoadedModel(model, config, device)
 
 
@@ -136,7 +143,7 @@ def input_fn(request_body, request_content_type: str):
     images = []
     for i, blob in enumerate(blobs):
         try:
-            images.append(decode_tensor(blob))
+            images.append(decode_tensor(blob, draft=_decode_draft))
         except ImageDecodeError as exc:
             where = "image" if len(blobs) == 1 else f"image {i}"
             status = 413 if "limit" in str(exc) or "bomb" in str(exc) else 400

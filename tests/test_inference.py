@@ -122,6 +122,22 @@ def test_png_is_accepted(trained, served_model, tmp_path):
     assert result["status"] == 200 and len(result["body"]["predictions"]) == 1
 
 
+def test_a_large_photo_gets_the_same_answer_as_its_small_version(trained, served_model,
+                                                                  tmp_path):
+    """Large JPEGs are decoded at a reduced scale (like preprocess.py does): same prediction."""
+    from PIL import Image
+
+    jpg = sorted((trained["data"] / "test").rglob("*.jpg"))[0]
+    with Image.open(jpg) as img:
+        img.resize((img.width * 12, img.height * 12), Image.Resampling.BICUBIC).save(
+            tmp_path / "large.jpg", quality=95)
+    small, large = invoke(served_model, [("image/jpeg", jpg.read_bytes()),
+                                         ("image/jpeg", (tmp_path / "large.jpg").read_bytes())],
+                          tmp_path)
+    assert small["status"] == large["status"] == 200
+    assert large["body"]["predictions"][0]["class"] == small["body"]["predictions"][0]["class"]
+
+
 def test_bad_requests_get_4xx_with_a_message(trained, served_model, tmp_path):
     jpg = next((trained["data"] / "test").rglob("*.jpg")).read_bytes()
     cases = [

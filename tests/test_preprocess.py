@@ -196,6 +196,31 @@ def test_output_inside_input_and_bad_arguments_are_refused(tmp_path):
     assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
 
 
+def test_decode_tensor_draft_decodes_large_jpegs_at_a_reduced_scale():
+    import numpy as np
+    import torch
+    from torchvision.transforms.v2.functional import resize
+
+    from breedkit.images import decode_tensor
+
+    yy, xx = np.mgrid[0:600, 0:800]
+    pixels = np.stack([xx * 255 // 800, yy * 255 // 600, (xx + yy) * 255 // 1400], -1)
+    encoded = {}
+    for fmt in ("JPEG", "PNG"):
+        buf = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8)).save(buf, fmt)
+        encoded[fmt] = buf.getvalue()
+    full = decode_tensor(encoded["JPEG"])
+    reduced = decode_tensor(encoded["JPEG"], draft=100)
+    # 1/4 scale is the smallest that still covers a 100 px shorter side
+    assert tuple(full.shape) == (3, 600, 800) and tuple(reduced.shape) == (3, 150, 200)
+    same = resize(full, [150, 200], antialias=True)
+    assert (reduced.int() - same.int()).abs().float().mean() < 2.0
+    # images under twice the draft size, and other formats, decode at full size
+    assert torch.equal(decode_tensor(encoded["JPEG"], draft=400), full)
+    assert tuple(decode_tensor(encoded["PNG"], draft=100).shape) == (3, 600, 800)
+
+
 def test_decode_tensor_matches_pillow_for_jpeg_and_png():
     from breedkit.images import ImageDecodeError, decode_tensor
 
