@@ -1,7 +1,8 @@
 """Local endpoint latency and throughput against the model's raw forward time, same run.
 
-Builds a resnet18 model directory for 133 classes at 224 px (random weights: speed does not
-depend on them) and loads it with the artifact's own ``model_fn`` (same device, same memory
+Builds a model directory for 133 classes (random weights: speed does not depend on them), by
+default the architecture and image size the pipeline trains (``BaseModel``, ``ImageSize`` in
+pipelines/spec.py), and loads it with the artifact's own ``model_fn`` (same device, same memory
 format as the endpoint). Then, in alternating rounds so that drift on a shared machine hits
 both sides alike:
 
@@ -17,7 +18,7 @@ The client is ``http.client`` with one keep-alive connection per client thread: 
 client Python has, so the figures describe the server (``requests`` adds ~0.5 ms of client
 CPU per call, on the same cores when client and server share a machine).
 
-    python bench/endpoint.py [--rounds 5] [--requests 40]
+    python bench/endpoint.py [--arch resnet18] [--image-size 224] [--rounds 5] [--requests 40]
 """
 
 from __future__ import annotations
@@ -43,20 +44,21 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import inference  # noqa: E402  the artifact's handlers, as the endpoint loads them
 from breedkit.model import build_model, save_model_dir  # noqa: E402
 from pipelines.endpoint import start_server, stop  # noqa: E402
+from pipelines.spec import parameter  # noqa: E402
 
 
-def make_model(path: Path) -> Path:
+def make_model(path: Path, arch: str = "resnet18", image_size: int = 224) -> Path:
     torch.manual_seed(0)
-    model = build_model("resnet18", 133)
-    return save_model_dir(path, model, arch="resnet18", class_names=[f"{i:03d}.Breed_{i}"
-                                                                      for i in range(133)],
-                          image_size=224)
+    model = build_model(arch, 133)
+    return save_model_dir(path, model, arch=arch, image_size=image_size,
+                          class_names=[f"{i:03d}.Breed_{i}" for i in range(133)])
 
 
-def jpeg() -> bytes:
+def jpeg(width: int = 500, height: int = 375) -> bytes:
+    """A photo-like JPEG; 500x375 is the typical size of a dogImages photo."""
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)).resize(
-        (340, 256), Image.Resampling.BICUBIC)
+        (width, height), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=90)
     return buf.getvalue()
@@ -121,14 +123,21 @@ class Clients:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default=parameter("BaseModel").default)
+    p.add_argument("--image-size", type=int, default=parameter("ImageSize").default)
+    p.add_argument("--photo", default="500x375", help="request image size, WIDTHxHEIGHT")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--requests", type=int, default=40, help="per round and measurement")
     args = p.parse_args()
-    body = jpeg()
+    try:
+        body = jpeg(*(int(v) for v in args.photo.lower().split("x")))
+    except ValueError:
+        p.error(f"--photo: expected WIDTHxHEIGHT such as 500x375, got {args.photo!r}")
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_model(Path(tmp) / "model")
+        model_dir = make_model(Path(tmp) / "model", args.arch, args.image_size)
         raw = RawForward(model_dir, body)
-        print(f"device={raw.loaded.device} threads={torch.get_num_threads()} resnet18 224 px")
+        print(f"device={raw.loaded.device} threads={torch.get_num_threads()} "
+              f"{args.arch} {args.image_size} px, {args.photo} JPEG of {len(body)} bytes")
         servers = {name: start_server(Path(tmp), name, str(model_dir), 0, extra_args=extra)
                    for name, extra in (("batching", ()), ("one-by-one", ("--max-batch", "1")))}
         single = Clients(servers["batching"][1], body, 1)
