@@ -29,7 +29,7 @@ DEV_REQUIRES = [
     "pytest>=8",
     "pytest-timeout>=2.3",
     "sagemaker-inference==1.10.1",  # the serving toolkit, to check our errors map to 4xx
-    "moto[s3,sagemaker,sts]==5.2.5",  # AWS emulation
+    "moto[s3,sagemaker,sts,server]==5.2.5",  # AWS emulation
     "cfn-lint>=1.0",  # lints infra/template.yaml offline
 ]
 
