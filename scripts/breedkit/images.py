@@ -4,7 +4,8 @@ Two paths, one result: an RGB image with EXIF orientation applied.
 - ``open_rgb`` (Pillow) for preprocessing, where every odd mode must be handled.
 - ``decode_tensor`` (torchvision.io, Pillow as fallback) for training and serving, returning a
   ``uint8`` CHW tensor. Training and inference use this same function, so a served image goes
-  through exactly the pixels path the model was trained and evaluated on.
+  through the pixels path the model was trained and evaluated on; a large served JPEG is first
+  decoded at a reduced scale, as ``preprocess.py`` decodes large training photos.
 """
 
 from __future__ import annotations
@@ -101,7 +102,7 @@ def decode_tensor(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int 
 
     ``draft``: the shorter side the caller will resize to. A JPEG at least twice that size is
     then decoded at a reduced scale that still covers it, as ``preprocess.py`` does (a 12 MP
-    phone photo decodes ~30x faster); smaller images decode at full size.
+    phone photo decodes ~4x faster); smaller images decode at full size.
     """
     import torch
     from torchvision.io import ImageReadMode, decode_image
