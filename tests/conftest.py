@@ -119,5 +119,18 @@ def fake_aws(monkeypatch, tmp_path):
         yield
 
 
+def create_model_package(sm, group: str, model_data: str,
+                         status: str = "PendingManualApproval") -> str:
+    """A PyTorch-inference model package in ``group`` (SageMaker's shape); returns its ARN."""
+    return sm.create_model_package(
+        ModelPackageGroupName=group, ModelApprovalStatus=status,
+        InferenceSpecification={
+            "Containers": [{"Image": "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
+                                     "pytorch-inference:2.6.0-cpu-py312",
+                            "ModelDataUrl": model_data}],
+            "SupportedContentTypes": ["image/jpeg"],
+            "SupportedResponseMIMETypes": ["application/json"]})["ModelPackageArn"]
+
+
 def read_json(path: Path):
     return json.loads(Path(path).read_text())

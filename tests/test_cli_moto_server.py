@@ -16,7 +16,7 @@ import boto3
 import pytest
 import requests
 
-from conftest import ROOT
+from conftest import ROOT, create_model_package
 from pipelines import spec
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
@@ -69,14 +69,7 @@ def test_deploy_as_codebuild_runs_it(server):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no Approved version" in proc.stdout  # the group is created by the upsert
     sm.create_model_package_group(ModelPackageGroupName=GROUP)
-    arn = sm.create_model_package(
-        ModelPackageGroupName=GROUP, ModelApprovalStatus="Approved",
-        InferenceSpecification={
-            "Containers": [{"Image": "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
-                                     "pytorch-inference:2.6.0-cpu-py312",
-                            "ModelDataUrl": f"s3://{BUCKET}/model.tar.gz"}],
-            "SupportedContentTypes": ["image/jpeg"],
-            "SupportedResponseMIMETypes": ["application/json"]})["ModelPackageArn"]
+    arn = create_model_package(sm, GROUP, f"s3://{BUCKET}/model.tar.gz", "Approved")
     answer = {"predictions": [{"label": "Beagle", "class": "016.Beagle", "index": 15,
                                "probability": 0.8, "top_k": []}]}
     requests.post(server["url"] + "/moto-api/static/sagemaker/endpoint-results",

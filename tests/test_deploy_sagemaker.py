@@ -12,6 +12,7 @@ import boto3
 import pytest
 import requests
 
+from conftest import create_model_package
 from pipelines import deploy
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
@@ -33,14 +34,7 @@ def aws(fake_aws, monkeypatch):
     sm = boto3.client("sagemaker")
     sm.create_model_package_group(ModelPackageGroupName=GROUP)
     for i in range(2):
-        sm.create_model_package(
-            ModelPackageGroupName=GROUP, ModelApprovalStatus="PendingManualApproval",
-            InferenceSpecification={
-                "Containers": [{"Image": "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
-                                         "pytorch-inference:2.6.0-cpu-py312",
-                                "ModelDataUrl": f"s3://deploy-bucket/model-{i + 1}.tar.gz"}],
-                "SupportedContentTypes": ["image/jpeg"],
-                "SupportedResponseMIMETypes": ["application/json"]})
+        create_model_package(sm, GROUP, f"s3://deploy-bucket/model-{i + 1}.tar.gz")
     updates = []
     real_client = boto3.Session.client
 
