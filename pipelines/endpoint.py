@@ -210,7 +210,14 @@ def main(argv=None) -> int:
             raise EndpointError(f"{path} is not a file")
         content_type = args.content_type or mimetypes.guess_type(path.name)[0] or \
             "application/x-image"
-        response = invoke(endpoint.url, path.read_bytes(), content_type)
+        import requests
+
+        try:
+            response = invoke(endpoint.url, path.read_bytes(), content_type)
+        except requests.RequestException as exc:
+            raise EndpointError(
+                f"{endpoint.name} at {endpoint.url} is not answering ({type(exc).__name__}); "
+                f"deploy it again with python -m pipelines.deploy --local") from None
         try:
             print(json.dumps(response.json(), indent=2))
         except ValueError:

@@ -85,6 +85,19 @@ def test_deploy_staging_then_prod_idempotent_and_blue_green(home, capsys, tmp_pa
 
 
 
+def test_invoking_an_endpoint_whose_server_is_gone_is_one_clear_line(tmp_path, capsys):
+    from pipelines.endpoint import Endpoint, free_port
+
+    jpg = tmp_path / "dog.jpg"
+    jpg.write_bytes(b"\xff\xd8 not really")
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    Endpoints(tmp_path).put(Endpoint("dogbreed-staging", url, 2**22 + 1, GROUP, 3, "m.tar.gz",
+                                     "log", "2026-11-22T00:00:00+00:00"))
+    assert endpoint.main(["--home", str(tmp_path), "invoke", "dogbreed-staging", str(jpg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: dogbreed-staging at {url} is not answering")
+    assert "python -m pipelines.deploy --local" in err and "Traceback" not in err
+
 
 def test_watch_deploys_each_newly_approved_version(home, tmp_path):
     import subprocess

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import socket
 import subprocess
 import sys
 import tarfile
@@ -14,12 +13,7 @@ import pytest
 import requests
 
 from conftest import ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pipelines.endpoint import free_port
 
 
 def start_server(model_data, tmp_path, *extra):
