@@ -156,5 +156,10 @@ def test_bad_local_input_and_flags(home, capsys, tmp_path):
                      f"--param=InputDataUrl={tmp_path / 'nowhere'}"])
     out = capsys.readouterr().out
     assert code == 1 and "does not exist" in out and "Traceback" not in out
+    # the step that failed is recorded as failed, with the reason, not left running
+    assert "[Preprocess] failed" in out
+    db = sqlite3.connect(tmp_path / "h" / "engine.sqlite")
+    (step,) = db.execute("SELECT name, status, error FROM steps").fetchall()
+    assert step[:2] == ("Preprocess", "Failed") and "does not exist" in step[2]
     assert run.main(["--local", "--upsert"]) == 2
     assert "does not combine" in capsys.readouterr().err

@@ -125,8 +125,9 @@ class LocalPipeline:
         self.store.start_step(self.result.execution_id, name, str(log_path))
         self.echo(f"[{name}] started")
         start = time.perf_counter()
-        key = self._cache_key(name, args) if name in STEP_PARAMETERS else None
-        try:
+        key = None
+        try:  # the key reads the input (Preprocess): its errors are this step's failure
+            key = self._cache_key(name, args) if name in STEP_PARAMETERS else None
             hit = self.store.cached(self.name, name, key) if key else None
             if hit and all(Path(p).exists() for p in _paths(hit["outputs"])):
                 outputs, cached_from = hit["outputs"], hit["execution_id"]
