@@ -90,6 +90,23 @@ def resolve_bucket(session, bucket: str | None) -> str:
     return bucket
 
 
+def describe_or_none(call) -> dict | None:
+    """``call()`` (a SageMaker Describe*), or None when the resource does not exist.
+
+    SageMaker answers a missing resource with ResourceNotFound or, for most Describe calls,
+    ValidationException ("Could not find ..."); other errors (access denied, throttling) raise.
+    """
+    from botocore.exceptions import ClientError
+
+    try:
+        return call()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("ResourceNotFound",
+                                                         "ValidationException"):
+            return None
+        raise
+
+
 def describe_aws_error(exc) -> str:
     """One line for a botocore error."""
     from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError

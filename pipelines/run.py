@@ -99,11 +99,10 @@ def make_context(args, session, role_arn: str, bucket: str):
 
 
 def ensure_model_package_group(sm, name: str, tags: list[dict]) -> None:
-    from botocore.exceptions import ClientError
+    from pipelines.aws import describe_or_none
 
-    try:
-        sm.describe_model_package_group(ModelPackageGroupName=name)
-    except ClientError:
+    group = describe_or_none(lambda: sm.describe_model_package_group(ModelPackageGroupName=name))
+    if group is None:
         kwargs = {"Tags": tags} if tags else {}
         sm.create_model_package_group(
             ModelPackageGroupName=name,
@@ -244,16 +243,9 @@ def _as_text(value) -> str:
 
 
 def _pipeline_exists(sm, name: str) -> bool:
-    from botocore.exceptions import ClientError
+    from pipelines.aws import describe_or_none
 
-    try:
-        sm.describe_pipeline(PipelineName=name)
-        return True
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("ResourceNotFound",
-                                                         "ValidationException"):
-            return False
-        raise
+    return describe_or_none(lambda: sm.describe_pipeline(PipelineName=name)) is not None
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import base64
 import json
 from dataclasses import dataclass
 
-from botocore.exceptions import ClientError
+from pipelines.aws import describe_or_none
 
 VARIANT = "AllTraffic"
 
@@ -37,15 +37,6 @@ class DeploySettings:
 
 class SageMakerDeployError(Exception):
     pass
-
-
-def _exists(call) -> dict | None:
-    try:
-        return call()
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] in ("ValidationException", "ResourceNotFound"):
-            return None
-        raise
 
 
 def _tags(sm, arn: str) -> dict:
@@ -72,7 +63,7 @@ def smoke_test(runtime, endpoint: str) -> str | None:
 
 def ensure_model(sm, s: DeploySettings, package: dict) -> str:
     name = f"{s.prefix}-v{package['ModelPackageVersion']}"
-    if not _exists(lambda: sm.describe_model(ModelName=name)):
+    if not describe_or_none(lambda: sm.describe_model(ModelName=name)):
         sm.create_model(ModelName=name, ExecutionRoleArn=s.role_arn,
                         PrimaryContainer={"ModelPackageName": package["ModelPackageArn"]},
                         Tags=[{"Key": "ModelPackageArn", "Value": package["ModelPackageArn"]},
@@ -83,7 +74,7 @@ def ensure_model(sm, s: DeploySettings, package: dict) -> str:
 
 def ensure_endpoint_config(sm, s: DeploySettings, stage: str, model: str, version: int) -> str:
     name = f"{s.prefix}-{stage}-v{version}"
-    if not _exists(lambda: sm.describe_endpoint_config(EndpointConfigName=name)):
+    if not describe_or_none(lambda: sm.describe_endpoint_config(EndpointConfigName=name)):
         kwargs = {}
         if s.data_capture:
             kwargs["DataCaptureConfig"] = {
@@ -135,7 +126,7 @@ def deploy(session, s: DeploySettings, stage: str, package: dict, echo=print) ->
     version = int(package["ModelPackageVersion"])
     model = ensure_model(sm, s, package)
     config = ensure_endpoint_config(sm, s, stage, model, version)
-    current = _exists(lambda: sm.describe_endpoint(EndpointName=endpoint))
+    current = describe_or_none(lambda: sm.describe_endpoint(EndpointName=endpoint))
     if current and current["EndpointConfigName"] == config and \
             current["EndpointStatus"] == "InService":
         echo(f"{endpoint} already serves {s.group} version {version}: nothing to do")
@@ -183,7 +174,7 @@ def staged_package(session, s: DeploySettings) -> dict:
     """The package serving in staging, which must have passed its smoke test."""
     sm = session.client("sagemaker")
     endpoint = f"{s.prefix}-staging"
-    current = _exists(lambda: sm.describe_endpoint(EndpointName=endpoint))
+    current = describe_or_none(lambda: sm.describe_endpoint(EndpointName=endpoint))
     if current is None:
         raise SageMakerDeployError(f"{endpoint} does not exist: deploy to staging first")
     tags = _tags(sm, current["EndpointArn"])

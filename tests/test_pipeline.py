@@ -291,3 +291,19 @@ def test_buildspec_runs_the_tests_then_upserts_and_starts(tmp_path):
     assert args.bucket == BUCKET and args.pipeline_name == "DogBreedBuild"
     assert run.parse_params(args.param) == {"Epochs": 3, "BaseModel": "resnet18"}
     assert args.tag == ["source-version=abc123"]
+
+
+def test_describe_or_none_tells_missing_from_other_errors(aws):
+    from botocore.exceptions import ClientError
+
+    from pipelines.aws import describe_or_none
+
+    assert describe_or_none(lambda: aws.describe_pipeline(PipelineName="nope")) is None
+    assert describe_or_none(lambda: {"found": 1}) == {"found": 1}
+
+    def denied():
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}},
+                          "DescribePipeline")
+
+    with pytest.raises(ClientError):  # not mistaken for "missing", so nothing is re-created
+        describe_or_none(denied)
