@@ -60,8 +60,10 @@ class ModelPackage:
             return None
 
 
-def home_dir(home: str | None = None) -> Path:
-    return Path(home or os.environ.get("DOGBREED_HOME") or DEFAULT_HOME)
+def home_dir(home: str | os.PathLike | None = None) -> Path:
+    """--home, $DOGBREED_HOME or ./.dogbreed, as an absolute path: steps run as subprocesses
+    in folders of their own, where a relative path would point somewhere else."""
+    return Path(home or os.environ.get("DOGBREED_HOME") or DEFAULT_HOME).expanduser().resolve()
 
 
 def _now() -> str:

@@ -163,3 +163,16 @@ def test_bad_local_input_and_flags(home, capsys, tmp_path):
     assert step[:2] == ("Preprocess", "Failed") and "does not exist" in step[2]
     assert run.main(["--local", "--upsert"]) == 2
     assert "does not combine" in capsys.readouterr().err
+
+
+def test_the_home_is_absolute_whatever_the_working_directory(tmp_path, monkeypatch):
+    """Steps run in folders of their own: a relative home would point elsewhere there."""
+    from pipelines.registry import home_dir
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DOGBREED_HOME", raising=False)
+    assert home_dir() == tmp_path / ".dogbreed"
+    assert home_dir("rel") == tmp_path / "rel"
+    monkeypatch.setenv("DOGBREED_HOME", "from-env")
+    assert home_dir() == tmp_path / "from-env"
+    assert LocalPipeline("relative-home").home == tmp_path / "relative-home"

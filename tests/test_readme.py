@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import ROOT
 
@@ -24,17 +26,33 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_second():
     assert tests in (ROOT / ".ci/run").read_text()
 
 
+def fresh_copy(dest: Path) -> Path:
+    """The repository as a newcomer's clone has it: tracked and new files, nothing ignored."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"], cwd=ROOT, capture_output=True, check=True)
+    for rel in filter(None, listed.stdout.decode().split("\0")):
+        source = ROOT / rel
+        if source.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / rel)
+    return dest
+
+
 def test_main_command_runs_end_to_end(tmp_path):
+    """From a fresh clone's root, exactly as written: default home, no DOGBREED_HOME."""
     steps = COMMANDS[0].split(" && ")
     assert steps[:2] == ["python3 -m venv .venv", ".venv/bin/pip install -e ."]
-    (job,) = steps[2:]  # already installed: run the job itself, with its home in a temp folder
+    (job,) = steps[2:]  # already installed: run the job itself, with the installed packages
     argv = shlex.split(job)
     assert argv[:4] == [".venv/bin/python", "-m", "pipelines.run", "--local"]
-    env = {**os.environ, "DOGBREED_HOME": str(tmp_path / "home")}
-    proc = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True,
+    clone = fresh_copy(tmp_path / "clone")
+    assert not (clone / ".dogbreed").exists()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOGBREED_", "AWS_"))}
+    proc = subprocess.run([sys.executable, *argv[1:]], cwd=clone, capture_output=True,
                           text=True, timeout=900, env=env)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert ": Succeeded" in proc.stdout and "registered: version 1" in proc.stdout
     accuracy = float(re.search(r"test accuracy: ([0-9.]+)", proc.stdout).group(1))
     assert accuracy > 0.8  # ten digit classes: chance is 0.1
     assert "NoIssuesFound" in proc.stdout and "profiler_report:" in proc.stdout
+    assert (clone / ".dogbreed" / "registry.sqlite").is_file()  # the default home, in the clone

@@ -75,7 +75,7 @@ class LocalPipeline:
     def __init__(self, home: str | os.PathLike, pipeline_name: str = spec.DEFAULT_PIPELINE_NAME,
                  model_package_group: str = spec.DEFAULT_MODEL_PACKAGE_GROUP,
                  options: BuildOptions | None = None, echo=print):
-        self.home = Path(home)
+        self.home = Path(home).expanduser().resolve()  # steps run in other folders
         self.name = pipeline_name
         self.group = model_package_group
         self.options = options or BuildOptions()
