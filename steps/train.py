@@ -24,6 +24,19 @@ COLLECTION_OVERRIDES = {"losses": {"save_interval": "10"},
                         "gradients": {"save_interval": "50"}}
 
 
+class OrderedDebuggerHookConfig(DebuggerHookConfig):
+    """The SDK gathers the rules' collection configs in a ``set()``, whose order follows string
+    hashes, which change from one process to the next: every CodeBuild upsert would change the
+    definition and TrainFinal (and all after it) would miss the step cache. Sorted by name."""
+
+    def _to_request_dict(self):
+        request = super()._to_request_dict()
+        if "CollectionConfigurations" in request:
+            request["CollectionConfigurations"] = sorted(
+                request["CollectionConfigurations"], key=lambda c: c["CollectionName"])
+        return request
+
+
 def debugger_rules() -> list:
     rules = []
     for name in spec.DEBUGGER_RULES:
@@ -44,7 +57,8 @@ def make_step(ctx: BuildContext, tuning: TuningStep, inputs: dict) -> TrainingSt
         rules += debugger_rules()
         # each built-in rule adds the collections it reads (losses, gradients, weights,
         # relu_input...); adding our own with other settings would duplicate their names
-        kwargs["debugger_hook_config"] = DebuggerHookConfig(s3_output_path=ctx.s3("debugger"))
+        kwargs["debugger_hook_config"] = OrderedDebuggerHookConfig(
+            s3_output_path=ctx.s3("debugger"))
     else:
         kwargs["debugger_hook_config"] = False
     if ctx.options.profiler:

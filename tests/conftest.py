@@ -101,20 +101,38 @@ def trained(tmp_path_factory, split_data):
             "data": split_data}
 
 
+# Every source botocore's credential and region chains read (environment, profiles and their
+# files, web identity, SSO, credential_process, the container provider CodeBuild and ECS use,
+# instance metadata, boto2 config) and every endpoint override: all AWS_* variables go.
+NOT_AWS_VARIABLES = ("BOTO_CONFIG", "SAGEMAKER_ROLE_ARN", "DOGBREED_ROLE_ARN", "DOGBREED_BUCKET")
+
+
+def offline_aws_env(tmp_path: Path, base: dict | None = None, **extra) -> dict:
+    """An environment (for a subprocess) where AWS is fake: test credentials, us-east-1, no
+    profile files, no container or instance credentials, none of the project's variables."""
+    env = {k: v for k, v in (os.environ if base is None else base).items()
+           if not k.startswith("AWS_") and k not in NOT_AWS_VARIABLES}
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+               AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
+               BOTO_CONFIG=str(tmp_path / "no-boto-config"), SAGEMAKER_SUPPRESS_V2_WARNING="1")
+    env.update(extra)
+    return env
+
+
 @pytest.fixture
 def fake_aws(monkeypatch, tmp_path):
-    """Offline AWS: moto for every service, fake credentials, us-east-1, no profile, no
-    endpoint override, and none of the project's role/bucket variables."""
+    """Offline AWS for this process: moto for every service and ``offline_aws_env``. Inside
+    CodeBuild (container credentials, AWS_REGION) as on a laptop (profiles, SSO)."""
     from moto import mock_aws
 
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "SAGEMAKER_ROLE_ARN", "DOGBREED_ROLE_ARN",
-                 "DOGBREED_BUCKET"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    wanted = offline_aws_env(tmp_path)
+    for name in list(os.environ):
+        if name not in wanted:
+            monkeypatch.delenv(name)
+    for name, value in wanted.items():
+        monkeypatch.setenv(name, value)
     with mock_aws():
         yield
 

@@ -175,11 +175,40 @@ def test_definition_in_detail(aws, tmp_path):
     assert "Parameters.AccuracyThreshold" in message and "Std:JsonGet" in message
 
 
-def test_definition_is_deterministic(aws, tmp_path):
-    first = definition(tmp_path, name="a.json")
-    second = definition(tmp_path, name="b.json")
+# Builds the definition in a process of its own, against moto's in-process AWS.
+BUILD_IN_CHILD = f"""
+import sys
+from moto import mock_aws
+with mock_aws():
+    import boto3
+    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="{BUCKET}")
+    from pipelines import run
+    sys.exit(run.main(["--role-arn", "{ROLE}", "--bucket", "{BUCKET}",
+                       "--definition-out", sys.argv[1], *sys.argv[2:]]))
+"""
+
+
+def build_in_child(tmp_path, out, *args, **env):
+    import subprocess
+    import sys
+
+    from conftest import ROOT, offline_aws_env
+
+    proc = subprocess.run([sys.executable, "-c", BUILD_IN_CHILD, str(out), *args], cwd=ROOT,
+                          env=offline_aws_env(tmp_path, **env), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out.read_bytes()
+
+
+def test_definition_is_identical_across_processes(tmp_path):
+    """What CodeBuild does on every push: a new process builds the definition. String hashes
+    (so the order of anything from a set()) differ between processes; the bytes must not, or
+    every upsert changes the definition and its steps miss the cache."""
+    first = build_in_child(tmp_path, tmp_path / "a.json", PYTHONHASHSEED="1")
+    second = build_in_child(tmp_path, tmp_path / "b.json", PYTHONHASHSEED="2")
     assert first == second
-    text = json.dumps(first)
+    text = first.decode()
     assert "2026-" not in text and "2027-" not in text  # no timestamps in names or paths
 
 
@@ -261,7 +290,6 @@ def test_missing_aws_settings_give_one_clear_line(aws, monkeypatch, capsys):
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     assert cli("--upsert") == 2
     err = capsys.readouterr().err
     assert "no AWS credentials" in err and "Traceback" not in err
