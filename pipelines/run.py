@@ -88,7 +88,9 @@ def make_context(args, session, role_arn: str, bucket: str):
 
     from steps.context import BuildContext, BuildOptions
 
-    pipeline_session = PipelineSession(boto_session=session)
+    from pipelines.aws import sdk_config
+
+    pipeline_session = PipelineSession(boto_session=session, sagemaker_config=sdk_config())
     pipeline_session._default_bucket = bucket  # no ListBuckets/CreateBucket at build time
     options = BuildOptions(debugger_rules=not args.no_debugger_rules,
                            profiler=not args.no_profiler, spot=args.spot,
@@ -207,7 +209,13 @@ def _run(args) -> int:
             arn = response["PipelineExecutionArn"]
             print(f"started execution {arn}")
             if args.wait:
-                status = follow(sm, arn)
+                try:
+                    status = follow(sm, arn)
+                except KeyboardInterrupt:
+                    print(f"stopped waiting; execution {arn} goes on in SageMaker. To stop "
+                          f"it: aws sagemaker stop-pipeline-execution --pipeline-execution-arn "
+                          f"{arn}", file=sys.stderr)
+                    return 130
                 print(f"execution {status}")
                 if status != "Succeeded":
                     detail = sm.describe_pipeline_execution(PipelineExecutionArn=arn)

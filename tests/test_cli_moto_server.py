@@ -52,9 +52,24 @@ def run(server, module, *args):
 
 
 def test_upsert_as_codebuild_runs_it(server):
-    proc = run(server, "pipelines.run", "--bucket", BUCKET, "--upsert")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "created pipeline DogBreedBuild" in proc.stdout
+    """Create, then update (a second push): the output says what was done and nothing else.
+    Any request leaving for the internet (the SDK's telemetry) goes to a closed local port, so
+    an attempt shows up as its traceback whether or not this machine is online."""
+    from pipelines.endpoint import free_port
+
+    server["env"].update(HTTPS_PROXY=f"http://127.0.0.1:{free_port()}",
+                         NO_PROXY="127.0.0.1,localhost")
+    server["env"].pop("SAGEMAKER_SUPPRESS_V2_WARNING")  # CodeBuild does not set it either
+    for verb in ("created", "updated"):
+        proc = run(server, "pipelines.run", "--bucket", BUCKET, "--upsert", "--start")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stderr == ""
+        lines = proc.stdout.splitlines()
+        if verb == "created":
+            assert lines.pop(0) == "created model package group DogBreedModels"
+        assert len(lines) == 2, proc.stdout
+        assert lines[0].startswith(f"{verb} pipeline DogBreedBuild: arn:aws:sagemaker:")
+        assert lines[1].startswith("started execution arn:aws:sagemaker:")
     pipeline = server["sm"].describe_pipeline(PipelineName="DogBreedBuild")
     assert pipeline["RoleArn"] == ROLE
     definition = json.loads(pipeline["PipelineDefinition"])

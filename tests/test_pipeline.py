@@ -335,3 +335,31 @@ def test_describe_or_none_tells_missing_from_other_errors(aws):
 
     with pytest.raises(ClientError):  # not mistaken for "missing", so nothing is re-created
         describe_or_none(denied)
+
+
+def test_ctrl_c_while_waiting_says_how_to_stop_the_execution(aws, monkeypatch, capsys):
+    def interrupted(sm, arn, poll_seconds=30.0):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run, "follow", interrupted)
+    assert cli("--upsert", "--start", "--wait") == 130
+    out, err = capsys.readouterr()
+    (execution,) = aws.list_pipeline_executions(PipelineName="DogBreedBuild")[
+        "PipelineExecutionSummaries"]
+    arn = execution["PipelineExecutionArn"]
+    assert "Traceback" not in err
+    assert f"execution {arn} goes on in SageMaker" in err
+    assert f"aws sagemaker stop-pipeline-execution --pipeline-execution-arn {arn}" in err
+
+
+def test_sdk_config_opts_out_of_telemetry_and_still_validates(aws):
+    import jsonschema
+    import sagemaker.utils
+
+    from pipelines.aws import sdk_config
+
+    config = sdk_config()
+    assert config["SageMaker"]["PythonSDK"]["Modules"]["TelemetryOptOut"] is True
+    sagemaker.utils.validate_sagemaker_config(config)
+    with pytest.raises(jsonschema.ValidationError):
+        sagemaker.utils.validate_sagemaker_config({"SchemaVersion": "1.0", "Bogus": 1})
