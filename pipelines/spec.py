@@ -68,7 +68,7 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("MaxTuningJobs", "Integer", 8, "tuning trials in all", minimum=1),
     Parameter("MaxParallelTuningJobs", "Integer", 2, "tuning trials at once", minimum=1),
     Parameter("AccuracyThreshold", "Float", 0.7,
-              "test accuracy needed to register the model", minimum=0.0),
+              "validation accuracy needed to register the model", minimum=0.0),
     Parameter("ModelApprovalStatus", "String", "PendingManualApproval",
               "status of the registered version",
               choices=("PendingManualApproval", "Approved", "Rejected")),
@@ -135,10 +135,13 @@ PREPROCESS_JOB = {
 }
 EVALUATE_JOB = {
     "script": "evaluate.py",
-    "inputs": {"model": f"{PROCESSING_ROOT}/model", "test": f"{PROCESSING_ROOT}/test"},
+    "inputs": {"model": f"{PROCESSING_ROOT}/model", "valid": f"{PROCESSING_ROOT}/valid",
+               "test": f"{PROCESSING_ROOT}/test"},
     "outputs": {"evaluation": f"{PROCESSING_ROOT}/evaluation"},
-    "arguments": ["--model-dir", f"{PROCESSING_ROOT}/model", "--test-dir",
-                  f"{PROCESSING_ROOT}/test", "--output-dir", f"{PROCESSING_ROOT}/evaluation"],
+    "arguments": ["--model-dir", f"{PROCESSING_ROOT}/model",
+                  "--valid-dir", f"{PROCESSING_ROOT}/valid",
+                  "--test-dir", f"{PROCESSING_ROOT}/test",
+                  "--output-dir", f"{PROCESSING_ROOT}/evaluation"],
 }
 TRAINING_CHANNELS = ("train", "valid")  # never the test split
 
@@ -167,8 +170,13 @@ DEBUGGER_RULES = ("loss_not_decreasing", "overfit", "overtraining", "vanishing_g
 PROFILER_RULE = "ProfilerReport"
 SYSTEM_MONITOR_INTERVAL_MS = 500
 
-# The condition: evaluation.json's accuracy against AccuracyThreshold.
-EVALUATION_REPORT = "EvaluationReport"
+# Evaluate scores the model TrainFinal keeps on the valid split (validation.json) and on the
+# test split (evaluation.json), in the Model Registry's multiclass format. The condition is
+# validation accuracy >= AccuracyThreshold (the split the weights were chosen by: tuning and
+# early stopping never see the test split); the test split's metrics are registered with the
+# version (ModelQuality), an unbiased figure for the approver.
+VALIDATION_REPORT = "ValidationReport"
+VALIDATION_FILE = "validation.json"
 EVALUATION_FILE = "evaluation.json"
 ACCURACY_JSON_PATH = "multiclass_classification_metrics.accuracy.value"
 

@@ -1,12 +1,15 @@
-"""Evaluate a trained model on the test split (SageMaker Processing contract).
+"""Evaluate a trained model on the test split, and on the valid split (SageMaker Processing
+contract).
 
 Inputs:  --model-dir  a model directory or model.tar.gz  (default /opt/ml/processing/model;
                       a folder holding only model.tar.gz, as a ProcessingInput delivers it, works)
          --test-dir   <class>/<image> folder               (default /opt/ml/processing/test)
+         --valid-dir  <class>/<image> folder, optional     (the pipeline passes its valid split)
 Outputs: --output-dir (default /opt/ml/processing/evaluation)
-         evaluation.json      Model Registry multiclass metrics (see breedkit.evaluation)
-         confusion_matrix.png
-         predictions.csv      file, true class, predicted class, probability
+         evaluation.json      test split: Model Registry multiclass metrics (breedkit.evaluation)
+         validation.json      valid split, same format (the pipeline's accuracy gate reads it)
+         confusion_matrix.png test split
+         predictions.csv      test split: file, true class, predicted class, probability
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model-dir", default="/opt/ml/processing/model")
     p.add_argument("--test-dir", default="/opt/ml/processing/test")
+    p.add_argument("--valid-dir", default="",
+                   help="also score this split into validation.json")
     p.add_argument("--output-dir", default="/opt/ml/processing/evaluation")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=-1, help="-1: automatic")
@@ -73,25 +78,41 @@ def main(argv=None) -> int:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model, config = load_model(model_dir, device)
     class_names = config["class_names"]
-    dataset = ImageFolderDataset(args.test_dir, class_names,
-                                 transform=eval_transform(config["image_size"]))
     workers = max(0, min(8, cpu_count() - 1)) if args.workers < 0 else args.workers
-    loader = make_loader(dataset, args.batch_size, shuffle=False, workers=workers)
-    log.info("evaluating %s (%s, %d classes) on %d test images", args.model_dir, config["arch"],
-             len(class_names), len(dataset))
-    probs, labels = [], []
-    with torch.inference_mode():
-        for images, targets in loader:
-            logits = model(images.to(device))
-            probs.append(torch.softmax(logits.float(), dim=1).cpu())
-            labels.append(targets)
-    probs_np = torch.cat(probs).numpy()
-    labels_np = torch.cat(labels).numpy()
-    report = compute_metrics(labels_np, probs_np, class_names, rounds=args.bootstrap_rounds)
+
+    def score(folder: str, split: str):
+        dataset = ImageFolderDataset(folder, class_names,
+                                     transform=eval_transform(config["image_size"]))
+        loader = make_loader(dataset, args.batch_size, shuffle=False, workers=workers)
+        log.info("evaluating %s (%s, %d classes) on %d %s images", args.model_dir,
+                 config["arch"], len(class_names), len(dataset), split)
+        probs, labels = [], []
+        with torch.inference_mode():
+            for images, targets in loader:
+                logits = model(images.to(device))
+                probs.append(torch.softmax(logits.float(), dim=1).cpu())
+                labels.append(targets)
+        probs_np = torch.cat(probs).numpy()
+        report = compute_metrics(torch.cat(labels).numpy(), probs_np, class_names,
+                                 rounds=args.bootstrap_rounds)
+        return {**report, "split": split}, dataset, probs_np
+
+    validation = None
+    if args.valid_dir:
+        if not os.path.isdir(args.valid_dir):
+            raise UserError(f"--valid-dir {args.valid_dir} is not a folder: pass the valid "
+                            f"split's <class>/<image> folder, or leave --valid-dir out")
+        validation, _, _ = score(args.valid_dir, "valid")
+    report, dataset, probs_np = score(args.test_dir, "test")
 
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "evaluation.json"), "w") as fh:
         json.dump(report, fh, indent=2)
+    if validation is not None:
+        with open(os.path.join(args.output_dir, "validation.json"), "w") as fh:
+            json.dump(validation, fh, indent=2)
+        valid_accuracy = validation["multiclass_classification_metrics"]["accuracy"]["value"]
+        print(f"valid_accuracy={valid_accuracy:.4f}", flush=True)
     plot_confusion_matrix(report, os.path.join(args.output_dir, "confusion_matrix.png"),
                           [display_label(c) for c in class_names])
     with open(os.path.join(args.output_dir, "predictions.csv"), "w", newline="") as fh:

@@ -1,7 +1,9 @@
-"""CheckAccuracy: test accuracy from evaluation.json >= AccuracyThreshold.
+"""CheckAccuracy: validation accuracy (validation.json, the valid split scored by Evaluate
+with the weights TrainFinal kept) >= AccuracyThreshold.
 
 True: the register step runs. False: AccuracyTooLow fails the execution with a message that
-states the accuracy and the threshold.
+states the accuracy and the threshold. The test split never decides anything: its metrics are
+registered with the version, for the approver.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def accuracy(evaluate: ProcessingStep, report: PropertyFile) -> JsonGet:
 
 def make_fail_step(ctx: BuildContext, evaluate: ProcessingStep, report: PropertyFile
                    ) -> FailStep:
-    message = Join(on=" ", values=["Test accuracy", accuracy(evaluate, report),
+    message = Join(on=" ", values=["Validation accuracy", accuracy(evaluate, report),
                                    "is below the AccuracyThreshold of",
                                    ctx.p("AccuracyThreshold"), "- the model was not registered."])
     return FailStep(name=spec.STEP.FAIL, error_message=message)

@@ -1,7 +1,7 @@
-"""Evaluate: scripts/evaluate.py on the test split, with the trained model.
+"""Evaluate: scripts/evaluate.py scores the trained model on the valid and the test split.
 
-Its evaluation.json (Model Registry multiclass format) is the PropertyFile that CheckAccuracy
-reads and RegisterModel attaches as model metrics.
+validation.json (Model Registry multiclass format) is the PropertyFile CheckAccuracy reads;
+evaluation.json (the test split, same format) is what RegisterModel attaches as model metrics.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ JOB = spec.EVALUATE_JOB
 
 def make_step(ctx: BuildContext, preprocess: ProcessingStep, train: TrainingStep
               ) -> tuple[ProcessingStep, PropertyFile]:
-    report = PropertyFile(name=spec.EVALUATION_REPORT, output_name=OUTPUT_NAME,
-                          path=spec.EVALUATION_FILE)
+    report = PropertyFile(name=spec.VALIDATION_REPORT, output_name=OUTPUT_NAME,
+                          path=spec.VALIDATION_FILE)
     processor = pytorch_processor(ctx, "dogbreed-evaluate")
     step_args = processor.run(
         code=JOB["script"],
@@ -33,8 +33,9 @@ def make_step(ctx: BuildContext, preprocess: ProcessingStep, train: TrainingStep
         inputs=[
             ProcessingInput(source=model_artifact(train), destination=JOB["inputs"]["model"],
                             input_name="model"),
-            ProcessingInput(source=output_uri(preprocess, "test"),
-                            destination=JOB["inputs"]["test"], input_name="test"),
+            *[ProcessingInput(source=output_uri(preprocess, split),
+                              destination=JOB["inputs"][split], input_name=split)
+              for split in ("valid", "test")],
         ],
         outputs=[ProcessingOutput(output_name=OUTPUT_NAME,
                                   source=JOB["outputs"][OUTPUT_NAME])],
@@ -47,5 +48,5 @@ def make_step(ctx: BuildContext, preprocess: ProcessingStep, train: TrainingStep
 
 
 def report_uri(step: ProcessingStep):
-    """S3 URI of evaluation.json."""
+    """S3 URI of evaluation.json (the test split's metrics)."""
     return Join(on="/", values=[output_uri(step, OUTPUT_NAME), spec.EVALUATION_FILE])

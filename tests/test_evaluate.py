@@ -41,7 +41,8 @@ def test_evaluation_report_in_model_registry_format(trained, tmp_path):
     assert metrics["top_5_accuracy"]["value"] == 1.0  # 3 classes
     names = report["class_names"]
     matrix = metrics["confusion_matrix"]
-    assert sum(sum(row.values()) for row in matrix.values()) == report["num_test_images"] == 30
+    assert sum(sum(row.values()) for row in matrix.values()) == report["num_images"] == 30
+    assert report["split"] == "test"
     assert sum(matrix[c][c] for c in names) / 30 == pytest.approx(metrics["accuracy"]["value"])
     assert set(report["per_class"]) == set(names)
     assert all(report["per_class"][c]["support"] == 10 for c in names)
@@ -53,6 +54,24 @@ def test_evaluation_report_in_model_registry_format(trained, tmp_path):
     correct = sum(r["true_class"] == r["predicted_class"] for r in rows)
     assert correct / 30 == pytest.approx(metrics["accuracy"]["value"])
     assert f"test_accuracy={metrics['accuracy']['value']:.4f}" in proc.stdout
+
+
+def test_validation_report_scores_the_kept_weights_on_the_valid_split(trained, tmp_path):
+    """CheckAccuracy's figure: the weights train.py kept, on the valid split it chose them by."""
+    out = tmp_path / "evaluation"
+    proc = run_script("evaluate.py", "--model-dir", trained["model"], "--test-dir",
+                      trained["data"] / "test", "--valid-dir", trained["data"] / "valid",
+                      "--output-dir", out)
+    assert proc.returncode == 0, proc.stderr
+    validation, test = read_json(out / "validation.json"), read_json(out / "evaluation.json")
+    assert validation["split"] == "valid" and test["split"] == "test"
+    assert validation["num_images"] == 30 and test["num_images"] == 30
+    kept = read_json(trained["output"] / "training_summary.json")["valid_accuracy"]
+    value = validation["multiclass_classification_metrics"]["accuracy"]["value"]
+    assert value == pytest.approx(kept, abs=1 / 30 + 1e-9)  # train.py may score in bf16
+    assert "valid_accuracy=" in proc.stdout and "test_accuracy=" in proc.stdout
+    with open(out / "predictions.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == 30  # the test split's predictions only
 
 
 def test_evaluate_errors_are_clear(trained, tmp_path):

@@ -116,7 +116,8 @@ def test_accuracy_below_threshold_fails_with_the_numbers(home, capsys):
     out = capsys.readouterr().out
     assert code == 1
     assert "AccuracyTooLow" in out and "is below the AccuracyThreshold of 0.99" in out
-    assert "Test accuracy 0." in out
+    assert "Validation accuracy 0." in out
+    assert "validation accuracy:" in out and "test accuracy:" in out
     assert execution_rows(home)[-1][1] == "Failed"
     assert len(LocalRegistry(home["home"]).list("DogBreedModels")) == 2  # nothing registered
 

@@ -140,18 +140,21 @@ def test_definition_in_detail(aws, tmp_path):
     assert "EnableManagedSpotTraining" not in train or not train["EnableManagedSpotTraining"]
 
     evaluate = steps["Evaluate"]
-    assert evaluate["PropertyFiles"] == [{"PropertyFileName": "EvaluationReport",
+    assert evaluate["PropertyFiles"] == [{"PropertyFileName": "ValidationReport",
                                           "OutputName": "evaluation", "FilePath":
-                                          "evaluation.json"}]
+                                          "validation.json"}]
     assert "evaluate.py" in entrypoint_script(evaluate["Arguments"])
-    inputs = json.dumps(evaluate["Arguments"]["ProcessingInputs"])
-    assert "Steps.TrainFinal.ModelArtifacts.S3ModelArtifacts" in inputs
-    assert "Outputs['test']" in inputs
+    inputs = {i["InputName"]: json.dumps(i) for i in evaluate["Arguments"]["ProcessingInputs"]}
+    assert "Steps.TrainFinal.ModelArtifacts.S3ModelArtifacts" in inputs["model"]
+    assert "Outputs['test']" in inputs["test"] and "Outputs['valid']" in inputs["valid"]
+    arguments = evaluate["Arguments"]["AppSpecification"]["ContainerArguments"]
+    assert arguments[arguments.index("--valid-dir") + 1] == "/opt/ml/processing/valid"
 
+    # the gate is on validation accuracy; the test split's figure is what gets registered
     (condition,) = steps["CheckAccuracy"]["Arguments"]["Conditions"]
     assert condition["Type"] == "GreaterThanOrEqualTo"
     assert condition["LeftValue"]["Std:JsonGet"] == {
-        "PropertyFile": {"Get": "Steps.Evaluate.PropertyFiles.EvaluationReport"},
+        "PropertyFile": {"Get": "Steps.Evaluate.PropertyFiles.ValidationReport"},
         "Path": "multiclass_classification_metrics.accuracy.value"}
     assert condition["RightValue"] == {"Get": "Parameters.AccuracyThreshold"}
     branches = steps["CheckAccuracy"]["Arguments"]
@@ -169,10 +172,12 @@ def test_definition_in_detail(aws, tmp_path):
     assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
     statistics = register["ModelMetrics"]["ModelQuality"]["Statistics"]
     assert "Outputs['evaluation']" in json.dumps(statistics["S3Uri"])
+    assert "evaluation.json" in json.dumps(statistics["S3Uri"])  # the test split's metrics
     assert not any("Repack" in name for name in steps)  # no hidden repack job
 
     message = json.dumps(steps["AccuracyTooLow"]["Arguments"]["ErrorMessage"])
-    assert "Parameters.AccuracyThreshold" in message and "Std:JsonGet" in message
+    assert "Parameters.AccuracyThreshold" in message and "ValidationReport" in message
+    assert "Validation accuracy" in message
 
 
 # Builds the definition in a process of its own, against moto's in-process AWS.

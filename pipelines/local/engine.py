@@ -65,6 +65,7 @@ class RunResult:
     steps: list[StepRecord] = field(default_factory=list)
     best_hyperparameters: dict = field(default_factory=dict)
     accuracy: float | None = None
+    test_accuracy: float | None = None
     registered_version: int | None = None
     reports: dict = field(default_factory=dict)
     rules: list = field(default_factory=list)
@@ -191,6 +192,7 @@ class LocalPipeline:
             if outputs.get("profiler_report"):
                 self.result.reports["profiler_report"] = outputs["profiler_report"]
         elif name == spec.STEP.EVALUATE:
+            self.result.test_accuracy = _accuracy(outputs["report"])
             self.result.reports["evaluation"] = outputs["report"]
             self.result.reports["confusion_matrix"] = str(Path(outputs["evaluation"]) /
                                                           "confusion_matrix.png")
@@ -309,19 +311,19 @@ class LocalPipeline:
 
     def _evaluate(self, step_dir: Path, data: dict, model: dict) -> dict:
         outputs = self._processing(spec.EVALUATE_JOB, step_dir,
-                                   {"model": model["model_data"], "test": data["test"]},
+                                   {"model": model["model_data"], "valid": data["valid"],
+                                    "test": data["test"]},
                                    spec.STEP.EVALUATE)
-        return {**outputs, "report": str(Path(outputs["evaluation"]) / spec.EVALUATION_FILE)}
+        folder = Path(outputs["evaluation"])
+        return {**outputs, "report": str(folder / spec.EVALUATION_FILE),
+                "validation": str(folder / spec.VALIDATION_FILE)}
 
     def _check(self, step_dir: Path, evaluation: dict) -> bool:
-        report = json.loads(Path(evaluation["report"]).read_text())
-        value = report
-        for part in spec.ACCURACY_JSON_PATH.split("."):
-            value = value[part]
-        self.result.accuracy = float(value)
+        """Validation accuracy >= AccuracyThreshold, as the cloud ConditionStep."""
+        self.result.accuracy = _accuracy(evaluation["validation"])
         threshold = float(self.params["AccuracyThreshold"])
         passed = self.result.accuracy >= threshold
-        self.echo(f"[{spec.STEP.CHECK}] accuracy {self.result.accuracy:.4f} "
+        self.echo(f"[{spec.STEP.CHECK}] validation accuracy {self.result.accuracy:.4f} "
                   f"{'>=' if passed else '<'} AccuracyThreshold {threshold}")
         return passed
 
@@ -350,12 +352,20 @@ class LocalPipeline:
 
     def _fail(self, step_dir: Path):
         raise PipelineFailed(
-            f"Test accuracy {self.result.accuracy} is below the AccuracyThreshold of "
+            f"Validation accuracy {self.result.accuracy} is below the AccuracyThreshold of "
             f"{self.params['AccuracyThreshold']} - the model was not registered.")
 
 
+def _accuracy(report_path: str) -> float:
+    value = json.loads(Path(report_path).read_text())
+    for part in spec.ACCURACY_JSON_PATH.split("."):
+        value = value[part]
+    return float(value)
+
+
 def _paths(outputs: dict) -> list[str]:
-    keys = ("train", "valid", "test", "manifest", "model_data", "evaluation", "report")
+    keys = ("train", "valid", "test", "manifest", "model_data", "evaluation", "report",
+            "validation")
     return [outputs[k] for k in keys if k in outputs and outputs[k]]
 
 
@@ -376,7 +386,9 @@ def summary(result: RunResult) -> str:
         where = f" at step {v['step']}" if v["step"] is not None else ""
         lines.append(f"  rule {v['rule']:<26} {v['status']}{where}")
     if result.accuracy is not None:
-        lines.append(f"  test accuracy: {result.accuracy:.4f}")
+        lines.append(f"  validation accuracy: {result.accuracy:.4f} (the gate)")
+    if result.test_accuracy is not None:
+        lines.append(f"  test accuracy: {result.test_accuracy:.4f} (registered)")
     if result.registered_version is not None:
         lines.append(f"  registered: version {result.registered_version}")
     for name, path in result.reports.items():

@@ -1,4 +1,4 @@
-"""Test-set metrics in SageMaker Model Registry's multiclass format, and the confusion plot.
+"""A split's metrics in SageMaker Model Registry's multiclass format, and the confusion plot.
 
 ``evaluation.json``::
 
@@ -9,7 +9,7 @@
         "confusion_matrix": {"<true class>": {"<predicted class>": count, ...}, ...}},
      "per_class": {"<class>": {"accuracy": ..., "precision": ..., "recall": ..., "f1": ...,
                                "support": n}},
-     "num_test_images": n, "class_names": [...]}
+     "num_images": n, "class_names": [...]}
 
 Standard deviations are bootstrap estimates (resampling the test images), as Clarify reports them.
 """
@@ -74,7 +74,7 @@ def compute_metrics(y_true, probs, class_names, seed: int = 0,
                "f1": float(f1[i]), "support": int(support[i])}
         for i, name in enumerate(class_names)}
     return {"multiclass_classification_metrics": metrics, "per_class": per_class,
-            "num_test_images": int(len(y_true)), "class_names": list(class_names)}
+            "num_images": int(len(y_true)), "class_names": list(class_names)}
 
 
 def plot_confusion_matrix(report: dict, path: str, labels: list[str] | None = None) -> None:
