@@ -4,6 +4,7 @@ RegisterModel (or AccuracyTooLow). Each step is defined in its own module of ``s
 from __future__ import annotations
 
 from sagemaker.workflow.pipeline import Pipeline
+from sagemaker.workflow.pipeline_definition_config import PipelineDefinitionConfig
 
 from steps import condition, evaluate, preprocess, register, train, tune
 from steps.context import BuildContext
@@ -23,4 +24,7 @@ def build_pipeline(ctx: BuildContext) -> Pipeline:
         parameters=list(ctx.params.values()),
         steps=[step_preprocess, step_tune, step_train, step_evaluate, step_check],
         sagemaker_session=ctx.session,
+        # the steps' fixed job names become the jobs' name prefixes (dogbreed-train-...), so
+        # jobs are recognisable in the console; without this, Pipelines drops them
+        pipeline_definition_config=PipelineDefinitionConfig(use_custom_job_prefix=True),
     )

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     aws.add_argument("--pipeline-name", default=spec.DEFAULT_PIPELINE_NAME)
     aws.add_argument("--model-package-group", default=spec.DEFAULT_MODEL_PACKAGE_GROUP)
     aws.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
-                     help="tag for the pipeline (repeatable)")
+                     help="tag for the pipeline, its jobs and registered versions (repeatable)")
     build = p.add_argument_group("build options (fixed in the definition)")
     build.add_argument("--no-debugger-rules", action="store_true",
                        help="no Debugger tensor rules on TrainFinal (Debugger is closed to new "
@@ -83,7 +83,7 @@ def parse_params(items: list[str]) -> dict:
         raise CliError(str(exc)) from None
 
 
-def make_context(args, session, role_arn: str, bucket: str):
+def make_context(args, session, role_arn: str, bucket: str, tags: list | None = None):
     from sagemaker.workflow.pipeline_context import PipelineSession
 
     from steps.context import BuildContext, BuildOptions
@@ -97,7 +97,8 @@ def make_context(args, session, role_arn: str, bucket: str):
                            training_instance_count=args.training_instance_count)
     return BuildContext(session=pipeline_session, role_arn=role_arn, bucket=bucket,
                         prefix=args.prefix.strip("/"), pipeline_name=args.pipeline_name,
-                        model_package_group=args.model_package_group, options=options)
+                        model_package_group=args.model_package_group, options=options,
+                        tags=list(tags or []))
 
 
 def ensure_model_package_group(sm, name: str, tags: list[dict]) -> None:
@@ -185,7 +186,7 @@ def _run(args) -> int:
             bucket = resolve_bucket(session, args.bucket)
             from pipelines.build import build_pipeline
 
-            pipeline = build_pipeline(make_context(args, session, role_arn, bucket))
+            pipeline = build_pipeline(make_context(args, session, role_arn, bucket, tags))
             definition = pipeline.definition()
             if args.definition_out:
                 Path(args.definition_out).write_text(

@@ -183,7 +183,19 @@ ACCURACY_JSON_PATH = "multiclass_classification_metrics.accuracy.value"
 # What the registered model serves.
 CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "application/json")
 RESPONSE_TYPES = ("application/json",)
-INFERENCE_INSTANCES = ("ml.m5.large", "ml.m5.xlarge", "ml.g4dn.xlarge")
+CPU_INFERENCE_INSTANCES = ("ml.m5.large", "ml.m5.xlarge")
+GPU_INFERENCE_INSTANCES = ("ml.g4dn.xlarge", "ml.g5.xlarge")
+# the registered version's additional inference specification with the GPU image; the deploy
+# names it (ContainerDefinition.InferenceSpecificationName) for GPU instance types
+GPU_INFERENCE_SPECIFICATION = "gpu"
+
+# Retries of the cloud job steps: SageMaker capacity (a common g4dn failure) and account
+# limits with a long back-off, throttling and service faults with a short one. Other errors
+# (a bug, bad data) fail at once.
+RETRY_CAPACITY = {"exceptions": ("CAPACITY_ERROR", "RESOURCE_LIMIT"), "interval_seconds": 60,
+                  "backoff_rate": 2.0, "max_attempts": 5}
+RETRY_SERVICE = {"exceptions": ("THROTTLING", "SERVICE_FAULT"), "interval_seconds": 5,
+                 "backoff_rate": 2.0, "max_attempts": 5}
 
 # Containers: the newest PyTorch DLC with both training and inference images in SDK 2.257.
 FRAMEWORK_VERSION = "2.6.0"

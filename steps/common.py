@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from sagemaker.processing import FrameworkProcessor
 from sagemaker.pytorch import PyTorch
+from sagemaker.workflow.execution_variables import ExecutionVariables
+from sagemaker.workflow.functions import Join
+from sagemaker.workflow.retry import (SageMakerJobExceptionTypeEnum, SageMakerJobStepRetryPolicy,
+                                      StepExceptionTypeEnum, StepRetryPolicy)
 from sagemaker.workflow.steps import CacheConfig
 
 from pipelines import spec
@@ -14,6 +18,23 @@ from .context import SCRIPTS_DIR, BuildContext
 
 def cache_config(ctx: BuildContext) -> CacheConfig:
     return CacheConfig(enable_caching=True, expire_after=ctx.options.cache_expire)
+
+
+def service_retry_policy() -> StepRetryPolicy:
+    r = spec.RETRY_SERVICE
+    return StepRetryPolicy(exception_types=[StepExceptionTypeEnum[e] for e in r["exceptions"]],
+                           interval_seconds=r["interval_seconds"], backoff_rate=r["backoff_rate"],
+                           max_attempts=r["max_attempts"])
+
+
+def job_retry_policies() -> list:
+    """For a job step: capacity/limit errors of the job, throttling/faults of the call."""
+    r = spec.RETRY_CAPACITY
+    capacity = SageMakerJobStepRetryPolicy(
+        exception_types=[SageMakerJobExceptionTypeEnum[e] for e in r["exceptions"]],
+        interval_seconds=r["interval_seconds"], backoff_rate=r["backoff_rate"],
+        max_attempts=r["max_attempts"])
+    return [capacity, service_retry_policy()]
 
 
 def pytorch_processor(ctx: BuildContext, base_job_name: str) -> FrameworkProcessor:
@@ -27,6 +48,7 @@ def pytorch_processor(ctx: BuildContext, base_job_name: str) -> FrameworkProcess
         base_job_name=base_job_name,
         code_location=ctx.code_location,
         sagemaker_session=ctx.session,
+        tags=ctx.tags or None,
     )
 
 
@@ -35,7 +57,10 @@ def pytorch_estimator(ctx: BuildContext, hyperparameters: dict, *, instance_coun
     """The training job shared by the tuning trials and TrainFinal.
 
     With spot training, checkpoints go to S3 so an interrupted job resumes (train.py reads
-    /opt/ml/checkpoints); the tuning trials are short and restart instead.
+    /opt/ml/checkpoints), under a prefix of the execution's own: concurrent executions never
+    share (or resume) each other's checkpoints. SageMaker keys TrainFinal's step cache on its
+    CheckpointConfig, so a spot TrainFinal is not taken from the cache. Without spot there are
+    no checkpoints: a retried job starts afresh. The tuning trials are short and restart.
     """
     spot = ctx.options.spot
     kwargs.setdefault("disable_profiler", True)
@@ -53,9 +78,12 @@ def pytorch_estimator(ctx: BuildContext, hyperparameters: dict, *, instance_coun
         use_spot_instances=spot,
         max_run=ctx.p("MaxRuntimeSeconds"),
         max_wait=ctx.p("MaxRuntimeSeconds") if spot else None,
-        checkpoint_s3_uri=ctx.s3("checkpoints") if checkpoints else None,
+        checkpoint_s3_uri=Join(on="/", values=[ctx.s3("checkpoints"),
+                                               ExecutionVariables.PIPELINE_EXECUTION_ID])
+        if checkpoints and spot else None,
         output_path=ctx.s3("training"),
         code_location=ctx.code_location,
         sagemaker_session=ctx.session,
+        tags=ctx.tags or None,
         **kwargs,
     )

@@ -25,6 +25,7 @@ class BuildContext:
     model_package_group: str
     options: BuildOptions = field(default_factory=BuildOptions)
     params: dict = field(default_factory=dict)
+    tags: list = field(default_factory=list)  # [{"Key", "Value"}] on every job and version
 
     def __post_init__(self):
         if not self.params:

@@ -13,7 +13,7 @@ from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
 from pipelines import spec
 
-from .common import cache_config, pytorch_processor
+from .common import cache_config, job_retry_policies, pytorch_processor
 from .context import SCRIPTS_DIR, BuildContext
 from .preprocess import output_uri
 from .train import model_artifact
@@ -43,7 +43,8 @@ def make_step(ctx: BuildContext, preprocess: ProcessingStep, train: TrainingStep
         job_name="dogbreed-evaluate",
     )
     step = ProcessingStep(name=spec.STEP.EVALUATE, step_args=step_args,
-                          property_files=[report], cache_config=cache_config(ctx))
+                          property_files=[report], cache_config=cache_config(ctx),
+                          retry_policies=job_retry_policies())
     return step, report
 
 

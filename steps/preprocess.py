@@ -12,7 +12,7 @@ from sagemaker.workflow.steps import ProcessingStep
 
 from pipelines import spec
 
-from .common import cache_config, pytorch_processor
+from .common import cache_config, job_retry_policies, pytorch_processor
 from .context import SCRIPTS_DIR, BuildContext
 
 JOB = spec.PREPROCESS_JOB
@@ -31,7 +31,7 @@ def make_step(ctx: BuildContext) -> ProcessingStep:
         job_name="dogbreed-preprocess",
     )
     return ProcessingStep(name=spec.STEP.PREPROCESS, step_args=step_args,
-                          cache_config=cache_config(ctx))
+                          cache_config=cache_config(ctx), retry_policies=job_retry_policies())
 
 
 def output_uri(step: ProcessingStep, name: str):

@@ -4,6 +4,12 @@ The model is a plain ``Model`` on the PyTorch inference image: model.tar.gz alre
 code/inference.py and its package, so no repack job is added and the definition stays
 deterministic. Approval status comes from the ModelApprovalStatus parameter
 (PendingManualApproval by default).
+
+The version serves on CPU instances with the CPU inference image (its InferenceSpecification)
+and on GPU instances with the GPU image (an additional inference specification named
+``spec.GPU_INFERENCE_SPECIFICATION``, which the deploy names for GPU instance types). The SDK's
+``register()`` takes neither tags nor additional specifications, so both go into its
+CreateModelPackage request (tests/test_definition_shapes.py checks that request's shape).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
 from pipelines import spec
 
+from .common import service_retry_policy
 from .context import BuildContext
 from .evaluate import report_uri
 from .train import model_artifact
@@ -32,7 +39,7 @@ def inference_image(ctx: BuildContext, instance_type: str) -> str:
 
 
 def make_step(ctx: BuildContext, train: TrainingStep, evaluate: ProcessingStep) -> ModelStep:
-    model = Model(image_uri=inference_image(ctx, spec.INFERENCE_INSTANCES[0]),
+    model = Model(image_uri=inference_image(ctx, spec.CPU_INFERENCE_INSTANCES[0]),
                   model_data=model_artifact(train), role=ctx.role_arn, env=dict(SERVING_ENV),
                   sagemaker_session=ctx.session)
     metrics = ModelMetrics(model_statistics=MetricsSource(
@@ -40,11 +47,32 @@ def make_step(ctx: BuildContext, train: TrainingStep, evaluate: ProcessingStep) 
     step_args = model.register(
         content_types=list(spec.CONTENT_TYPES),
         response_types=list(spec.RESPONSE_TYPES),
-        inference_instances=list(spec.INFERENCE_INSTANCES),
-        transform_instances=[spec.INFERENCE_INSTANCES[1]],
+        inference_instances=list(spec.CPU_INFERENCE_INSTANCES),
+        transform_instances=[spec.CPU_INFERENCE_INSTANCES[1]],
         model_package_group_name=ctx.model_package_group,
         approval_status=ctx.p("ModelApprovalStatus"),
         model_metrics=metrics,
         description="ResNet fine-tuned by the DogBreedBuild pipeline",
     )
-    return ModelStep(name=spec.STEP.REGISTER, step_args=step_args)
+    request = step_args.create_model_package_request
+    request["AdditionalInferenceSpecifications"] = [gpu_specification(ctx, request)]
+    if ctx.tags:
+        request["Tags"] = list(ctx.tags)
+    return ModelStep(name=spec.STEP.REGISTER, step_args=step_args,
+                     retry_policies=[service_retry_policy()])
+
+
+def gpu_specification(ctx: BuildContext, request: dict) -> dict:
+    """The registered CPU specification again, with the GPU inference image."""
+    cpu = request["InferenceSpecification"]
+    (container,) = cpu["Containers"]
+    return {
+        "Name": spec.GPU_INFERENCE_SPECIFICATION,
+        "Description": "PyTorch GPU inference image, for GPU instance types",
+        "Containers": [{**container,
+                        "Image": inference_image(ctx, spec.GPU_INFERENCE_INSTANCES[0])}],
+        "SupportedContentTypes": list(cpu["SupportedContentTypes"]),
+        "SupportedResponseMIMETypes": list(cpu["SupportedResponseMIMETypes"]),
+        "SupportedRealtimeInferenceInstanceTypes": list(spec.GPU_INFERENCE_INSTANCES),
+        "SupportedTransformInstanceTypes": [spec.GPU_INFERENCE_INSTANCES[0]],
+    }

@@ -3,7 +3,8 @@
 Best values come from ``HPTuning``'s BestTrainingJob.TunedHyperParameters; the epochs are the
 ``Epochs`` parameter. Debugger: the built-in tensor rules of pipelines.spec.DEBUGGER_RULES, system
 monitoring and the ProfilerReport rule, each switchable when the pipeline is built (Debugger is
-closed to new AWS accounts). Checkpoints go to S3 so spot interruptions resume.
+closed to new AWS accounts). With --spot, checkpoints go to S3 (a prefix per execution) so spot
+interruptions resume.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from sagemaker.workflow.steps import TrainingStep, TuningStep
 
 from pipelines import spec
 
-from .common import cache_config, pytorch_estimator
+from .common import cache_config, job_retry_policies, pytorch_estimator
 from .context import BuildContext
 from .tune import best_hyperparameter
 
@@ -74,7 +75,8 @@ def make_step(ctx: BuildContext, tuning: TuningStep, inputs: dict) -> TrainingSt
         instance_count=ctx.options.training_instance_count, checkpoints=True,
         rules=rules or None, **kwargs)
     step_args = estimator.fit(inputs=inputs, job_name="dogbreed-train")
-    return TrainingStep(name=spec.STEP.TRAIN, step_args=step_args, cache_config=cache_config(ctx))
+    return TrainingStep(name=spec.STEP.TRAIN, step_args=step_args, cache_config=cache_config(ctx),
+                        retry_policies=job_retry_policies())
 
 
 def model_artifact(step: TrainingStep):

@@ -14,7 +14,7 @@ from sagemaker.workflow.steps import ProcessingStep, TuningStep
 
 from pipelines import spec
 
-from .common import cache_config, pytorch_estimator
+from .common import cache_config, job_retry_policies, pytorch_estimator
 from .context import BuildContext
 from .preprocess import output_uri
 
@@ -53,10 +53,12 @@ def make_step(ctx: BuildContext, preprocess: ProcessingStep) -> TuningStep:
         max_parallel_jobs=ctx.p("MaxParallelTuningJobs"),
         early_stopping_type=spec.EARLY_STOPPING,
         base_tuning_job_name="dogbreed-hpo",
+        tags=ctx.tags or None,
     )
     # a fixed job name keeps the definition (and its code path) free of timestamps
     step_args = tuner.fit(inputs=training_inputs(preprocess), job_name="dogbreed-hpo")
-    return TuningStep(name=spec.STEP.TUNE, step_args=step_args, cache_config=cache_config(ctx))
+    return TuningStep(name=spec.STEP.TUNE, step_args=step_args, cache_config=cache_config(ctx),
+                      retry_policies=job_retry_policies())
 
 
 def best_hyperparameter(step: TuningStep, name: str):

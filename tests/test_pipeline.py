@@ -57,10 +57,24 @@ def test_upsert_creates_then_updates(aws, capsys):
     assert "created model package group DogBreedModels" in out
     first = aws.describe_pipeline(PipelineName="DogBreedBuild")
     assert first["RoleArn"] == ROLE
-    assert cli("--upsert", "--tag", "team=ml") == 0
+    assert cli("--upsert", "--tag", "source-version=abc123") == 0
     assert "updated pipeline DogBreedBuild" in capsys.readouterr().out
     second = aws.describe_pipeline(PipelineName="DogBreedBuild")
-    assert json.loads(second["PipelineDefinition"]) == json.loads(first["PipelineDefinition"])
+    assert aws.list_tags(ResourceArn=second["PipelineArn"])["Tags"] == [
+        {"Key": "source-version", "Value": "abc123"}]
+    # ... and every job and the registered version carry the source version too
+    tagged = steps_by_name(json.loads(second["PipelineDefinition"]))
+    for name in ("Preprocess", "TrainFinal", "Evaluate", "RegisterModel-RegisterModel"):
+        assert {"Key": "source-version", "Value": "abc123"} in tagged[name]["Arguments"]["Tags"]
+    assert {"Key": "source-version", "Value": "abc123"} in tagged["HPTuning"]["Arguments"]["Tags"]
+    # tags are no part of SageMaker's step cache keys: everything else is unchanged
+    untagged = steps_by_name(json.loads(first["PipelineDefinition"]))
+    for name, step in tagged.items():
+        if step["Type"] == "Condition":
+            continue  # it holds the register step, compared on its own
+        args = {k: v for k, v in step.get("Arguments", {}).items() if k != "Tags"}
+        assert args == {k: v for k, v in untagged[name].get("Arguments", {}).items()
+                        if k != "Tags"}, name
     assert aws.describe_model_package_group(ModelPackageGroupName="DogBreedModels")
     # the scripts are uploaded at content-addressed keys, nothing else is written
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]]
@@ -127,7 +141,7 @@ def test_definition_in_detail(aws, tmp_path):
     for name in ("lr", "batch-size", "weight-decay"):
         assert f"Steps.HPTuning.BestTrainingJob.TunedHyperParameters['{name}']" in hp
     assert "Parameters.Epochs" in json.dumps(train["HyperParameters"]["epochs"])
-    assert train["CheckpointConfig"]["S3Uri"] == f"s3://{BUCKET}/dogbreed/checkpoints"
+    assert "CheckpointConfig" not in train  # only spot jobs resume; a retry starts afresh
     rules = {r["RuleConfigurationName"] for r in train["DebugRuleConfigurations"]}
     assert rules == {"LossNotDecreasing", "Overfit", "Overtraining", "VanishingGradient",
                      "ExplodingTensor", "PoorWeightInitialization"}
@@ -138,6 +152,24 @@ def test_definition_in_detail(aws, tmp_path):
         "ProfilerReport"]
     assert train["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
     assert "EnableManagedSpotTraining" not in train or not train["EnableManagedSpotTraining"]
+
+    # job names kept as prefixes (PipelineDefinitionConfig(use_custom_job_prefix=True))
+    names = {"Preprocess": ("ProcessingJobName", "dogbreed-preprocess"),
+             "HPTuning": ("HyperParameterTuningJobName", "dogbreed-hpo"),
+             "TrainFinal": ("TrainingJobName", "dogbreed-train"),
+             "Evaluate": ("ProcessingJobName", "dogbreed-evaluate")}
+    for step, (member, name) in names.items():
+        assert steps[step]["Arguments"][member] == name, step
+    # capacity and throttling errors are retried; nothing else is
+    for step in names:
+        policies = {tuple(p["ExceptionType"]): p for p in steps[step]["RetryPolicies"]}
+        assert set(policies) == {("SageMaker.CAPACITY_ERROR", "SageMaker.RESOURCE_LIMIT"),
+                                 ("Step.THROTTLING", "Step.SERVICE_FAULT")}, step
+        capacity = policies[("SageMaker.CAPACITY_ERROR", "SageMaker.RESOURCE_LIMIT")]
+        assert capacity["IntervalSeconds"] >= 60 and capacity["MaxAttempts"] >= 3
+    register_policies = steps["RegisterModel-RegisterModel"]["RetryPolicies"]
+    assert [p["ExceptionType"] for p in register_policies] == [["Step.THROTTLING",
+                                                                "Step.SERVICE_FAULT"]]
 
     evaluate = steps["Evaluate"]
     assert evaluate["PropertyFiles"] == [{"PropertyFileName": "ValidationReport",
@@ -167,7 +199,16 @@ def test_definition_in_detail(aws, tmp_path):
     spec_ = register["InferenceSpecification"]
     assert spec_["SupportedContentTypes"] == list(spec.CONTENT_TYPES)
     (container,) = spec_["Containers"]
-    assert "pytorch-inference:2.6.0" in container["Image"]
+    assert "pytorch-inference:2.6.0" in container["Image"] and "-cpu-" in container["Image"]
+    assert spec_["SupportedRealtimeInferenceInstanceTypes"] == list(spec.CPU_INFERENCE_INSTANCES)
+    # GPU instances get the GPU image: an additional inference specification the deploy names
+    (gpu,) = register["AdditionalInferenceSpecifications"]
+    assert gpu["Name"] == spec.GPU_INFERENCE_SPECIFICATION
+    (gpu_container,) = gpu["Containers"]
+    assert "pytorch-inference:2.6.0" in gpu_container["Image"] and "-gpu-" in gpu_container["Image"]
+    assert gpu_container["ModelDataUrl"] == container["ModelDataUrl"]
+    assert gpu_container["Environment"] == container["Environment"]
+    assert gpu["SupportedRealtimeInferenceInstanceTypes"] == list(spec.GPU_INFERENCE_INSTANCES)
     assert container["ModelDataUrl"] == {"Get": "Steps.TrainFinal.ModelArtifacts.S3ModelArtifacts"}
     assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
     statistics = register["ModelMetrics"]["ModelQuality"]["Statistics"]
@@ -241,6 +282,9 @@ def test_build_options_switch_debugger_profiler_spot_and_instances(aws, tmp_path
     assert "ProfilerRuleConfigurations" not in train
     assert train.get("ProfilerConfig", {}).get("DisableProfiler", True) is True
     assert train["EnableManagedSpotTraining"] is True
+    # spot jobs resume from checkpoints, under a prefix per execution (never shared)
+    assert train["CheckpointConfig"]["S3Uri"] == {"Std:Join": {"On": "/", "Values": [
+        f"s3://{BUCKET}/dogbreed/checkpoints", {"Get": "Execution.PipelineExecutionId"}]}}
     assert train["StoppingCondition"]["MaxWaitTimeInSeconds"] == {
         "Get": "Parameters.MaxRuntimeSeconds"}
     assert train["ResourceConfig"]["InstanceCount"] == 2  # train.py joins the hosts itself
