@@ -9,13 +9,15 @@ local engine reads the same values. Metric regexes come from the training script
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from breedkit.logformat import METRIC_DEFINITIONS, OBJECTIVE_METRIC, OBJECTIVE_TYPE
-from breedkit.model import ARCHS
+from breedkit.archs import ARCHS
 
 __all__ = ["METRIC_DEFINITIONS", "OBJECTIVE_METRIC", "OBJECTIVE_TYPE", "PARAMETERS", "STEP",
            "HYPERPARAMETER_RANGES", "DEBUGGER_RULES", "PROFILER_RULE", "Parameter",
@@ -197,6 +199,12 @@ RETRY_CAPACITY = {"exceptions": ("CAPACITY_ERROR", "RESOURCE_LIMIT"), "interval_
 RETRY_SERVICE = {"exceptions": ("THROTTLING", "SERVICE_FAULT"), "interval_seconds": 5,
                  "backoff_rate": 2.0, "max_attempts": 5}
 
+# What each job installs into its PyTorch container: a file of scripts/requirements/ that becomes
+# the job's own requirements.txt, or None for nothing (see scripts/requirements/README.md).
+JOB_REQUIREMENTS = {"preprocess": None, "tuning": None, "train": None,
+                    "train-debugger": "debugger.txt", "evaluate": "evaluate.txt"}
+REQUIREMENTS_DIR = "requirements"  # under SCRIPTS_DIR; never uploaded itself
+
 # Containers: the newest PyTorch DLC with both training and inference images in SDK 2.257.
 FRAMEWORK_VERSION = "2.6.0"
 PY_VERSION = "py312"
@@ -215,6 +223,34 @@ class BuildOptions:
     spot: bool = False
     training_instance_count: int = 1
     cache_expire: str = "P30D"
+
+
+def job_sources(scripts_dir: str, requirements: str | None) -> Path:
+    """A job's source directory: ``scripts_dir`` without its requirements folder, with the
+    job's requirements file (if any) as ``requirements.txt``. Content-addressed under the
+    temporary folder, so every process of a build sees the same path and bytes."""
+    root = Path(scripts_dir)
+    files = {path.relative_to(root).as_posix(): path.read_bytes()
+             for path in sorted(root.rglob("*")) if path.is_file()
+             and "__pycache__" not in path.parts and path.suffix != ".pyc"
+             and path.relative_to(root).parts[0] != REQUIREMENTS_DIR}
+    if requirements:
+        files["requirements.txt"] = (root / REQUIREMENTS_DIR / requirements).read_bytes()
+    digest = hashlib.sha256()
+    for name, data in files.items():
+        digest.update(name.encode() + b"\0" + data + b"\0")
+    target = Path(tempfile.gettempdir()) / "dogbreed-sources" / digest.hexdigest()[:16]
+    if not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=target.name + "-", dir=target.parent))
+        for name, data in files.items():
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).write_bytes(data)
+        try:
+            staging.rename(target)
+        except OSError:  # another process staged the same content first
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 @lru_cache(maxsize=None)

@@ -13,7 +13,7 @@ from sagemaker.workflow.steps import CacheConfig
 
 from pipelines import spec
 
-from .context import SCRIPTS_DIR, BuildContext
+from .context import BuildContext
 
 
 def cache_config(ctx: BuildContext) -> CacheConfig:
@@ -37,7 +37,7 @@ def job_retry_policies() -> list:
     return [capacity, service_retry_policy()]
 
 
-def pytorch_processor(ctx: BuildContext, base_job_name: str) -> FrameworkProcessor:
+def pytorch_processor(ctx: BuildContext, base_job_name: str, source: str) -> FrameworkProcessor:
     return FrameworkProcessor(
         estimator_cls=PyTorch,
         framework_version=spec.FRAMEWORK_VERSION,
@@ -46,14 +46,14 @@ def pytorch_processor(ctx: BuildContext, base_job_name: str) -> FrameworkProcess
         instance_type=ctx.p("ProcessingInstanceType"),
         instance_count=1,
         base_job_name=base_job_name,
-        code_location=ctx.code_location,
+        code_location=ctx.code_location(source),
         sagemaker_session=ctx.session,
         tags=ctx.tags or None,
     )
 
 
-def pytorch_estimator(ctx: BuildContext, hyperparameters: dict, *, instance_count: int = 1,
-                      checkpoints: bool = False, **kwargs) -> PyTorch:
+def pytorch_estimator(ctx: BuildContext, hyperparameters: dict, job: str, *,
+                      instance_count: int = 1, checkpoints: bool = False, **kwargs) -> PyTorch:
     """The training job shared by the tuning trials and TrainFinal.
 
     With spot training, checkpoints go to S3 so an interrupted job resumes (train.py reads
@@ -65,9 +65,10 @@ def pytorch_estimator(ctx: BuildContext, hyperparameters: dict, *, instance_coun
     spot = ctx.options.spot
     kwargs.setdefault("disable_profiler", True)
     static = {name: ctx.p(param) for name, param in spec.STATIC_HYPERPARAMETERS.items()}
+    source = ctx.source(job)
     return PyTorch(
         entry_point="train.py",
-        source_dir=SCRIPTS_DIR,
+        source_dir=source,
         framework_version=spec.FRAMEWORK_VERSION,
         py_version=spec.PY_VERSION,
         role=ctx.role_arn,
@@ -82,7 +83,7 @@ def pytorch_estimator(ctx: BuildContext, hyperparameters: dict, *, instance_coun
                                                ExecutionVariables.PIPELINE_EXECUTION_ID])
         if checkpoints and spot else None,
         output_path=ctx.s3("training"),
-        code_location=ctx.code_location,
+        code_location=ctx.code_location(source),
         sagemaker_session=ctx.session,
         tags=ctx.tags or None,
         **kwargs,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sagemaker.workflow.parameters import (ParameterBoolean, ParameterFloat, ParameterInteger,
                                            ParameterString)
 from sagemaker.workflow.pipeline_context import PipelineSession
 
 from pipelines import spec
-from pipelines.spec import SCRIPTS_DIR, BuildOptions, scripts_digest  # noqa: F401
+from pipelines.spec import SCRIPTS_DIR, BuildOptions, job_sources  # noqa: F401
 
 _PARAMETER_TYPES = {"String": ParameterString, "Integer": ParameterInteger,
                     "Float": ParameterFloat, "Boolean": ParameterBoolean}
@@ -38,10 +39,15 @@ class BuildContext:
     def s3(self, *parts: str) -> str:
         return "/".join([f"s3://{self.bucket}", self.prefix, *parts])
 
-    @property
-    def code_location(self) -> str:
-        """Content-addressed: new scripts get a new S3 key, so cached steps re-run."""
-        return self.s3("code", scripts_digest(SCRIPTS_DIR)[:16])
+    def source(self, job: str) -> str:
+        """The job's source directory: the scripts with only the job's own requirements
+        (spec.JOB_REQUIREMENTS), so no job installs what another one needs."""
+        return str(job_sources(SCRIPTS_DIR, spec.JOB_REQUIREMENTS[job]))
+
+    def code_location(self, source: str) -> str:
+        """Content-addressed: changed scripts or requirements get a new S3 key, so the steps
+        that run them miss the cache."""
+        return self.s3("code", Path(source).name)
 
     def p(self, name: str):
         return self.params[name]

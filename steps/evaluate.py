@@ -14,7 +14,7 @@ from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 from pipelines import spec
 
 from .common import cache_config, job_retry_policies, pytorch_processor
-from .context import SCRIPTS_DIR, BuildContext
+from .context import BuildContext
 from .preprocess import output_uri
 from .train import model_artifact
 
@@ -26,10 +26,11 @@ def make_step(ctx: BuildContext, preprocess: ProcessingStep, train: TrainingStep
               ) -> tuple[ProcessingStep, PropertyFile]:
     report = PropertyFile(name=spec.VALIDATION_REPORT, output_name=OUTPUT_NAME,
                           path=spec.VALIDATION_FILE)
-    processor = pytorch_processor(ctx, "dogbreed-evaluate")
+    source = ctx.source("evaluate")
+    processor = pytorch_processor(ctx, "dogbreed-evaluate", source)
     step_args = processor.run(
         code=JOB["script"],
-        source_dir=SCRIPTS_DIR,
+        source_dir=source,
         inputs=[
             ProcessingInput(source=model_artifact(train), destination=JOB["inputs"]["model"],
                             input_name="model"),

@@ -13,16 +13,17 @@ from sagemaker.workflow.steps import ProcessingStep
 from pipelines import spec
 
 from .common import cache_config, job_retry_policies, pytorch_processor
-from .context import SCRIPTS_DIR, BuildContext
+from .context import BuildContext
 
 JOB = spec.PREPROCESS_JOB
 
 
 def make_step(ctx: BuildContext) -> ProcessingStep:
-    processor = pytorch_processor(ctx, "dogbreed-preprocess")
+    source = ctx.source("preprocess")
+    processor = pytorch_processor(ctx, "dogbreed-preprocess", source)
     step_args = processor.run(
         code=JOB["script"],
-        source_dir=SCRIPTS_DIR,
+        source_dir=source,
         inputs=[ProcessingInput(source=ctx.p("InputDataUrl"), destination=JOB["inputs"]["data"],
                                 input_name="data")],
         outputs=[ProcessingOutput(output_name=name, source=path)

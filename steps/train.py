@@ -72,6 +72,7 @@ def make_step(ctx: BuildContext, tuning: TuningStep, inputs: dict) -> TrainingSt
         kwargs["disable_profiler"] = False
     estimator = pytorch_estimator(
         ctx, {**tuned, "epochs": ctx.p("Epochs")},
+        "train-debugger" if ctx.options.debugger_rules else "train",
         instance_count=ctx.options.training_instance_count, checkpoints=True,
         rules=rules or None, **kwargs)
     step_args = estimator.fit(inputs=inputs, job_name="dogbreed-train")

@@ -41,7 +41,7 @@ def training_inputs(preprocess: ProcessingStep) -> dict:
 
 
 def make_step(ctx: BuildContext, preprocess: ProcessingStep) -> TuningStep:
-    estimator = pytorch_estimator(ctx, {})
+    estimator = pytorch_estimator(ctx, {}, "tuning")
     tuner = HyperparameterTuner(
         estimator,
         objective_metric_name=spec.OBJECTIVE_METRIC,

@@ -267,8 +267,7 @@ def test_changed_scripts_change_every_step_that_runs_them(aws, tmp_path, monkeyp
     scripts = tmp_path / "scripts"
     shutil.copytree(context.SCRIPTS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
     (scripts / "train.py").write_text((scripts / "train.py").read_text() + "\n# changed\n")
-    for module in ("steps.context", "steps.common", "steps.preprocess", "steps.evaluate"):
-        monkeypatch.setattr(f"{module}.SCRIPTS_DIR", str(scripts))
+    monkeypatch.setattr("steps.context.SCRIPTS_DIR", str(scripts))
     after = steps_by_name(definition(tmp_path, name="b.json"))
     for name in ("Preprocess", "HPTuning", "TrainFinal", "Evaluate"):  # no stale cache hits
         assert before[name]["Arguments"] != after[name]["Arguments"], name
@@ -412,3 +411,67 @@ def test_sdk_config_opts_out_of_telemetry_and_still_validates(aws):
     sagemaker.utils.validate_sagemaker_config(config)
     with pytest.raises(jsonschema.ValidationError):
         sagemaker.utils.validate_sagemaker_config({"SchemaVersion": "1.0", "Bogus": 1})
+
+
+def uploaded_sources(d: dict) -> dict:
+    """Each job step's sourcedir.tar.gz, read back from S3: {step: {path: bytes}}."""
+    import io
+    import tarfile
+
+    uris = {}
+    for name, step in steps_by_name(d).items():
+        args = step.get("Arguments", {})
+        if step["Type"] == "Processing":
+            (uri,) = [i["S3Input"]["S3Uri"] for i in args["ProcessingInputs"]
+                      if i["InputName"] == "code"]
+        elif step["Type"] in ("Training", "Tuning"):
+            hps = args.get("HyperParameters") or args["TrainingJobDefinition"][
+                "StaticHyperParameters"]
+            uri = json.loads(hps["sagemaker_submit_directory"])
+        else:
+            continue
+        uris[name] = uri
+    sources = {}
+    for name, uri in uris.items():
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+        with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+            sources[name] = {m.name: tar.extractfile(m).read() for m in tar.getmembers()
+                             if m.isfile()}
+    return sources
+
+
+def requirement_names(files: dict) -> set:
+    text = files.get("requirements.txt", b"").decode()
+    return {line.split("=")[0].split(">")[0].split("<")[0].strip() for line in text.splitlines()
+            if line.strip() and not line.startswith("#")}
+
+
+def test_each_job_installs_only_what_it_needs(aws, tmp_path):
+    """The PyTorch DLCs have torch, torchvision, Pillow, numpy, scikit-learn, tqdm and psutil;
+    smdebug (and its protobuf<=3.20.3 pin) goes only where the Debugger hook runs."""
+    sources = uploaded_sources(definition(tmp_path))
+    assert set(sources) == {"Preprocess", "HPTuning", "TrainFinal", "Evaluate"}
+    for files in sources.values():
+        assert "train.py" in files and "breedkit/model.py" in files  # the scripts, whole
+        assert not any(name.startswith("requirements/") for name in files)
+    assert requirement_names(sources["Preprocess"]) == set()
+    assert requirement_names(sources["HPTuning"]) == set()  # every trial: nothing to install
+    assert requirement_names(sources["TrainFinal"]) == {"smdebug"}
+    assert requirement_names(sources["Evaluate"]) == {"matplotlib"}
+    without = uploaded_sources(definition(tmp_path, "--no-debugger-rules", name="plain.json"))
+    assert requirement_names(without["TrainFinal"]) == set()
+
+
+def test_the_pipeline_description_does_not_import_torch():
+    """pipelines.spec is read by every command, deploying and registering included."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    probe = subprocess.run([sys.executable, "-c", "import sys, pipelines.spec, pipelines.run; "
+                            "print(sorted(m for m in ('torch', 'torchvision') if m in "
+                            "sys.modules))"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+    assert probe.stdout.strip() == "[]", probe.stderr

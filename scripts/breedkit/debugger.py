@@ -74,7 +74,7 @@ def create_hook(local_out_dir: str | None = None, save_interval: int = 20) -> De
     except ImportError as exc:
         if local_out_dir:
             raise UserError(f"--debugger-out needs smdebug, which cannot be imported ({exc}); "
-                            f"pip install -r scripts/requirements.txt, or drop --debugger-out"
+                            f"pip install -r scripts/requirements/debugger.txt, or drop --debugger-out"
                             ) from None
         log.warning("SageMaker Debugger configuration %s found but smdebug is not installed "
                     "(%s); training without the Debugger hook", config, exc)

@@ -20,11 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .archs import ARCHS, FINE_TUNE_CHOICES
 from .contract import UserError
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, resize_size
-
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101")
-FINE_TUNE_CHOICES = ("all", "layer3", "layer4", "head")
 
 WEIGHTS_FILE = "model.pth"
 CONFIG_FILE = "model_config.json"
