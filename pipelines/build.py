@@ -14,10 +14,10 @@ def build_pipeline(ctx: BuildContext) -> Pipeline:
     step_preprocess = preprocess.make_step(ctx)
     step_tune = tune.make_step(ctx, step_preprocess)
     step_train = train.make_step(ctx, step_tune, tune.training_inputs(step_preprocess))
-    step_evaluate, report = evaluate.make_step(ctx, step_preprocess, step_train)
-    step_register = register.make_step(ctx, step_train, step_evaluate)
-    step_fail = condition.make_fail_step(ctx, step_evaluate, report)
-    step_check = condition.make_step(ctx, step_evaluate, report, if_steps=[step_register],
+    step_evaluate, reports = evaluate.make_step(ctx, step_preprocess, step_train)
+    step_register = register.make_step(ctx, step_train, step_evaluate, reports)
+    step_fail = condition.make_fail_step(ctx, step_evaluate, reports)
+    step_check = condition.make_step(ctx, step_evaluate, reports, if_steps=[step_register],
                                      else_steps=[step_fail])
     return Pipeline(
         name=ctx.pipeline_name,

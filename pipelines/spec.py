@@ -179,7 +179,11 @@ SYSTEM_MONITOR_INTERVAL_MS = 500
 # version (ModelQuality), an unbiased figure for the approver.
 VALIDATION_REPORT = "ValidationReport"
 VALIDATION_FILE = "validation.json"
+EVALUATION_REPORT = "EvaluationReport"
 EVALUATION_FILE = "evaluation.json"
+# the two accuracies, also as the registered version's CustomerMetadataProperties
+ACCURACY_METADATA = {"validation_accuracy": VALIDATION_REPORT,
+                     "test_accuracy": EVALUATION_REPORT}
 ACCURACY_JSON_PATH = "multiclass_classification_metrics.accuracy.value"
 
 # What the registered model serves.

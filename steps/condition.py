@@ -21,21 +21,23 @@ from .context import BuildContext
 
 
 def accuracy(evaluate: ProcessingStep, report: PropertyFile) -> JsonGet:
+    """The accuracy in one of Evaluate's reports (Model Registry multiclass format)."""
     return JsonGet(step_name=evaluate.name, property_file=report,
                    json_path=spec.ACCURACY_JSON_PATH)
 
 
-def make_fail_step(ctx: BuildContext, evaluate: ProcessingStep, report: PropertyFile
-                   ) -> FailStep:
+def make_fail_step(ctx: BuildContext, evaluate: ProcessingStep, reports: dict) -> FailStep:
+    report = reports[spec.VALIDATION_REPORT]
     message = Join(on=" ", values=["Validation accuracy", accuracy(evaluate, report),
                                    "is below the AccuracyThreshold of",
                                    ctx.p("AccuracyThreshold"), "- the model was not registered."])
     return FailStep(name=spec.STEP.FAIL, error_message=message)
 
 
-def make_step(ctx: BuildContext, evaluate: ProcessingStep, report: PropertyFile,
+def make_step(ctx: BuildContext, evaluate: ProcessingStep, reports: dict,
               if_steps: list, else_steps: list) -> ConditionStep:
-    condition = ConditionGreaterThanOrEqualTo(left=accuracy(evaluate, report),
+    condition = ConditionGreaterThanOrEqualTo(left=accuracy(evaluate,
+                                                            reports[spec.VALIDATION_REPORT]),
                                               right=ctx.p("AccuracyThreshold"))
     return ConditionStep(name=spec.STEP.CHECK, conditions=[condition], if_steps=if_steps,
                          else_steps=else_steps)

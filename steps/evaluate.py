@@ -2,6 +2,7 @@
 
 validation.json (Model Registry multiclass format) is the PropertyFile CheckAccuracy reads;
 evaluation.json (the test split, same format) is what RegisterModel attaches as model metrics.
+Both are PropertyFiles: RegisterModel also records both accuracies on the version.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ JOB = spec.EVALUATE_JOB
 
 
 def make_step(ctx: BuildContext, preprocess: ProcessingStep, train: TrainingStep
-              ) -> tuple[ProcessingStep, PropertyFile]:
-    report = PropertyFile(name=spec.VALIDATION_REPORT, output_name=OUTPUT_NAME,
-                          path=spec.VALIDATION_FILE)
+              ) -> tuple[ProcessingStep, dict[str, PropertyFile]]:
+    """The step and its property files by name (ValidationReport, EvaluationReport)."""
+    reports = {name: PropertyFile(name=name, output_name=OUTPUT_NAME, path=path)
+               for name, path in ((spec.VALIDATION_REPORT, spec.VALIDATION_FILE),
+                                  (spec.EVALUATION_REPORT, spec.EVALUATION_FILE))}
     source = ctx.source("evaluate")
     processor = pytorch_processor(ctx, "dogbreed-evaluate", source)
     step_args = processor.run(
@@ -44,9 +47,9 @@ def make_step(ctx: BuildContext, preprocess: ProcessingStep, train: TrainingStep
         job_name="dogbreed-evaluate",
     )
     step = ProcessingStep(name=spec.STEP.EVALUATE, step_args=step_args,
-                          property_files=[report], cache_config=cache_config(ctx),
+                          property_files=list(reports.values()), cache_config=cache_config(ctx),
                           retry_policies=job_retry_policies())
-    return step, report
+    return step, reports
 
 
 def report_uri(step: ProcessingStep):

@@ -17,12 +17,14 @@ from __future__ import annotations
 from sagemaker import image_uris
 from sagemaker.model import Model
 from sagemaker.model_metrics import MetricsSource, ModelMetrics
+from sagemaker.workflow.functions import Join
 from sagemaker.workflow.model_step import ModelStep
 from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
 from pipelines import spec
 
 from .common import service_retry_policy
+from .condition import accuracy
 from .context import BuildContext
 from .evaluate import report_uri
 from .train import model_artifact
@@ -38,7 +40,8 @@ def inference_image(ctx: BuildContext, instance_type: str) -> str:
                                instance_type=instance_type, image_scope="inference")
 
 
-def make_step(ctx: BuildContext, train: TrainingStep, evaluate: ProcessingStep) -> ModelStep:
+def make_step(ctx: BuildContext, train: TrainingStep, evaluate: ProcessingStep,
+              reports: dict) -> ModelStep:
     model = Model(image_uri=inference_image(ctx, spec.CPU_INFERENCE_INSTANCES[0]),
                   model_data=model_artifact(train), role=ctx.role_arn, env=dict(SERVING_ENV),
                   sagemaker_session=ctx.session)
@@ -53,6 +56,10 @@ def make_step(ctx: BuildContext, train: TrainingStep, evaluate: ProcessingStep) 
         approval_status=ctx.p("ModelApprovalStatus"),
         model_metrics=metrics,
         description="ResNet fine-tuned by the DogBreedBuild pipeline",
+        # both accuracies on the version (strings), for the approver and the deploy pipeline
+        customer_metadata_properties={
+            key: Join(on="", values=[accuracy(evaluate, reports[report])])
+            for key, report in spec.ACCURACY_METADATA.items()},
     )
     request = step_args.create_model_package_request
     request["AdditionalInferenceSpecifications"] = [gpu_specification(ctx, request)]

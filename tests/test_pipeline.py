@@ -172,9 +172,11 @@ def test_definition_in_detail(aws, tmp_path):
                                                                 "Step.SERVICE_FAULT"]]
 
     evaluate = steps["Evaluate"]
-    assert evaluate["PropertyFiles"] == [{"PropertyFileName": "ValidationReport",
-                                          "OutputName": "evaluation", "FilePath":
-                                          "validation.json"}]
+    assert evaluate["PropertyFiles"] == [
+        {"PropertyFileName": "ValidationReport", "OutputName": "evaluation",
+         "FilePath": "validation.json"},
+        {"PropertyFileName": "EvaluationReport", "OutputName": "evaluation",
+         "FilePath": "evaluation.json"}]
     assert "evaluate.py" in entrypoint_script(evaluate["Arguments"])
     inputs = {i["InputName"]: json.dumps(i) for i in evaluate["Arguments"]["ProcessingInputs"]}
     assert "Steps.TrainFinal.ModelArtifacts.S3ModelArtifacts" in inputs["model"]
@@ -214,6 +216,14 @@ def test_definition_in_detail(aws, tmp_path):
     statistics = register["ModelMetrics"]["ModelQuality"]["Statistics"]
     assert "Outputs['evaluation']" in json.dumps(statistics["S3Uri"])
     assert "evaluation.json" in json.dumps(statistics["S3Uri"])  # the test split's metrics
+    # both figures on the version itself, as strings, for the approver and the deploy
+    metadata = register["CustomerMetadataProperties"]
+    for key, report in (("validation_accuracy", "ValidationReport"),
+                        ("test_accuracy", "EvaluationReport")):
+        (value,) = metadata[key]["Std:Join"]["Values"]
+        assert value["Std:JsonGet"] == {
+            "PropertyFile": {"Get": f"Steps.Evaluate.PropertyFiles.{report}"},
+            "Path": "multiclass_classification_metrics.accuracy.value"}
     assert not any("Repack" in name for name in steps)  # no hidden repack job
 
     message = json.dumps(steps["AccuracyTooLow"]["Arguments"]["ErrorMessage"])
