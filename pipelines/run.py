@@ -170,7 +170,7 @@ def _run(args) -> int:
     url = params.get("InputDataUrl")
     if url is not None and not url.startswith("s3://"):
         raise CliError(f"InputDataUrl must be an s3:// URI for SageMaker (stage local data with "
-                       f"python -m pipelines.stage_data), got {url!r}")
+                       f"python -m pipelines.data.stage), got {url!r}")
     if params and not args.start:
         raise CliError("--param sets parameters of an execution: add --start")
     tags = [{"Key": k, "Value": v} for k, v in parse_pairs(args.tag, "--tag").items()]

@@ -53,7 +53,7 @@ class Parameter:
 
 PARAMETERS: tuple[Parameter, ...] = (
     Parameter("InputDataUrl", "String", "",
-              "S3 URI of the data: a prefix with image folders, or a .zip (see stage_data); "
+              "S3 URI of the data: a prefix with image folders, or a .zip (see python -m pipelines.data.stage); "
               "empty: s3://<bucket>/<prefix>/data/"),
     Parameter("ProcessingInstanceType", "String", "ml.m5.xlarge",
               "instance for Preprocess and Evaluate"),

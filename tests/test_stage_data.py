@@ -11,8 +11,8 @@ import boto3
 import pytest
 
 from conftest import make_image_folder
-from pipelines import stage_data
-from pipelines.download import DownloadError, cache_name, fetch
+from pipelines.data import stage as stage_data
+from pipelines.data.download import DownloadError, cache_name, fetch
 
 BUCKET = "stage-bucket"
 

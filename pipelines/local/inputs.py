@@ -7,7 +7,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from pipelines.download import DownloadError, fetch
+from pipelines.data.download import DownloadError, fetch
 
 
 class InputError(Exception):
@@ -21,7 +21,7 @@ def resolve(url: str, cache: Path) -> Path:
     if url == "sklearn-digits":
         target = cache / "sklearn-digits"
         if not (target / ".complete").is_file():
-            from pipelines.sample_data import render_sklearn_digits
+            from pipelines.data.sample import render_sklearn_digits
 
             render_sklearn_digits(target)
             (target / ".complete").write_text("ok\n")

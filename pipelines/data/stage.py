@@ -1,10 +1,10 @@
 """Put a data set into S3 for the pipeline (the "upload the data to S3" step).
 
-    python -m pipelines.stage_data dogImages               # download the dogImages zip, upload
-    python -m pipelines.stage_data ./my-images/            # a local image folder
-    python -m pipelines.stage_data ./photos.zip            # a local zip (Preprocess reads zips)
-    python -m pipelines.stage_data https://host/data.zip   # any http(s) zip
-    python -m pipelines.stage_data sklearn-digits          # small offline data, for a try-out
+    python -m pipelines.data.stage dogImages                 # download the dogImages zip, upload
+    python -m pipelines.data.stage ./my-images/              # a local image folder
+    python -m pipelines.data.stage ./photos.zip              # a local zip (Preprocess reads zips)
+    python -m pipelines.data.stage https://host/data.zip     # any http(s) zip
+    python -m pipelines.data.stage sklearn-digits            # small offline data, for a try-out
 
 The default destination, s3://<bucket>/<prefix>/data/, is the pipeline's default InputDataUrl.
 Files already there with the same content are not uploaded again; a destination holding other
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pipelines import spec
 from pipelines.aws import CliError
-from pipelines.download import DownloadError, fetch, sha256_of
+from pipelines.data.download import DownloadError, fetch, sha256_of
 
 DOG_IMAGES_URL = "https://s3-us-west-1.amazonaws.com/udacity-aind/dog-project/dogImages.zip"
 SHORTCUTS = {"dogImages": DOG_IMAGES_URL}
@@ -29,7 +29,7 @@ DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipelines.stage_data", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m pipelines.data.stage", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", help="folder, .zip, http(s) URL, dogImages or sklearn-digits")
     p.add_argument("--dest", help="S3 URI (default: s3://<bucket>/<prefix>/data/)")
@@ -49,7 +49,7 @@ def local_files(source: str, workdir: str, args) -> list[tuple[Path, str]]:
     if source in SHORTCUTS:
         source = SHORTCUTS[source]
     if source == "sklearn-digits":
-        from pipelines.sample_data import render_sklearn_digits
+        from pipelines.data.sample import render_sklearn_digits
 
         source = str(render_sklearn_digits(Path(workdir) / "digits"))
     if source.startswith(("http://", "https://")):

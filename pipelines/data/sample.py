@@ -1,6 +1,6 @@
 """Small real data sets that need no download, rendered as image folders.
 
-    python -m pipelines.sample_data sklearn-digits DEST [--size 32]
+    python -m pipelines.data.sample sklearn-digits DEST [--size 32]
 
 ``sklearn-digits``: scikit-learn's bundled handwritten digits (1,797 8x8 images, 10 classes),
 upscaled and written as ``DEST/digit_<n>/<i>.png``: an unsplit image folder that
