@@ -40,7 +40,8 @@ setup(
     description=__doc__,
     python_requires=">=3.10",
     package_dir={"breedkit": "scripts/breedkit"},
-    packages=["breedkit", "pipelines", "pipelines.data", "pipelines.local", "steps"],
+    packages=["breedkit", "pipelines", "pipelines.data", "pipelines.deploy", "pipelines.local",
+              "steps"],
     install_requires=INSTALL_REQUIRES,
     extras_require={"dev": DEV_REQUIRES},
 )

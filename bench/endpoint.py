@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import inference  # noqa: E402  the artifact's handlers, as the endpoint loads them
 from breedkit.model import build_model, save_model_dir  # noqa: E402
-from pipelines.endpoint import start_server, stop  # noqa: E402
+from pipelines.deploy.endpoints import start_server, stop  # noqa: E402
 from pipelines.spec import parameter  # noqa: E402
 
 

@@ -137,17 +137,35 @@ def fake_aws(monkeypatch, tmp_path):
         yield
 
 
+INFERENCE_IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.6.0-{}-py312"
+
+
 def create_model_package(sm, group: str, model_data: str,
-                         status: str = "PendingManualApproval") -> str:
-    """A PyTorch-inference model package in ``group`` (SageMaker's shape); returns its ARN."""
+                         status: str = "PendingManualApproval", *, gpu: bool = False,
+                         **extra) -> str:
+    """A PyTorch-inference model package in ``group`` (SageMaker's shape); returns its ARN.
+    ``gpu``: with the ``gpu`` AdditionalInferenceSpecification the build registers."""
+    def specification(device):
+        return {"Containers": [{"Image": INFERENCE_IMAGE.format(device),
+                                "ModelDataUrl": model_data}],
+                "SupportedContentTypes": ["image/jpeg"],
+                "SupportedResponseMIMETypes": ["application/json"]}
+    if gpu:
+        extra["AdditionalInferenceSpecifications"] = [
+            {"Name": "gpu", **specification("gpu"),
+             "SupportedRealtimeInferenceInstanceTypes": ["ml.g4dn.xlarge", "ml.g5.xlarge"]}]
     return sm.create_model_package(
         ModelPackageGroupName=group, ModelApprovalStatus=status,
-        InferenceSpecification={
-            "Containers": [{"Image": "763104351884.dkr.ecr.us-east-1.amazonaws.com/"
-                                     "pytorch-inference:2.6.0-cpu-py312",
-                            "ModelDataUrl": model_data}],
-            "SupportedContentTypes": ["image/jpeg"],
-            "SupportedResponseMIMETypes": ["application/json"]})["ModelPackageArn"]
+        InferenceSpecification=specification("cpu"), **extra)["ModelPackageArn"]
+
+
+@pytest.fixture
+def fake_endpoints(monkeypatch):
+    """SageMaker's endpoint states on moto (tests/fake_endpoints.py), in-process and for a
+    ThreadedMotoServer of this process."""
+    from fake_endpoints import FakeEndpoints
+
+    return FakeEndpoints().install(monkeypatch)
 
 
 def read_json(path: Path):

@@ -55,7 +55,7 @@ def test_upsert_as_codebuild_runs_it(server):
     """Create, then update (a second push): the output says what was done and nothing else.
     Any request leaving for the internet (the SDK's telemetry) goes to a closed local port, so
     an attempt shows up as its traceback whether or not this machine is online."""
-    from pipelines.endpoint import free_port
+    from pipelines.deploy.endpoints import free_port
 
     server["env"].update(HTTPS_PROXY=f"http://127.0.0.1:{free_port()}",
                          NO_PROXY="127.0.0.1,localhost")

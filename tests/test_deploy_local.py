@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import shlex
 import tarfile
 
 import pytest
 import requests
 
-from pipelines import deploy, endpoint
-from pipelines.endpoint import Endpoints
+from pipelines.deploy import cli as deploy
+from pipelines.deploy import endpoints as endpoint
+from pipelines.deploy.endpoints import Endpoints
 from pipelines.registry import LocalRegistry
 
 GROUP = "DogBreedModels"
@@ -86,7 +88,7 @@ def test_deploy_staging_then_prod_idempotent_and_blue_green(home, capsys, tmp_pa
 
 
 def test_invoking_an_endpoint_whose_server_is_gone_is_one_clear_line(tmp_path, capsys):
-    from pipelines.endpoint import Endpoint, free_port
+    from pipelines.deploy.endpoints import Endpoint, free_port
 
     jpg = tmp_path / "dog.jpg"
     jpg.write_bytes(b"\xff\xd8 not really")
@@ -125,3 +127,34 @@ def test_watch_deploys_each_newly_approved_version(home, tmp_path):
     finally:
         watcher.terminate()
         watcher.wait(timeout=30)
+
+
+def test_rejecting_the_live_version_rolls_back_and_outputs_describe_it(home, capsys, tmp_path):
+    registry = LocalRegistry(home["home"])
+    metrics = {"multiclass_classification_metrics": {"accuracy": {"value": 0.91}}}
+    for _ in range(2):
+        registry.register(GROUP, str(home["archive"]), metrics=metrics,
+                          approval_status="Approved")
+    out = tmp_path / "deploy.env"
+    assert cli(home, "--outputs", str(out)) == 0
+    assert Endpoints(home["home"]).get("dogbreed-staging").version == 2
+    values = dict(line.split("=", 1) for line in shlex.split(out.read_text()))
+    assert values == {"MODEL_PACKAGE_GROUP": GROUP, "MODEL_PACKAGE_VERSION": "2",
+                      "MODEL_PACKAGE_ARN": "", "VALIDATION_ACCURACY": "unknown",
+                      "TEST_ACCURACY": "0.91", "ENDPOINT_NAME": "dogbreed-staging"}
+
+    registry.set_status(GROUP, 2, "Rejected")
+    assert cli(home) == 0  # back to the newest version still approved
+    staged = Endpoints(home["home"]).get("dogbreed-staging")
+    assert staged.version == 1 and requests.get(staged.url + "/ping").status_code == 200
+    capsys.readouterr()
+
+    registry.set_status(GROUP, 1, "Rejected")
+    out.unlink()
+    assert cli(home, "--outputs", str(out)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: dogbreed-staging serves DogBreedModels version 1, which is Rejected "
+                   "now, and no Approved version remains: the endpoint is left as it is; "
+                   "approve a version and deploy again")
+    assert Endpoints(home["home"]).get("dogbreed-staging").pid == staged.pid  # left as it is
+    assert not out.exists()

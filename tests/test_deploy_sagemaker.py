@@ -1,59 +1,43 @@
-"""Deployment to SageMaker endpoints, against moto.
+"""Deployment to SageMaker endpoints, against moto with SageMaker's endpoint states
+(tests/fake_endpoints.py: Creating, Updating, RollingBack, Failed, UpdateEndpoint).
 
-moto lacks UpdateEndpoint, so the update path runs against a stand-in that records the call
-and switches the endpoint's config; invoke_endpoint answers come from moto's result queue.
+Waiting is deterministic: each DescribeEndpoint moves the fake one step on, and time.sleep is
+recorded instead of slept.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 
 import boto3
 import pytest
-import requests
 
 from conftest import create_model_package
-from pipelines import deploy
+from pipelines.deploy import cli as deploy
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
 GROUP = "DogBreedModels"
+STAGING = "dogbreed-staging"
 GOOD = json.dumps({"predictions": [{"label": "Affenpinscher", "class": "001.Affenpinscher",
                                     "index": 0, "probability": 0.9, "top_k": []}]})
-
-
-def queue_results(*bodies):
-    requests.post("http://motoapi.amazonaws.com/moto-api/static/sagemaker/endpoint-results",
-                  json={"results": [{"Body": b, "ContentType": "application/json"}
-                                    for b in bodies]})
+BAD = "<html>not the JSON we serve</html>"
 
 
 @pytest.fixture
-def aws(fake_aws, monkeypatch):
+def aws(fake_aws, fake_endpoints, monkeypatch):
     monkeypatch.setenv("SAGEMAKER_ROLE_ARN", ROLE)
+    sleeps = []
+    monkeypatch.setattr("time.sleep", sleeps.append)
     boto3.client("s3").create_bucket(Bucket="deploy-bucket")
     sm = boto3.client("sagemaker")
     sm.create_model_package_group(ModelPackageGroupName=GROUP)
     for i in range(2):
         create_model_package(sm, GROUP, f"s3://deploy-bucket/model-{i + 1}.tar.gz")
-    updates = []
-    real_client = boto3.Session.client
-
-    def client(self, service, *args, **kwargs):
-        c = real_client(self, service, *args, **kwargs)
-        if service == "sagemaker":
-            def update_endpoint(EndpointName, EndpointConfigName, **rest):  # noqa: N803
-                updates.append({"EndpointName": EndpointName,
-                                "EndpointConfigName": EndpointConfigName, **rest})
-                tags = c.list_tags(ResourceArn=c.describe_endpoint(
-                    EndpointName=EndpointName)["EndpointArn"])["Tags"]
-                c.delete_endpoint(EndpointName=EndpointName)
-                c.create_endpoint(EndpointName=EndpointName,
-                                  EndpointConfigName=EndpointConfigName, Tags=tags)
-            c.update_endpoint = update_endpoint
-        return c
-
-    monkeypatch.setattr(boto3.Session, "client", client)
-    yield {"sm": sm, "updates": updates}
+    for version in (1, 2):  # both serve well unless a test says otherwise
+        for stage in ("staging", "prod"):
+            fake_endpoints.serve(f"dogbreed-{stage}-v{version}", GOOD)
+    yield {"sm": sm, "fake": fake_endpoints, "sleeps": sleeps}
 
 
 def arn(sm, version):
@@ -61,69 +45,83 @@ def arn(sm, version):
     return next(p["ModelPackageArn"] for p in packages if p["ModelPackageVersion"] == version)
 
 
+def approve(sm, *versions, status="Approved"):
+    for version in versions:
+        sm.update_model_package(ModelPackageArn=arn(sm, version), ModelApprovalStatus=status)
+
+
 def cli(*args):
     return deploy.main(["--bucket", "deploy-bucket", *args])
 
 
-def tags(sm, endpoint):
+def tags(sm, endpoint=STAGING):
     return {t["Key"]: t["Value"] for t in sm.list_tags(ResourceArn=sm.describe_endpoint(
         EndpointName=endpoint)["EndpointArn"])["Tags"]}
 
 
+def config_of(sm, endpoint=STAGING):
+    return sm.describe_endpoint(EndpointName=endpoint)["EndpointConfigName"]
+
+
+def scalable_targets():
+    return boto3.client("application-autoscaling").describe_scalable_targets(
+        ServiceNamespace="sagemaker")["ScalableTargets"]
+
+
 def test_staging_then_prod_then_blue_green_update(aws, capsys):
-    sm = aws["sm"]
+    sm, fake = aws["sm"], aws["fake"]
     assert cli() == 0
     assert "no Approved version" in capsys.readouterr().out
     assert cli("--stage", "prod") == 1
     assert "deploy to staging first" in capsys.readouterr().err
 
-    sm.update_model_package(ModelPackageArn=arn(sm, 1), ModelApprovalStatus="Approved")
-    queue_results(GOOD)
+    approve(sm, 1)
     assert cli() == 0
     assert "dogbreed-staging: DogBreedModels version 1 InService" in capsys.readouterr().out
-    endpoint = sm.describe_endpoint(EndpointName="dogbreed-staging")
-    assert endpoint["EndpointConfigName"] == "dogbreed-staging-v1"
-    assert tags(sm, "dogbreed-staging") == {"ModelPackageArn": arn(sm, 1),
-                                            "ModelPackageVersion": "1", "SmokeTest": "passed"}
+    assert config_of(sm) == "dogbreed-staging-v1"
+    assert tags(sm) == {"ModelPackageArn": arn(sm, 1), "ModelPackageVersion": "1",
+                        "SmokeTest": "passed"}
     model = sm.describe_model(ModelName="dogbreed-v1")
-    assert model["PrimaryContainer"]["ModelPackageName"] == arn(sm, 1)
+    assert model["PrimaryContainer"] == {"ModelPackageName": arn(sm, 1)}
     config = sm.describe_endpoint_config(EndpointConfigName="dogbreed-staging-v1")
     assert config["DataCaptureConfig"]["EnableCapture"] is True
     assert config["ProductionVariants"][0]["InstanceType"] == "ml.m5.large"
     alarms = boto3.client("cloudwatch").describe_alarms()["MetricAlarms"]
     assert [a["AlarmName"] for a in alarms] == ["dogbreed-staging-5xx"]
+    assert aws["sleeps"] and set(aws["sleeps"]) == {20.0}  # waited in 20 s polls (Creating)
 
     assert cli() == 0  # idempotent
     assert "already serves DogBreedModels version 1" in capsys.readouterr().out
 
-    queue_results(GOOD)
     assert cli("--stage", "prod") == 0
-    assert sm.describe_endpoint(EndpointName="dogbreed-prod")["EndpointConfigName"] == \
-        "dogbreed-prod-v1"
-    targets = boto3.client("application-autoscaling").describe_scalable_targets(
-        ServiceNamespace="sagemaker")["ScalableTargets"]
-    assert [t["ResourceId"] for t in targets] == ["endpoint/dogbreed-prod/variant/AllTraffic"]
+    assert config_of(sm, "dogbreed-prod") == "dogbreed-prod-v1"
+    assert [t["ResourceId"] for t in scalable_targets()] == [
+        "endpoint/dogbreed-prod/variant/AllTraffic"]
     policies = boto3.client("application-autoscaling").describe_scaling_policies(
         ServiceNamespace="sagemaker")["ScalingPolicies"]
     assert policies[0]["PolicyType"] == "TargetTrackingScaling"
 
     # version 2 approved: the newest approved goes to staging with a blue/green update
-    sm.update_model_package(ModelPackageArn=arn(sm, 2), ModelApprovalStatus="Approved")
-    assert cli() == 0
-    (update,) = aws["updates"]
+    approve(sm, 2)
+    fake.invocations.clear()
+    assert cli("--poll-seconds", "0.5") == 0
+    (update,) = fake.updates
     assert update["EndpointConfigName"] == "dogbreed-staging-v2"
-    assert "BlueGreenUpdatePolicy" in update["DeploymentConfig"]
+    policy = update["DeploymentConfig"]["BlueGreenUpdatePolicy"]
+    assert policy["TrafficRoutingConfiguration"]["WaitIntervalInSeconds"] == 300
     assert update["DeploymentConfig"]["AutoRollbackConfiguration"]["Alarms"] == [
         {"AlarmName": "dogbreed-staging-5xx"}]
-    assert tags(sm, "dogbreed-staging")["ModelPackageVersion"] == "2"
-    assert sm.describe_endpoint(EndpointName="dogbreed-prod")["EndpointConfigName"] == \
-        "dogbreed-prod-v1"  # prod moves only when asked
+    assert tags(sm)["ModelPackageVersion"] == "2" and tags(sm)["SmokeTest"] == "passed"
+    assert config_of(sm, "dogbreed-prod") == "dogbreed-prod-v1"  # prod moves only when asked
+    # smoke requests at every poll while the update baked, then the final check
+    assert fake.invocations == [(STAGING, "Updating")] * 2 + [(STAGING, "InService")]
+    assert aws["sleeps"][-2:] == [0.5, 0.5]
 
 
 def test_failed_smoke_test_exits_non_zero(aws, capsys):
     sm = aws["sm"]
-    sm.update_model_package(ModelPackageArn=arn(sm, 1), ModelApprovalStatus="Approved")
-    queue_results("<html>not the JSON we serve</html>")
+    approve(sm, 1)
+    aws["fake"].serve("broken-staging-v1", BAD)
     assert cli("--prefix", "broken") == 1
     err = capsys.readouterr().err
     assert "smoke test of broken-staging version 1 failed" in err
@@ -132,8 +130,199 @@ def test_failed_smoke_test_exits_non_zero(aws, capsys):
     assert "has not passed its smoke test" in capsys.readouterr().err
 
 
+def test_smoke_failure_after_an_update_puts_the_old_version_back(aws, capsys):
+    sm, fake = aws["sm"], aws["fake"]
+    approve(sm, 1)
+    assert cli() == 0
+    approve(sm, 2)
+    fake.serve("dogbreed-staging-v2", BAD)
+    assert cli() == 1
+    err = capsys.readouterr().err
+    assert "smoke test of dogbreed-staging version 2 failed" in err
+    assert "rolled back to dogbreed-staging-v1" in err
+    assert config_of(sm) == "dogbreed-staging-v1"
+    assert tags(sm) == {"ModelPackageArn": arn(sm, 1), "ModelPackageVersion": "1",
+                        "SmokeTest": "passed"}
+
+
+def test_an_alarm_rollback_is_an_error_and_the_tags_keep_the_old_version(aws, capsys):
+    sm, fake = aws["sm"], aws["fake"]
+    approve(sm, 1)
+    assert cli() == 0
+    approve(sm, 2)
+    fake.next_update("rollback")
+    assert cli() == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err
+    assert "rolled back to dogbreed-staging-v1" in err
+    assert config_of(sm) == "dogbreed-staging-v1"
+    assert tags(sm) == {"ModelPackageArn": arn(sm, 1), "ModelPackageVersion": "1",
+                        "SmokeTest": "passed"}
+    assert cli("--stage", "prod") == 0  # production gets what staging serves: version 1
+    assert config_of(sm, "dogbreed-prod") == "dogbreed-prod-v1"
+
+
+def test_a_version_whose_smoke_test_failed_is_tested_again_not_skipped(aws, capsys):
+    sm, fake = aws["sm"], aws["fake"]
+    approve(sm, 1)
+    fake.serve("dogbreed-staging-v1", BAD)
+    assert cli() == 1
+    assert tags(sm)["SmokeTest"] == "failed"
+    fake.serve("dogbreed-staging-v1", GOOD)  # e.g. a dependency it called is back
+    assert cli() == 0
+    out = capsys.readouterr().out
+    assert "has not passed its smoke test: testing it" in out and "nothing to do" not in out
+    assert tags(sm)["SmokeTest"] == "passed"
+
+
+def test_a_failed_endpoint_is_deleted_and_created_again(aws, capsys):
+    sm, fake = aws["sm"], aws["fake"]
+    approve(sm, 1)
+    fake.next_create("fail")
+    assert cli() == 1
+    assert "creating dogbreed-staging with DogBreedModels version 1 failed" in \
+        capsys.readouterr().err
+    assert sm.describe_endpoint(EndpointName=STAGING)["EndpointStatus"] == "Failed"
+    assert cli() == 0
+    assert "is Failed" in capsys.readouterr().out
+    assert sm.describe_endpoint(EndpointName=STAGING)["EndpointStatus"] == "InService"
+    assert tags(sm)["SmokeTest"] == "passed"
+
+
+def test_a_failed_update_is_repaired_by_the_next_run(aws, capsys):
+    sm, fake = aws["sm"], aws["fake"]
+    approve(sm, 1)
+    assert cli() == 0
+    approve(sm, 2)
+    fake.next_update("fail")
+    assert cli() == 1
+    assert "updating dogbreed-staging to DogBreedModels version 2 failed" in \
+        capsys.readouterr().err
+    assert tags(sm)["ModelPackageVersion"] == "1"  # the tags never claimed version 2
+    assert cli() == 0
+    assert config_of(sm) == "dogbreed-staging-v2" and tags(sm)["SmokeTest"] == "passed"
+
+
+@pytest.mark.parametrize("status", ["Creating", "Updating"])
+def test_an_endpoint_in_progress_is_waited_for_first(aws, capsys, status):
+    sm, fake = aws["sm"], aws["fake"]
+    approve(sm, 1)
+    assert cli() == 0
+    fake.set_status(STAGING, status, polls=3)  # e.g. another deploy's update
+    approve(sm, 2)
+    assert cli() == 0
+    assert f"dogbreed-staging is {status}: waiting" in capsys.readouterr().out
+    assert config_of(sm) == "dogbreed-staging-v2"
+
+
+def test_prod_autoscaling_missing_after_a_failed_run_is_registered_next_time(aws, capsys):
+    sm = aws["sm"]
+    approve(sm, 1)
+    assert cli() == 0 and cli("--stage", "prod") == 0
+    scaling = boto3.client("application-autoscaling")
+    scaling.deregister_scalable_target(  # as if the run had failed before registering it
+        ServiceNamespace="sagemaker", ResourceId="endpoint/dogbreed-prod/variant/AllTraffic",
+        ScalableDimension="sagemaker:variant:DesiredInstanceCount")
+    assert cli("--stage", "prod") == 0
+    assert "already serves" in capsys.readouterr().out
+    assert [t["ResourceId"] for t in scalable_targets()] == [
+        "endpoint/dogbreed-prod/variant/AllTraffic"]
+
+
+def test_gpu_instance_types_get_the_gpu_inference_specification(aws, capsys):
+    sm, fake = aws["sm"], aws["fake"]
+    gpu_arn = create_model_package(sm, GROUP, "s3://deploy-bucket/model-3.tar.gz", "Approved",
+                                   gpu=True)
+    fake.serve("dogbreed-staging-v3-gpu", GOOD)
+    assert cli("--instance-type", "ml.g4dn.xlarge") == 0
+    model = sm.describe_model(ModelName="dogbreed-v3-gpu")
+    assert model["PrimaryContainer"] == {"ModelPackageName": gpu_arn,
+                                         "InferenceSpecificationName": "gpu"}
+    config = sm.describe_endpoint_config(EndpointConfigName=config_of(sm))
+    assert config["ProductionVariants"][0]["InstanceType"] == "ml.g4dn.xlarge"
+
+    # a package registered before the build added the GPU image: one clear line
+    approve(sm, 3, status="Rejected")
+    approve(sm, 2)
+    assert cli("--instance-type", "ml.p3.2xlarge") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ml.p3.2xlarge is a GPU instance type") and "\n" not in err
+    assert "no 'gpu' inference specification" in err and "--instance-type" in err
+
+
+def test_rejecting_the_live_version_rolls_back_and_with_none_approved_fails(aws, capsys):
+    sm = aws["sm"]
+    approve(sm, 1, 2)
+    assert cli() == 0 and config_of(sm) == "dogbreed-staging-v2"
+    assert cli("--stage", "prod") == 0
+    approve(sm, 2, status="Rejected")
+    assert cli() == 0  # the newest still approved
+    assert config_of(sm) == "dogbreed-staging-v1" and tags(sm)["ModelPackageVersion"] == "1"
+    capsys.readouterr()
+
+    approve(sm, 1, status="Rejected")
+    assert cli() == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: dogbreed-staging serves DogBreedModels version 1, which is Rejected "
+                   "now, and no Approved version remains: the endpoint is left as it is; "
+                   "approve a version and deploy again")
+    assert config_of(sm) == "dogbreed-staging-v1"
+    assert cli("--stage", "prod") == 1  # prod keeps version 2, refusing the rejected 1
+    assert "is Rejected now; it will not go to production" in capsys.readouterr().err
+    assert config_of(sm, "dogbreed-prod") == "dogbreed-prod-v2"
+
+
+def test_outputs_file_for_the_approval_message(aws, tmp_path):
+    sm, fake = aws["sm"], aws["fake"]
+    report = {"multiclass_classification_metrics": {"accuracy": {"value": 0.8734}}}
+    boto3.client("s3").put_object(Bucket="deploy-bucket", Key="eval/evaluation.json",
+                                  Body=json.dumps(report).encode())
+    metrics = {"ModelQuality": {"Statistics": {
+        "ContentType": "application/json", "S3Uri": "s3://deploy-bucket/eval/evaluation.json"}}}
+    # registered before the build added CustomerMetadataProperties: the test split's metrics
+    package = create_model_package(sm, GROUP, "s3://deploy-bucket/model-3.tar.gz", "Approved",
+                                   ModelMetrics=metrics)
+    fake.serve("dogbreed-staging-v3", GOOD)
+    out = tmp_path / "deploy.env"
+    assert cli("--outputs", str(out)) == 0
+    values = dict(line.split("=", 1) for line in shlex.split(out.read_text()))
+    assert values == {"MODEL_PACKAGE_GROUP": GROUP, "MODEL_PACKAGE_VERSION": "3",
+                      "MODEL_PACKAGE_ARN": package, "VALIDATION_ACCURACY": "unknown",
+                      "TEST_ACCURACY": "0.8734", "ENDPOINT_NAME": STAGING}
+
+    # as the build registers versions now: both accuracies as CustomerMetadataProperties
+    create_model_package(sm, GROUP, "s3://deploy-bucket/model-4.tar.gz", "Approved",
+                         ModelMetrics=metrics, CustomerMetadataProperties={
+                             "validation_accuracy": "0.9012", "test_accuracy": "0.8811"})
+    fake.serve("dogbreed-staging-v4", GOOD)
+    assert cli("--outputs", str(out)) == 0
+    values = dict(line.split("=", 1) for line in shlex.split(out.read_text()))
+    assert values["MODEL_PACKAGE_VERSION"] == "4"
+    assert (values["VALIDATION_ACCURACY"], values["TEST_ACCURACY"]) == ("0.9012", "0.8811")
+
+
 def test_missing_role_is_one_clear_line(aws, monkeypatch, capsys):
     monkeypatch.delenv("SAGEMAKER_ROLE_ARN")
     assert cli() == 2
     err = capsys.readouterr().err
     assert "no SageMaker execution role" in err and "Traceback" not in err
+
+
+def test_prod_refuses_a_version_other_than_the_one_approved_for_it(aws, capsys):
+    """The deploy pipeline passes the version its approver saw; staging may have moved on."""
+    sm = aws["sm"]
+    approve(sm, 1)
+    assert cli() == 0
+    approve(sm, 2)
+    assert cli() == 0  # staging: version 2, while the approval of version 1 is pending
+    capsys.readouterr()
+    assert cli("--stage", "prod", "--expect-version", "1") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: dogbreed-staging serves DogBreedModels version 2, not version "
+                          "1 that was approved for production")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert sm.list_endpoints(NameContains="dogbreed-prod")["Endpoints"] == []  # untouched
+    assert cli("--stage", "prod", "--expect-version", "2") == 0
+    assert config_of(sm, "dogbreed-prod") == "dogbreed-prod-v2"
+    assert cli("--expect-version", "2") == 2  # a prod-only check
+    assert "--expect-version goes with --stage prod" in capsys.readouterr().err

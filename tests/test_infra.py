@@ -62,7 +62,7 @@ def test_template_wires_the_workflow():
 
 
 def test_deploy_buildspec_runs_staging_then_optionally_prod(tmp_path):
-    from pipelines import deploy
+    from pipelines.deploy import cli as deploy
 
     doc = yaml.safe_load((ROOT / "buildspec-deploy.yml").read_text())
     (script,) = doc["phases"]["build"]["commands"]

@@ -13,13 +13,13 @@ import pytest
 import requests
 
 from conftest import ROOT
-from pipelines.endpoint import free_port
+from pipelines.deploy.endpoints import free_port
 
 
 def start_server(model_data, tmp_path, *extra):
     port = free_port()
     log = open(tmp_path / f"server-{port}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.serving", "--model-data",
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.deploy.server", "--model-data",
                              str(model_data), "--port", str(port), *extra], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -64,7 +64,7 @@ def test_invocations_with_jpeg_png_and_json(endpoint, trained, tmp_path):
                       headers={"Content-Type": "image/png"})
     assert r.status_code == 200 and r.json()["predictions"][0]["class"] == pred["class"]
     # a large body is decoded in a worker thread rather than on the event loop: same answer
-    from pipelines.serving import INLINE_DECODE_MAX_BYTES
+    from pipelines.deploy.server import INLINE_DECODE_MAX_BYTES
 
     with Image.open(jpg) as img:
         img.resize((img.width * 16, img.height * 16), Image.Resampling.NEAREST).save(

@@ -1,8 +1,9 @@
-"""Managed local endpoints: background pipelines.serving processes, recorded under the home.
+"""Managed local endpoints: background ``pipelines.deploy.server`` processes, recorded under
+the home.
 
-    python -m pipelines.endpoint list
-    python -m pipelines.endpoint invoke dogbreed-staging dog.jpg [--content-type image/jpeg]
-    python -m pipelines.endpoint delete dogbreed-staging
+    python -m pipelines.deploy.endpoints list
+    python -m pipelines.deploy.endpoints invoke dogbreed-staging dog.jpg [--content-type TYPE]
+    python -m pipelines.deploy.endpoints delete dogbreed-staging
 
 Endpoints are started by ``python -m pipelines.deploy --local``; each record says which model
 package version it serves, its URL and process.
@@ -122,10 +123,10 @@ def start_server(home: Path, name: str, model_data: str, version: int,
     log_path = home / "endpoints" / f"{name}-v{version}-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.serving", "--model-data",
-                                 model_data, "--port", str(port), *extra_args], stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=str(Path(__file__).resolve().parent.parent))
+        proc = subprocess.Popen([sys.executable, "-m", "pipelines.deploy.server",
+                                 "--model-data", model_data, "--port", str(port), *extra_args],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=str(Path(__file__).resolve().parents[2]))
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + wait_seconds
     status, text = 0, ""
@@ -174,7 +175,8 @@ def invoke(url: str, body: bytes, content_type: str, timeout: float = 60.0):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipelines.endpoint", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m pipelines.deploy.endpoints",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--home", help="default $DOGBREED_HOME or ./.dogbreed")
     sub = p.add_subparsers(dest="command", required=True)

@@ -1,6 +1,6 @@
 """A local endpoint with SageMaker's serving contract, calling the model's own inference.py.
 
-    python -m pipelines.serving --model-data model.tar.gz --port 8080 [--host 127.0.0.1]
+    python -m pipelines.deploy.server --model-data model.tar.gz --port 8080 [--host HOST]
 
 - ``GET /ping``: 200 once the model is loaded; 503 with the reason if it failed to load.
 - ``POST /invocations``: the request goes through the artifact's ``input_fn`` (in worker
@@ -200,7 +200,8 @@ def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipelines.serving", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m pipelines.deploy.server",
+                                description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-data", required=True, help="model.tar.gz or a model directory")
     p.add_argument("--host", default="127.0.0.1")
