@@ -246,12 +246,19 @@ def test_roles_whose_permissions_are_not_in_the_template_are_refused(tmp_path):
         role_statements(template, "Bucket")
 
 
+# the template's parameters that have no default, as a stack would be created with them
+STACK_PARAMETERS = {"RepositoryUrl": "https://github.com/example/dogbreed-mlops.git",
+                    "RepositoryId": "example/dogbreed-mlops",
+                    "ConnectionArn": "arn:aws:codeconnections:us-east-1:123456789012:"
+                                     "connection/0a1b2c3d-1111-2222-3333-444455556666"}
+
+
 def test_the_real_template_resolves_and_its_build_role_may_create_the_pipeline():
     template = ROOT / "infra/template.yaml"
     for role in ("SageMakerExecutionRole", "BuildProjectRole", "DeployProjectRole",
                  "ApprovalRuleRole"):
-        assert role_statements(template, role)
-    build = role_statements(template, "BuildProjectRole")
+        assert role_statements(template, role, parameters=STACK_PARAMETERS)
+    build = role_statements(template, "BuildProjectRole", parameters=STACK_PARAMETERS)
     assert is_allowed(build, "sagemaker:CreatePipeline", f"{SM}:pipeline/dogbreedbuild")
     assert is_allowed(build, "iam:PassRole", ROLE, TO_SAGEMAKER)
     assert check_calls([call("sagemaker", "CreatePipeline", PipelineName="DogBreedBuild",
