@@ -231,8 +231,12 @@ class BuildOptions:
 
 def job_sources(scripts_dir: str, requirements: str | None) -> Path:
     """A job's source directory: ``scripts_dir`` without its requirements folder, with the
-    job's requirements file (if any) as ``requirements.txt``. Content-addressed under the
-    temporary folder, so every process of a build sees the same path and bytes."""
+    job's requirements file (if any) as ``requirements.txt``.
+
+    Content-addressed under a fixed folder: the SDK hashes the source directory's absolute path
+    into the code's S3 key, which is part of a step's cache key, so the same scripts must have
+    the same path on a laptop, in CodeBuild and from any checkout location.
+    """
     root = Path(scripts_dir)
     files = {path.relative_to(root).as_posix(): path.read_bytes()
              for path in sorted(root.rglob("*")) if path.is_file()
@@ -243,7 +247,8 @@ def job_sources(scripts_dir: str, requirements: str | None) -> Path:
     digest = hashlib.sha256()
     for name, data in files.items():
         digest.update(name.encode() + b"\0" + data + b"\0")
-    target = Path(tempfile.gettempdir()) / "dogbreed-sources" / digest.hexdigest()[:16]
+    root = Path("/tmp") if Path("/tmp").is_dir() else Path(tempfile.gettempdir())
+    target = root / "dogbreed-sources" / digest.hexdigest()[:16]
     if not target.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=target.name + "-", dir=target.parent))

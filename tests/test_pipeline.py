@@ -244,13 +244,14 @@ with mock_aws():
 """
 
 
-def build_in_child(tmp_path, out, *args, **env):
+def build_in_child(tmp_path, out, *args, cwd=None, **env):
     import subprocess
     import sys
 
     from conftest import ROOT, offline_aws_env
 
-    proc = subprocess.run([sys.executable, "-c", BUILD_IN_CHILD, str(out), *args], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-c", BUILD_IN_CHILD, str(out), *args],
+                          cwd=cwd or ROOT,
                           env=offline_aws_env(tmp_path, **env), capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -258,11 +259,18 @@ def build_in_child(tmp_path, out, *args, **env):
 
 
 def test_definition_is_identical_across_processes(tmp_path):
-    """What CodeBuild does on every push: a new process builds the definition. String hashes
-    (so the order of anything from a set()) differ between processes; the bytes must not, or
-    every upsert changes the definition and its steps miss the cache."""
+    """What CodeBuild does on every push: a new process, on another machine, builds the
+    definition. String hashes (so the order of anything from a set()) differ between
+    processes, the checkout lies elsewhere (the SDK hashes source paths into code S3 keys) and
+    so may the temporary folder; the bytes must not change, or every upsert changes the
+    definition and its steps miss the cache."""
+    from test_readme import fresh_copy
+
     first = build_in_child(tmp_path, tmp_path / "a.json", PYTHONHASHSEED="1")
-    second = build_in_child(tmp_path, tmp_path / "b.json", PYTHONHASHSEED="2")
+    elsewhere = fresh_copy(tmp_path / "another-checkout")
+    (tmp_path / "tmp").mkdir()
+    second = build_in_child(tmp_path, tmp_path / "b.json", cwd=elsewhere, PYTHONHASHSEED="2",
+                            TMPDIR=str(tmp_path / "tmp"))
     assert first == second
     text = first.decode()
     assert "2026-" not in text and "2027-" not in text  # no timestamps in names or paths
