@@ -9,6 +9,7 @@ local engine reads the same values. Metric regexes come from the training script
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -186,6 +187,14 @@ ACCURACY_METADATA = {"validation_accuracy": VALIDATION_REPORT,
                      "test_accuracy": EVALUATION_REPORT}
 ACCURACY_JSON_PATH = "multiclass_classification_metrics.accuracy.value"
 
+
+def accuracy_of(report: dict) -> float:
+    """The accuracy in an Evaluate report (KeyError/TypeError/ValueError if it has none)."""
+    value = report
+    for part in ACCURACY_JSON_PATH.split("."):
+        value = value[part]
+    return float(value)
+
 # What the registered model serves.
 CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "application/json")
 RESPONSE_TYPES = ("application/json",)
@@ -249,17 +258,39 @@ def job_sources(scripts_dir: str, requirements: str | None) -> Path:
         digest.update(name.encode() + b"\0" + data + b"\0")
     root = Path("/tmp") if Path("/tmp").is_dir() else Path(tempfile.gettempdir())
     target = root / "dogbreed-sources" / digest.hexdigest()[:16]
+    if target.is_dir() and not _holds_exactly(target, files):
+        if not _ours(target):  # someone else's folder at our name: never upload it
+            return _stage(files, Path(tempfile.mkdtemp(prefix="dogbreed-sources-")))
+        shutil.rmtree(target)  # tampered with or half-written: stage it again
     if not target.is_dir():
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=target.name + "-", dir=target.parent))
-        for name, data in files.items():
-            (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            (staging / name).write_bytes(data)
+        staging = _stage(files, Path(tempfile.mkdtemp(prefix=target.name + "-",
+                                                      dir=target.parent)))
         try:
             staging.rename(target)
         except OSError:  # another process staged the same content first
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _stage(files: dict[str, bytes], folder: Path) -> Path:
+    for name, data in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    return folder
+
+
+def _ours(path: Path) -> bool:
+    return not hasattr(os, "getuid") or path.stat().st_uid == os.getuid()
+
+
+def _holds_exactly(folder: Path, files: dict[str, bytes]) -> bool:
+    """The folder is ours and holds these files, byte for byte, and nothing else."""
+    if not _ours(folder):
+        return False
+    found = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
+    return found.keys() == files.keys() and all(found[n].read_bytes() == data
+                                                for n, data in files.items())
 
 
 @lru_cache(maxsize=None)

@@ -493,3 +493,25 @@ def test_the_pipeline_description_does_not_import_torch():
                             "sys.modules))"], cwd=ROOT, capture_output=True, text=True,
                            timeout=120)
     assert probe.stdout.strip() == "[]", probe.stderr
+
+
+def test_staged_job_sources_are_checked_before_they_are_reused(tmp_path):
+    """The staging folder's name is predictable: a tampered or half-written one is restaged,
+    never uploaded as it is."""
+    import shutil
+
+    from pipelines.spec import SCRIPTS_DIR, job_sources
+
+    scripts = tmp_path / "scripts"
+    shutil.copytree(SCRIPTS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    (scripts / "train.py").write_text((scripts / "train.py").read_text() + "\n# this test\n")
+    staged = job_sources(str(scripts), "evaluate.txt")
+    original = (staged / "train.py").read_bytes()
+    (staged / "train.py").write_text("import os; os.system('steal the credentials')\n")
+    (staged / "extra.py").write_text("print('not ours')\n")
+    again = job_sources(str(scripts), "evaluate.txt")
+    assert (again / "train.py").read_bytes() == original
+    assert not (again / "extra.py").exists()
+    (again / "requirements.txt").unlink()  # half-written
+    assert (job_sources(str(scripts), "evaluate.txt") / "requirements.txt").is_file()
+    shutil.rmtree(again)
