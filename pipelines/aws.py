@@ -121,11 +121,14 @@ def _validate_sdk_config_once_per_schema() -> None:
     does what ``jsonschema.validate`` does (best-matching error raised), with the schema
     checked once.
     """
-    import jsonschema
-    import sagemaker.utils
-    from sagemaker.config.config_schema import SAGEMAKER_PYTHON_SDK_CONFIG_SCHEMA as schema
-
-    if getattr(sagemaker.utils.validate_sagemaker_config, "schema_checked_once", False):
+    try:
+        import jsonschema
+        import sagemaker.utils
+        from sagemaker.config.config_schema import SAGEMAKER_PYTHON_SDK_CONFIG_SCHEMA as schema
+        validate = sagemaker.utils.validate_sagemaker_config
+    except (ImportError, AttributeError):  # another SDK 2.x layout: slower, still correct
+        return
+    if getattr(validate, "schema_checked_once", False):
         return
     validator_class = jsonschema.validators.validator_for(schema)
     validator_class.check_schema(schema)

@@ -55,7 +55,7 @@ class ModelPackage:
     @property
     def accuracy(self) -> float | None:
         try:
-            return float(self.metrics["multiclass_classification_metrics"]["accuracy"]["value"])
+            return spec.accuracy_of(self.metrics)
         except (KeyError, TypeError, ValueError):
             return None
 

@@ -158,3 +158,10 @@ def test_rejecting_the_live_version_rolls_back_and_outputs_describe_it(home, cap
                    "approve a version and deploy again")
     assert Endpoints(home["home"]).get("dogbreed-staging").pid == staged.pid  # left as it is
     assert not out.exists()
+
+
+def test_expect_version_is_refused_locally(tmp_path, capsys):
+    assert deploy.main(["--local", "--home", str(tmp_path), "--stage", "prod",
+                        "--expect-version", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --expect-version is for the SageMaker deploy pipeline")

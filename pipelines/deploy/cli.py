@@ -59,7 +59,7 @@ def deploy_local(args) -> int:
                 deploy_once(args, "staging")
                 if args.stage == "prod":
                     deploy_once(args, "prod")
-            except (DeployError, EndpointError) as exc:
+            except (DeployError, EndpointError, RegistryError) as exc:  # keep watching
                 print(f"error: {exc}", file=sys.stderr, flush=True)
             time.sleep(args.interval)
     except KeyboardInterrupt:
@@ -146,4 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.local and args.expect_version is not None:
+        print("error: --expect-version is for the SageMaker deploy pipeline; locally, "
+              "--stage prod promotes what serves in staging", file=sys.stderr)
+        return 2
     return deploy_local(args) if args.local else deploy_sagemaker(args)

@@ -25,8 +25,8 @@ import re
 import time
 from dataclasses import dataclass
 
-from pipelines.aws import describe_or_none
 from pipelines import spec
+from pipelines.aws import describe_or_none
 from pipelines.deploy import smoke
 
 VARIANT = "AllTraffic"
@@ -396,6 +396,6 @@ def registered_accuracy(session, package: dict) -> str:
         uri = package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]
         bucket, _, key = uri.removeprefix("s3://").partition("/")
         body = session.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
-        return str(json.loads(body)["multiclass_classification_metrics"]["accuracy"]["value"])
+        return str(spec.accuracy_of(json.loads(body)))
     except (KeyError, TypeError, ValueError, ClientError, BotoCoreError):
         return "unknown"

@@ -357,10 +357,7 @@ class LocalPipeline:
 
 
 def _accuracy(report_path: str) -> float:
-    value = json.loads(Path(report_path).read_text())
-    for part in spec.ACCURACY_JSON_PATH.split("."):
-        value = value[part]
-    return float(value)
+    return spec.accuracy_of(json.loads(Path(report_path).read_text()))
 
 
 def _paths(outputs: dict) -> list[str]:
