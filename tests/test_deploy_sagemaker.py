@@ -326,3 +326,18 @@ def test_prod_refuses_a_version_other_than_the_one_approved_for_it(aws, capsys):
     assert config_of(sm, "dogbreed-prod") == "dogbreed-prod-v2"
     assert cli("--expect-version", "2") == 2  # a prod-only check
     assert "--expect-version goes with --stage prod" in capsys.readouterr().err
+
+
+def test_a_run_that_deploys_nothing_gives_the_pipeline_nothing_to_promote(aws, tmp_path, capsys):
+    """The deploy pipeline's first run (on creation) or a run with nothing approved: staging
+    deploys nothing but still exports its variables, and prod then does nothing, green."""
+    sm = aws["sm"]
+    out = tmp_path / "deploy.env"
+    assert cli("--outputs", str(out)) == 0
+    values = dict(line.split("=", 1) for line in shlex.split(out.read_text()))
+    assert values["MODEL_PACKAGE_VERSION"] == "none" and values["ENDPOINT_NAME"] == STAGING
+    assert set(values) == set(deploy.OUTPUT_KEYS)
+    capsys.readouterr()
+    assert cli("--stage", "prod", "--expect-version", values["MODEL_PACKAGE_VERSION"]) == 0
+    assert "staging deployed nothing in this run: nothing to promote" in capsys.readouterr().out
+    assert sm.list_endpoints()["Endpoints"] == []

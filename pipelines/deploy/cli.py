@@ -10,7 +10,8 @@ rolls back to the newest version still approved (with none left, the endpoint is
 and the command fails). A failed smoke test leaves the previous version serving and exits 1;
 deploying the version already live (and smoke-tested) changes nothing. Production only ever
 gets the version that passed staging. ``--outputs FILE`` writes shell KEY=VALUE lines about the
-deployed version (for CodePipeline's approval message).
+deployed version (for CodePipeline's approval message; MODEL_PACKAGE_VERSION=none when the run
+deployed nothing).
 
 Locally, an endpoint is a background ``pipelines.deploy.server`` process on 127.0.0.1 (see
 ``python -m pipelines.deploy.endpoints list``).
@@ -30,18 +31,37 @@ OUTPUT_KEYS = ("MODEL_PACKAGE_GROUP", "MODEL_PACKAGE_VERSION", "MODEL_PACKAGE_AR
                "VALIDATION_ACCURACY", "TEST_ACCURACY", "ENDPOINT_NAME")
 
 
+NOTHING = "none"  # MODEL_PACKAGE_VERSION when a run deployed nothing
+
+
 def write_outputs(path: str | None, values: dict) -> None:
     if path:
         Path(path).write_text("".join(f"{key}={shlex.quote(str(values[key]))}\n"
                                       for key in OUTPUT_KEYS))
 
 
+def nothing_deployed(args) -> dict:
+    """Outputs of a run that deployed nothing: the pipeline's variables still resolve, and
+    prod, given ``--expect-version none``, has nothing to promote."""
+    return {**{key: NOTHING for key in OUTPUT_KEYS}, "MODEL_PACKAGE_GROUP": args.group,
+            "ENDPOINT_NAME": f"{args.prefix}-{args.stage}"}
+
+
+def expected_version(text: str) -> int | str:
+    if text == NOTHING:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a version number or {NOTHING}, got {text!r}") from None
+
+
 def deploy_once(args, stage: str, echo=print) -> int:
     from pipelines.deploy import local
 
     package = local.deploy_stage(args.home, args.group, args.prefix, stage, echo)
-    if package is not None:
-        write_outputs(args.outputs, local.outputs(package, f"{args.prefix}-{stage}"))
+    write_outputs(args.outputs, nothing_deployed(args) if package is None
+                  else local.outputs(package, f"{args.prefix}-{stage}"))
     return 0
 
 
@@ -94,13 +114,16 @@ def deploy_sagemaker(args, echo=print) -> int:
         print("error: --expect-version goes with --stage prod: it names the version approved "
               "for production", file=sys.stderr)
         return 2
+    if args.expect_version == NOTHING:
+        echo("staging deployed nothing in this run: nothing to promote")
+        write_outputs(args.outputs, nothing_deployed(args))
+        return 0
     try:
         session = boto_session(args.region, args.profile)
         package = sagemaker.deploy_stage(session, settings(args, session), args.stage, echo,
                                          expect_version=args.expect_version)
-        if package is not None:
-            write_outputs(args.outputs, sagemaker.outputs(session, package,
-                                                          f"{args.prefix}-{args.stage}"))
+        write_outputs(args.outputs, nothing_deployed(args) if package is None else
+                      sagemaker.outputs(session, package, f"{args.prefix}-{args.stage}"))
         return 0
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -136,9 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ml.g*/ml.p* types use the package's GPU inference image")
     aws.add_argument("--instance-count", type=int, default=1)
     aws.add_argument("--no-data-capture", action="store_true")
-    aws.add_argument("--expect-version", type=int, metavar="N",
+    aws.add_argument("--expect-version", type=expected_version, metavar="N",
                      help="with --stage prod: deploy only if staging still serves version N "
-                          "(the version the approver saw)")
+                          "(the version the approver saw); 'none': staging deployed nothing, "
+                          "so there is nothing to promote")
     aws.add_argument("--poll-seconds", type=float, default=20.0,
                      help="seconds between endpoint status checks and smoke requests")
     return p
