@@ -50,6 +50,7 @@ class FakeEndpoints:
         self.updates: list[dict] = []
         self.invocations: list[tuple[str, str]] = []
         self.answers: dict[str, str] = {}
+        self.default_answer: str | None = None
         self._plans: dict[str, list[str]] = {}
         self._targets: dict[str, tuple[str, str]] = {}  # name -> (old config, new config)
 
@@ -76,6 +77,10 @@ class FakeEndpoints:
 
     def serve(self, config: str, body: str) -> None:
         self.answers[config] = body
+
+    def serve_all(self, body: str) -> None:
+        """The answer of every config not given one with ``serve``."""
+        self.default_answer = body
 
     # the patched behaviour -----------------------------------------------------------------
 
@@ -104,6 +109,13 @@ class FakeEndpoints:
             if endpoint.endpoint_status != "InService":
                 raise ValidationError(message=f"Cannot update in-progress endpoint "
                                               f"'{endpoint.arn}'.")
+            if fake._instance_type_changes(backend, endpoint, endpoint_config_name) and \
+                    fake._autoscaled(backend, endpoint_name):
+                # AWS: an autoscaled variant's instance type cannot change until its scalable
+                # target is deregistered ("Update endpoints that use auto scaling")
+                raise ValidationError(message="The variant(s) [AllTraffic] are configured with "
+                                              "autoscaling; deregister the scalable target "
+                                              "before changing the instance type.")
             fake.updates.append(request)
             outcome = fake.update_outcomes.popleft() if fake.update_outcomes else "ok"
             endpoint.endpoint_status = "Updating"
@@ -112,6 +124,22 @@ class FakeEndpoints:
             fake._targets[endpoint_name] = (endpoint.endpoint_config_name, endpoint_config_name)
             return endpoint
         return update_endpoint
+
+    @staticmethod
+    def _instance_type_changes(backend, endpoint, new_config: str) -> bool:
+        def instance_type(config):
+            return backend.describe_endpoint_config(config)["ProductionVariants"][0][
+                "InstanceType"]
+        return instance_type(endpoint.endpoint_config_name) != instance_type(new_config)
+
+    @staticmethod
+    def _autoscaled(backend, endpoint_name: str) -> bool:
+        from moto.applicationautoscaling.models import applicationautoscaling_backends
+
+        targets = applicationautoscaling_backends[backend.account_id][backend.region_name]
+        return any(f"endpoint/{endpoint_name}/" in str(key)
+                   for key in getattr(targets, "targets", {}).get(
+                       "sagemaker:variant:DesiredInstanceCount", {}))
 
     def _describe(self, original):
         fake = self
@@ -154,8 +182,9 @@ class FakeEndpoints:
             if endpoint is not None:
                 old, new = fake._targets.get(name, (None, None))
                 serving = new if status == "Updating" and new else endpoint.endpoint_config_name
-                if serving in fake.answers:
-                    return 200, {"Content-Type": "application/json"}, fake.answers[serving]
+                answer = fake.answers.get(serving, fake.default_answer)
+                if answer is not None:
+                    return 200, {"Content-Type": "application/json"}, answer
             return original(response)
         return invoke_endpoint
 

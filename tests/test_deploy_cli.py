@@ -112,8 +112,9 @@ def test_the_deploy_command_needs_none_of_the_training_packages(server):
 
 
 def test_every_aws_call_of_the_deploy_is_allowed_by_the_deploy_role(server):
-    """Staging, prod (a failed create, then its repair), a re-run, an update, and a rollback
-    after a rejection, recorded."""
+    """Staging, prod (a failed create, then its repair), a re-run, an update, a rollback
+    after a rejection, and a prod instance-type change (autoscaling deregistered around it),
+    recorded."""
     sm, record = server["sm"], server["tmp"] / "calls.jsonl"
     env = {**server["env"], **iamcheck.recording_env(record, server["env"])}
 
@@ -134,12 +135,16 @@ def test_every_aws_call_of_the_deploy_is_allowed_by_the_deploy_role(server):
     ok("--stage", "staging")  # rolls back to version 1
     assert sm.describe_endpoint(EndpointName="dogbreed-staging")["EndpointConfigName"] == \
         "dogbreed-staging-v1"
+    server["fake"].serve_all(GOOD)
+    assert "deregistering autoscaling" in ok("--stage", "prod", "--instance-type",
+                                             "ml.m5.xlarge")
 
     calls = iamcheck.read_calls(record)
     operations = {f"{c['service']}.{c['operation']}" for c in calls}
     assert {"sagemaker.UpdateEndpoint", "sagemaker.DeleteEndpoint",
             "sagemaker-runtime.InvokeEndpoint",
-            "application-autoscaling.RegisterScalableTarget", "s3.GetObject"} <= operations
+            "application-autoscaling.RegisterScalableTarget",
+            "application-autoscaling.DeregisterScalableTarget", "s3.GetObject"} <= operations
     statements = iamcheck.role_statements(
         ROOT / "infra/template.yaml", "DeployProjectRole",
         physical_names={"ArtifactBucket": BUCKET,

@@ -341,3 +341,41 @@ def test_a_run_that_deploys_nothing_gives_the_pipeline_nothing_to_promote(aws, t
     assert cli("--stage", "prod", "--expect-version", values["MODEL_PACKAGE_VERSION"]) == 0
     assert "staging deployed nothing in this run: nothing to promote" in capsys.readouterr().out
     assert sm.list_endpoints()["Endpoints"] == []
+
+
+def test_changed_instance_settings_are_deployed_not_skipped(aws, capsys):
+    """Instance type, count and data capture are the endpoint config's: a change is an update,
+    even for the version already live."""
+    sm, fake = aws["sm"], aws["fake"]
+    approve(sm, 1)
+    assert cli() == 0
+    first = config_of(sm)
+    fake.serve_all(GOOD)
+    assert cli("--instance-count", "2") == 0
+    assert "nothing to do" not in capsys.readouterr().out
+    second = config_of(sm)
+    assert second != first and second.startswith("dogbreed-staging-v1")
+    variant = sm.describe_endpoint_config(EndpointConfigName=second)["ProductionVariants"][0]
+    assert variant["InitialInstanceCount"] == 2
+    assert cli("--instance-count", "2") == 0  # now it is live: nothing to do
+    assert "already serves" in capsys.readouterr().out
+    assert cli() == 0 and config_of(sm) == first  # back to the defaults: the first config
+
+
+def test_prod_instance_type_change_deregisters_autoscaling_around_the_update(aws, capsys):
+    """AWS refuses an instance-type change of an autoscaled variant until its scalable target
+    is deregistered; the deploy does that and registers it again afterwards."""
+    sm, fake = aws["sm"], aws["fake"]
+    approve(sm, 1)
+    assert cli() == 0 and cli("--stage", "prod") == 0
+    assert len(scalable_targets()) == 1
+    fake.serve_all(GOOD)
+    capsys.readouterr()
+    assert cli("--stage", "prod", "--instance-type", "ml.m5.xlarge") == 0, \
+        capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "deregistering autoscaling" in out and "registering autoscaling" in out
+    variant = sm.describe_endpoint_config(EndpointConfigName=config_of(sm, "dogbreed-prod"))[
+        "ProductionVariants"][0]
+    assert variant["InstanceType"] == "ml.m5.xlarge"
+    assert len(scalable_targets()) == 1  # registered again

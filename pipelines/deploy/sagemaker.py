@@ -21,6 +21,8 @@ registers production's autoscaling when it is missing.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -149,21 +151,42 @@ def ensure_model(sm, s: DeploySettings, package: dict) -> str:
 
 
 def ensure_endpoint_config(sm, s: DeploySettings, stage: str, model: str, version: int) -> str:
+    """``<prefix>-<stage>-v<N>[-gpu]``; when that config exists with other instance settings
+    (type, count, data capture), a config of these settings with a short suffix of their own,
+    so a changed setting is an update, not "nothing to do"."""
+    variant = {"VariantName": VARIANT, "ModelName": model, "InstanceType": s.instance_type,
+               "InitialInstanceCount": s.instance_count}
+    capture = {"DataCaptureConfig": {
+        "EnableCapture": True, "InitialSamplingPercentage": 100,
+        "DestinationS3Uri": f"s3://{s.bucket}/{s.prefix}/data-capture/{stage}",
+        "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]}
+    } if s.data_capture else {}
     name = f"{s.prefix}-{stage}-v{version}" + ("-gpu" if model.endswith("-gpu") else "")
-    if not describe_or_none(lambda: sm.describe_endpoint_config(EndpointConfigName=name)):
-        kwargs = {}
-        if s.data_capture:
-            kwargs["DataCaptureConfig"] = {
-                "EnableCapture": True, "InitialSamplingPercentage": 100,
-                "DestinationS3Uri": f"s3://{s.bucket}/{s.prefix}/data-capture/{stage}",
-                "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]}
+    existing = describe_or_none(lambda: sm.describe_endpoint_config(EndpointConfigName=name))
+    if existing and not _same_settings(existing, variant, capture):
+        digest = hashlib.sha256(json.dumps([variant, capture], sort_keys=True).encode())
+        name = f"{name}-{digest.hexdigest()[:6]}"
+        existing = describe_or_none(lambda: sm.describe_endpoint_config(EndpointConfigName=name))
+    if not existing:
         sm.create_endpoint_config(
-            EndpointConfigName=name,
-            ProductionVariants=[{"VariantName": VARIANT, "ModelName": model,
-                                 "InstanceType": s.instance_type,
-                                 "InitialInstanceCount": s.instance_count}],
-            Tags=[{"Key": "ModelPackageVersion", "Value": str(version)}], **kwargs)
+            EndpointConfigName=name, ProductionVariants=[variant],
+            Tags=[{"Key": "ModelPackageVersion", "Value": str(version)}], **capture)
     return name
+
+
+def _same_settings(config: dict, variant: dict, capture: dict) -> bool:
+    (existing,) = config["ProductionVariants"][:1] or [{}]
+    same_variant = all(existing.get(k) == v for k, v in variant.items())
+    had = config.get("DataCaptureConfig", {})
+    wanted = capture.get("DataCaptureConfig", {})
+    same_capture = bool(had.get("EnableCapture")) == bool(wanted.get("EnableCapture")) and \
+        had.get("DestinationS3Uri") == wanted.get("DestinationS3Uri")
+    return same_variant and same_capture
+
+
+def instance_type_of(sm, config: str) -> str:
+    return sm.describe_endpoint_config(EndpointConfigName=config)["ProductionVariants"][0][
+        "InstanceType"]
 
 
 def rollback_alarm(cloudwatch, endpoint: str) -> str:
@@ -175,6 +198,17 @@ def rollback_alarm(cloudwatch, endpoint: str) -> str:
         Statistic="Sum", Period=60, EvaluationPeriods=1, Threshold=1,
         ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="notBreaching")
     return name
+
+
+def deregister_autoscaling(autoscaling, endpoint: str, echo) -> None:
+    """Before an instance-type change: AWS refuses one on an autoscaled variant. (The next
+    ``ensure_autoscaling`` registers it again; deregistering removes its policies too.)"""
+    resource = f"endpoint/{endpoint}/variant/{VARIANT}"
+    where = dict(ServiceNamespace="sagemaker", ScalableDimension=SCALABLE_DIMENSION)
+    if autoscaling.describe_scalable_targets(ResourceIds=[resource], **where)["ScalableTargets"]:
+        echo(f"{endpoint}: deregistering autoscaling to change the instance type (registered "
+             f"again after the update)")
+        autoscaling.deregister_scalable_target(ResourceId=resource, **where)
 
 
 def ensure_autoscaling(autoscaling, s: DeploySettings, endpoint: str, echo) -> None:
@@ -300,6 +334,9 @@ class Deployment:
         old = current["EndpointConfigName"]
         old_tags = _tags(self.sm, current["EndpointArn"])
         alarm = rollback_alarm(self.session.client("cloudwatch"), self.name)
+        if self.stage == "prod" and instance_type_of(self.sm, old) != self.s.instance_type:
+            deregister_autoscaling(self.session.client("application-autoscaling"), self.name,
+                                   self.echo)
         self.echo(f"{self.name}: blue/green update from {old} to {config} (smoke requests "
                   f"while it bakes)")
         self.sm.update_endpoint(
@@ -388,8 +425,6 @@ def outputs(session, package: dict, endpoint: str) -> dict:
 
 def registered_accuracy(session, package: dict) -> str:
     """accuracy from the package's ModelQuality statistics (evaluation.json), or "unknown"."""
-    import json
-
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
