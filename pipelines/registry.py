@@ -59,6 +59,15 @@ class ModelPackage:
         except (KeyError, TypeError, ValueError):
             return None
 
+    @property
+    def validation_accuracy(self) -> float | None:
+        """The valid split's accuracy (the gate's figure), registered beside the test
+        metrics by the local engine."""
+        try:
+            return spec.accuracy_of(self.metrics["validation"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
 
 def home_dir(home: str | os.PathLike | None = None) -> Path:
     """--home, $DOGBREED_HOME or ./.dogbreed, as an absolute path: steps run as subprocesses

@@ -107,6 +107,10 @@ def test_rerun_hits_the_cache_and_registers_a_new_version(home):
     assert all(os.path.exists(path) for path in result.reports.values())
     assert result.registered_version == 2
     assert sum(s.seconds for s in result.steps) < 30
+    # both accuracies on the version, as in SageMaker (test: the metrics; valid: beside them)
+    package = LocalRegistry(home["home"]).describe("DogBreedModels", 2)
+    assert package.accuracy == result.test_accuracy
+    assert package.validation_accuracy == result.accuracy
 
 
 def test_accuracy_below_threshold_fails_with_the_numbers(home, capsys):

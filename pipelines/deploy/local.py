@@ -100,8 +100,10 @@ def deploy_stage(home, group: str, prefix: str, stage: str, echo=print) -> Model
 
 def outputs(package: ModelPackage, endpoint: str) -> dict:
     """The same keys as a SageMaker deploy writes (no ARN in the local registry)."""
-    accuracy = package.accuracy  # the registered metrics are the test split's
+    def shown(value):
+        return "unknown" if value is None else str(value)
+
     return {"MODEL_PACKAGE_GROUP": package.group, "MODEL_PACKAGE_VERSION": str(package.version),
-            "MODEL_PACKAGE_ARN": package.arn, "VALIDATION_ACCURACY": "unknown",
-            "TEST_ACCURACY": "unknown" if accuracy is None else str(accuracy),
-            "ENDPOINT_NAME": endpoint}
+            "MODEL_PACKAGE_ARN": package.arn,
+            "VALIDATION_ACCURACY": shown(package.validation_accuracy),
+            "TEST_ACCURACY": shown(package.accuracy), "ENDPOINT_NAME": endpoint}

@@ -336,7 +336,8 @@ class LocalPipeline:
         shutil.copy2(model["model_data"], artifact)
         package = LocalRegistry(self.home).register(
             self.group, str(artifact),
-            metrics=json.loads(Path(evaluation["report"]).read_text()),
+            metrics={**json.loads(Path(evaluation["report"]).read_text()),
+                     "validation": json.loads(Path(evaluation["validation"]).read_text())},
             hyperparameters={**self._static_hyperparameters(), **model["hyperparameters"]},
             lineage={"pipeline": self.name, "execution": self.result.execution_id,
                      "input": self.params["InputDataUrl"],
