@@ -145,13 +145,18 @@ def test_smoke_failure_after_an_update_puts_the_old_version_back(aws, capsys):
                         "SmokeTest": "passed"}
 
 
-def test_an_alarm_rollback_is_an_error_and_the_tags_keep_the_old_version(aws, capsys):
-    sm, fake = aws["sm"], aws["fake"]
-    approve(sm, 1)
+def update_staging_to_version_2(aws, outcome: str) -> int:
+    """Version 1 live in staging, then version 2 approved and deployed with this outcome."""
+    approve(aws["sm"], 1)
     assert cli() == 0
-    approve(sm, 2)
-    fake.next_update("rollback")
-    assert cli() == 1
+    approve(aws["sm"], 2)
+    aws["fake"].next_update(outcome)
+    return cli()
+
+
+def test_an_alarm_rollback_is_an_error_and_the_tags_keep_the_old_version(aws, capsys):
+    sm = aws["sm"]
+    assert update_staging_to_version_2(aws, "rollback") == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
     assert "rolled back to dogbreed-staging-v1" in err
@@ -190,12 +195,8 @@ def test_a_failed_endpoint_is_deleted_and_created_again(aws, capsys):
 
 
 def test_a_failed_update_is_repaired_by_the_next_run(aws, capsys):
-    sm, fake = aws["sm"], aws["fake"]
-    approve(sm, 1)
-    assert cli() == 0
-    approve(sm, 2)
-    fake.next_update("fail")
-    assert cli() == 1
+    sm = aws["sm"]
+    assert update_staging_to_version_2(aws, "fail") == 1
     assert "updating dogbreed-staging to DogBreedModels version 2 failed" in \
         capsys.readouterr().err
     assert tags(sm)["ModelPackageVersion"] == "1"  # the tags never claimed version 2
