@@ -198,8 +198,9 @@ def accuracy_of(report: dict) -> float:
 # What the registered model serves.
 CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image", "application/json")
 RESPONSE_TYPES = ("application/json",)
-CPU_INFERENCE_INSTANCES = ("ml.m5.large", "ml.m5.xlarge")
-GPU_INFERENCE_INSTANCES = ("ml.g4dn.xlarge", "ml.g5.xlarge")
+CPU_INFERENCE_INSTANCES = ("ml.m5.large", "ml.m5.xlarge", "ml.m5.2xlarge", "ml.c5.xlarge",
+                           "ml.c5.2xlarge")
+GPU_INFERENCE_INSTANCES = ("ml.g4dn.xlarge", "ml.g4dn.2xlarge", "ml.g5.xlarge", "ml.g5.2xlarge")
 # the registered version's additional inference specification with the GPU image; the deploy
 # names it (ContainerDefinition.InferenceSpecificationName) for GPU instance types
 GPU_INFERENCE_SPECIFICATION = "gpu"
