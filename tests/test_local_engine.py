@@ -71,7 +71,7 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
     assert any("cache hit" in line for line in lines)
     assert any(line.startswith("[TrainFinal] epoch=6 ") for line in lines)
     assert second.registered_version == 1
-    assert 0.3 <= second.accuracy < 1.0
+    assert 0.3 <= second.accuracy < 1.0 and 0.3 <= second.test_accuracy < 1.0
     assert second.best_hyperparameters["epochs"] == 1
     # the Debugger rules ran on TrainFinal's hook output, each with a verdict
     verdicts = {v["rule"]: v["status"] for v in second.rules}
@@ -91,7 +91,9 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
     assert package.approval_status == "PendingManualApproval"
     assert package.lineage["execution"] == second.execution_id
     assert package.lineage["data_fingerprint"].startswith("sha256:")
-    assert package.accuracy == pytest.approx(second.accuracy)
+    # the registered metrics are the test split's; the gate's figure is the valid split's
+    assert package.accuracy == pytest.approx(second.test_accuracy)
+    assert package.validation_accuracy == pytest.approx(second.accuracy)
     assert package.hyperparameters["epochs"] == 6 and package.hyperparameters["arch"] == \
         "resnet18"
     assert (home["home"] / "models").exists() and package.model_data.endswith(".tar.gz")
