@@ -187,8 +187,8 @@ def _run(args) -> int:
             from pipelines.build import build_pipeline
 
             pipeline = build_pipeline(make_context(args, session, role_arn, bucket, tags))
-            definition = pipeline.definition()
-            if args.definition_out:
+            if args.definition_out:  # (upsert builds the definition itself)
+                definition = pipeline.definition()
                 Path(args.definition_out).write_text(
                     json.dumps(json.loads(definition), indent=2, sort_keys=True) + "\n")
                 print(f"wrote the definition of {args.pipeline_name} to {args.definition_out}")
