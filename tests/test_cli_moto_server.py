@@ -32,6 +32,7 @@ def server(tmp_path):
     moto.start()
     host, port = moto.get_host_and_port()
     url = f"http://{host}:{port}"
+    requests.post(url + "/moto-api/reset").raise_for_status()  # moto's state is per process
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AWS_", "SAGEMAKER_", "DOGBREED_"))}
     env.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="testing",

@@ -15,6 +15,7 @@ import sys
 
 import boto3
 import pytest
+import requests
 import yaml
 
 import iamcheck
@@ -39,7 +40,11 @@ def moto_server():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+    url = f"http://{host}:{port}"
+    # moto's backends are global to this process: start from an empty account, whatever
+    # another test left there (else the group exists and its creation is never checked)
+    requests.post(f"{url}/moto-api/reset").raise_for_status()
+    yield url
     server.stop()
 
 
