@@ -9,9 +9,6 @@ local engine reads the same values. Metric regexes come from the training script
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -54,8 +51,8 @@ class Parameter:
 
 PARAMETERS: tuple[Parameter, ...] = (
     Parameter("InputDataUrl", "String", "",
-              "S3 URI of the data: a prefix with image folders, or a .zip (see python -m pipelines.data.stage); "
-              "empty: s3://<bucket>/<prefix>/data/"),
+              "S3 URI of the data: a prefix with image folders, or a .zip (see python -m "
+              "pipelines.data.stage); empty: s3://<bucket>/<prefix>/data/"),
     Parameter("ProcessingInstanceType", "String", "ml.m5.xlarge",
               "instance for Preprocess and Evaluate"),
     Parameter("TrainingInstanceType", "String", "ml.g4dn.xlarge",
@@ -239,68 +236,23 @@ class BuildOptions:
     cache_expire: str = "P30D"
 
 
-def job_sources(scripts_dir: str, requirements: str | None) -> Path:
-    """A job's source directory: ``scripts_dir`` without its requirements folder, with the
-    job's requirements file (if any) as ``requirements.txt``.
-
-    Content-addressed under a fixed folder: the SDK hashes the source directory's absolute path
-    into the code's S3 key, which is part of a step's cache key, so the same scripts must have
-    the same path on a laptop, in CodeBuild and from any checkout location.
-    """
+def script_files(scripts_dir: str) -> dict[str, Path]:
+    """The container scripts by relative POSIX path, sorted (Python caches left out)."""
     root = Path(scripts_dir)
-    files = {path.relative_to(root).as_posix(): path.read_bytes()
-             for path in sorted(root.rglob("*")) if path.is_file()
-             and "__pycache__" not in path.parts and path.suffix != ".pyc"
-             and path.relative_to(root).parts[0] != REQUIREMENTS_DIR}
-    if requirements:
-        files["requirements.txt"] = (root / REQUIREMENTS_DIR / requirements).read_bytes()
+    return {path.relative_to(root).as_posix(): path for path in sorted(root.rglob("*"))
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"}
+
+
+def files_digest(files: dict[str, bytes]) -> str:
+    """sha256 over names and bytes."""
     digest = hashlib.sha256()
     for name, data in files.items():
         digest.update(name.encode() + b"\0" + data + b"\0")
-    root = Path("/tmp") if Path("/tmp").is_dir() else Path(tempfile.gettempdir())
-    target = root / "dogbreed-sources" / digest.hexdigest()[:16]
-    if target.is_dir() and not _holds_exactly(target, files):
-        if not _ours(target):  # someone else's folder at our name: never upload it
-            return _stage(files, Path(tempfile.mkdtemp(prefix="dogbreed-sources-")))
-        shutil.rmtree(target)  # tampered with or half-written: stage it again
-    if not target.is_dir():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = _stage(files, Path(tempfile.mkdtemp(prefix=target.name + "-",
-                                                      dir=target.parent)))
-        try:
-            staging.rename(target)
-        except OSError:  # another process staged the same content first
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
-def _stage(files: dict[str, bytes], folder: Path) -> Path:
-    for name, data in files.items():
-        (folder / name).parent.mkdir(parents=True, exist_ok=True)
-        (folder / name).write_bytes(data)
-    return folder
-
-
-def _ours(path: Path) -> bool:
-    return not hasattr(os, "getuid") or path.stat().st_uid == os.getuid()
-
-
-def _holds_exactly(folder: Path, files: dict[str, bytes]) -> bool:
-    """The folder is ours and holds these files, byte for byte, and nothing else."""
-    if not _ours(folder):
-        return False
-    found = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
-    return found.keys() == files.keys() and all(found[n].read_bytes() == data
-                                                for n, data in files.items())
+    return digest.hexdigest()
 
 
 @lru_cache(maxsize=None)
 def scripts_digest(scripts_dir: str) -> str:
     """sha256 over the container scripts' paths and bytes (caches ignored)."""
-    digest = hashlib.sha256()
-    root = Path(scripts_dir)
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
-            digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-            digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()
+    return files_digest({name: path.read_bytes()
+                         for name, path in script_files(scripts_dir).items()})

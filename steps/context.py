@@ -10,7 +10,9 @@ from sagemaker.workflow.parameters import (ParameterBoolean, ParameterFloat, Par
 from sagemaker.workflow.pipeline_context import PipelineSession
 
 from pipelines import spec
-from pipelines.spec import SCRIPTS_DIR, BuildOptions, job_sources  # noqa: F401
+from pipelines.spec import SCRIPTS_DIR, BuildOptions  # noqa: F401
+
+from .sources import job_sources
 
 _PARAMETER_TYPES = {"String": ParameterString, "Integer": ParameterInteger,
                     "Float": ParameterFloat, "Boolean": ParameterBoolean}

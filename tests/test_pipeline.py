@@ -500,7 +500,8 @@ def test_staged_job_sources_are_checked_before_they_are_reused(tmp_path):
     never uploaded as it is."""
     import shutil
 
-    from pipelines.spec import SCRIPTS_DIR, job_sources
+    from pipelines.spec import SCRIPTS_DIR
+    from steps.sources import job_sources
 
     scripts = tmp_path / "scripts"
     shutil.copytree(SCRIPTS_DIR, scripts, ignore=shutil.ignore_patterns("__pycache__"))
