@@ -380,3 +380,26 @@ def test_prod_instance_type_change_deregisters_autoscaling_around_the_update(aws
         "ProductionVariants"][0]
     assert variant["InstanceType"] == "ml.m5.xlarge"
     assert len(scalable_targets()) == 1  # registered again
+
+
+def test_ctrl_c_while_waiting_says_the_change_goes_on_and_how_to_finish(aws, monkeypatch,
+                                                                        capsys):
+    sm = aws["sm"]
+    approve(sm, 1)
+
+    def interrupted(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("time.sleep", interrupted)
+    assert cli() == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: stopped waiting for dogbreed-staging")
+    assert "run the deploy again" in err
+
+
+def test_an_outputs_file_that_cannot_be_written_is_one_line(aws, tmp_path, capsys):
+    approve(aws["sm"], 1)
+    assert cli("--outputs", str(tmp_path / "no-such-folder" / "deploy.env")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write --outputs") and "Traceback" not in err

@@ -20,6 +20,7 @@ Locally, an endpoint is a background ``pipelines.deploy.server`` process on 127.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -125,6 +126,11 @@ def deploy_sagemaker(args, echo=print) -> int:
         write_outputs(args.outputs, nothing_deployed(args) if package is None else
                       sagemaker.outputs(session, package, f"{args.prefix}-{args.stage}"))
         return 0
+    except KeyboardInterrupt:
+        print(f"error: stopped waiting for {args.prefix}-{args.stage}; what SageMaker was doing "
+              f"to it goes on: run the deploy again to finish (it waits for the endpoint, then "
+              f"checks and smoke-tests it)", file=sys.stderr)
+        return 130
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -170,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.outputs:
+        folder = Path(args.outputs).resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            print(f"error: cannot write --outputs {args.outputs}: {folder} is not a writable "
+                  f"folder", file=sys.stderr)
+            return 2
     if args.local and args.expect_version is not None:
         print("error: --expect-version is for the SageMaker deploy pipeline; locally, "
               "--stage prod promotes what serves in staging", file=sys.stderr)
