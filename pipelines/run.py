@@ -153,6 +153,9 @@ def main(argv=None) -> int:
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # create/update/start are single calls: re-running completes them
+        print("stopped (Ctrl-C); run the same command again to finish", file=sys.stderr)
+        return 130
 
 
 def _run(args) -> int:

@@ -516,3 +516,15 @@ def test_staged_job_sources_are_checked_before_they_are_reused(tmp_path):
     (again / "requirements.txt").unlink()  # half-written
     assert (job_sources(str(scripts), "evaluate.txt") / "requirements.txt").is_file()
     shutil.rmtree(again)
+
+
+def test_ctrl_c_while_building_is_one_line(aws, monkeypatch, capsys):
+    def interrupted(ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("pipelines.build.build_pipeline", interrupted)
+    assert cli("--upsert") == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "stopped (Ctrl-C); run the same command again to finish"
+    with pytest.raises(Exception):  # nothing half-made in SageMaker
+        aws.describe_pipeline(PipelineName="DogBreedBuild")
