@@ -17,6 +17,8 @@ INSTALL_REQUIRES = [
     "requests",
     "pandas",
     "psutil",
+    # TensorBoard's event writer and reader (2.20: resolves with smdebug's protobuf <= 3.20.3)
+    "tensorboard>=2.20,<2.21",
     # the cloud pipeline: SDK 2.x (3.x dropped Estimator, RegisterModel and Debugger rules)
     "sagemaker>=2.257,<3",
     "boto3",
@@ -25,7 +27,12 @@ INSTALL_REQUIRES = [
     "aiohttp>=3.9",
 ]
 
-DEV_REQUIRES = [
+# experiment tracking, optional (pip install -e '.[mlflow]'): MLflow's client without its server
+# and UI, and the SQL store it needs for a local tracking database (MLflow 3 refuses its old file
+# store); `mlflow ui` comes with the full `mlflow` package
+MLFLOW_REQUIRES = ["mlflow-skinny>=3.17,<3.18", "sqlalchemy>=2,<3", "alembic>=1.13,<2"]
+
+DEV_REQUIRES = [*MLFLOW_REQUIRES,
     "pytest>=8",
     "pytest-timeout>=2.3",
     "sagemaker-inference==1.10.1",  # the serving toolkit, to check our errors map to 4xx
@@ -43,5 +50,5 @@ setup(
     packages=["breedkit", "pipelines", "pipelines.data", "pipelines.deploy", "pipelines.local",
               "steps"],
     install_requires=INSTALL_REQUIRES,
-    extras_require={"dev": DEV_REQUIRES},
+    extras_require={"dev": DEV_REQUIRES, "mlflow": MLFLOW_REQUIRES},
 )

@@ -51,6 +51,9 @@ class ModelPackage:
     created_at: str = ""
     updated_at: str = ""
     arn: str = ""
+    # string pairs for the approver, as SageMaker's CustomerMetadataProperties: accuracies,
+    # the training rules' verdicts, where the profiler report is, the MLflow run
+    metadata: dict = field(default_factory=dict)
 
     @property
     def accuracy(self) -> float | None:
@@ -109,6 +112,18 @@ class LocalRegistry:
     def __init__(self, home: str | os.PathLike | None = None):
         self.path = home_dir(home) / DB_FILE
         initialize(self.path, _SCHEMA)
+        self._add_column("metadata", "TEXT NOT NULL DEFAULT '{}'")  # registries before 2026-11
+
+    def _add_column(self, name: str, definition: str) -> None:
+        with self._connect() as db:
+            columns = {row[1] for row in db.execute("PRAGMA table_info(model_packages)")}
+            if name in columns:
+                return
+            try:
+                db.execute(f"ALTER TABLE model_packages ADD COLUMN {name} {definition}")
+            except sqlite3.OperationalError as exc:
+                if "duplicate column" not in str(exc):  # another process added it first
+                    raise
 
     def _open(self) -> sqlite3.Connection:
         return connect(self.path)
@@ -119,7 +134,7 @@ class LocalRegistry:
     def register(self, group: str, model_data: str, *, metrics: dict | None = None,
                  hyperparameters: dict | None = None, lineage: dict | None = None,
                  approval_status: str = "PendingManualApproval",
-                 description: str = "") -> ModelPackage:
+                 description: str = "", metadata: dict | None = None) -> ModelPackage:
         _check_status(approval_status)
         now = _now()
         db = self._open()
@@ -131,11 +146,11 @@ class LocalRegistry:
                                  "WHERE group_name = ?", (group,)).fetchone()[0]
             db.execute(
                 "INSERT INTO model_packages (group_name, version, approval_status, model_data, "
-                "metrics, hyperparameters, lineage, description, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "metrics, hyperparameters, lineage, description, created_at, updated_at, "
+                "metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (group, version, approval_status, str(model_data), json.dumps(metrics or {}),
                  json.dumps(hyperparameters or {}), json.dumps(lineage or {}), description,
-                 now, now))
+                 now, now, json.dumps({k: str(v) for k, v in (metadata or {}).items()})))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -221,7 +236,8 @@ class SageMakerRegistry:
             description=d.get("ModelPackageDescription", ""),
             approval_description=d.get("ApprovalDescription", ""),
             created_at=str(d.get("CreationTime", "")),
-            updated_at=str(d.get("LastModifiedTime", "")), arn=d["ModelPackageArn"])
+            updated_at=str(d.get("LastModifiedTime", "")), arn=d["ModelPackageArn"],
+            metadata=dict(d.get("CustomerMetadataProperties", {})))
 
     def set_status(self, group: str, version: int, status: str,
                    note: str = "") -> ModelPackage:
@@ -264,7 +280,7 @@ def _from_row(row: sqlite3.Row) -> ModelPackage:
         metrics=json.loads(row["metrics"]), hyperparameters=json.loads(row["hyperparameters"]),
         lineage=json.loads(row["lineage"]), description=row["description"],
         approval_description=row["approval_description"], created_at=row["created_at"],
-        updated_at=row["updated_at"])
+        updated_at=row["updated_at"], metadata=json.loads(row["metadata"]))
 
 
 def build_parser() -> argparse.ArgumentParser:

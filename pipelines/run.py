@@ -53,11 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
     aws.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                      help="tag for the pipeline, its jobs and registered versions (repeatable)")
     build = p.add_argument_group("build options (fixed in the definition)")
-    build.add_argument("--no-debugger-rules", action="store_true",
-                       help="no Debugger tensor rules on TrainFinal (Debugger is closed to new "
-                            "AWS accounts)")
+    build.add_argument("--no-training-rules", "--no-debugger-rules", action="store_true",
+                       dest="no_training_rules",
+                       help="no training hook, no TrainingRules step and no rule gate")
     build.add_argument("--no-profiler", action="store_true",
-                       help="no system monitoring and ProfilerReport rule")
+                       help="no profiling data and profiler report from TrainFinal")
+    build.add_argument("--sagemaker-debugger", action="store_true",
+                       help="also SageMaker Debugger's built-in rules, system monitoring and "
+                            "ProfilerReport on TrainFinal (only for AWS accounts that still have "
+                            "Debugger: it is closed to new customers)")
+    build.add_argument("--mlflow-arn", default="", metavar="ARN",
+                       help="SageMaker managed MLflow tracking server: TrainFinal logs its run "
+                            "there (MlflowConfig)")
+    build.add_argument("--mlflow", action="store_true",
+                       help="--local: log tuning trials and TrainFinal as MLflow runs to "
+                            "$MLFLOW_TRACKING_URI or <home>/mlflow (pip install -e '.[mlflow]')")
     build.add_argument("--spot", action="store_true",
                        help="managed spot training (TrainFinal resumes from S3 checkpoints)")
     build.add_argument("--training-instance-count", type=int, default=1,
@@ -92,8 +102,10 @@ def make_context(args, session, role_arn: str, bucket: str, tags: list | None = 
 
     pipeline_session = PipelineSession(boto_session=session, sagemaker_config=sdk_config())
     pipeline_session._default_bucket = bucket  # no ListBuckets/CreateBucket at build time
-    options = BuildOptions(debugger_rules=not args.no_debugger_rules,
+    options = BuildOptions(training_rules=not args.no_training_rules,
                            profiler=not args.no_profiler, spot=args.spot,
+                           sagemaker_debugger=args.sagemaker_debugger,
+                           mlflow_arn=args.mlflow_arn,
                            training_instance_count=args.training_instance_count)
     return BuildContext(session=pipeline_session, role_arn=role_arn, bucket=bucket,
                         prefix=args.prefix.strip("/"), pipeline_name=args.pipeline_name,
@@ -241,10 +253,14 @@ def _run_local(args) -> int:
     from pipelines.registry import home_dir
     from pipelines.spec import BuildOptions
 
-    options = BuildOptions(debugger_rules=not args.no_debugger_rules,
+    options = BuildOptions(training_rules=not args.no_training_rules,
                            profiler=not args.no_profiler)
-    engine = LocalPipeline(home_dir(args.home), args.pipeline_name, args.model_package_group,
-                           options, echo=lambda line: print(line, flush=True))
+    from pipelines.local.tracking import tracking_uri
+
+    home = home_dir(args.home)
+    engine = LocalPipeline(home, args.pipeline_name, args.model_package_group, options,
+                           echo=lambda line: print(line, flush=True),
+                           tracking_uri=tracking_uri(home, args.mlflow))
     result = engine.run(params)
     print(summary(result), flush=True)
     return 0 if result.status == "Succeeded" else 130 if result.status == "Stopped" else 1

@@ -14,11 +14,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from breedkit.logformat import METRIC_DEFINITIONS, OBJECTIVE_METRIC, OBJECTIVE_TYPE
+from breedkit import rulespec
 from breedkit.archs import ARCHS
+from breedkit.logformat import METRIC_DEFINITIONS, OBJECTIVE_METRIC, OBJECTIVE_TYPE
 
 __all__ = ["METRIC_DEFINITIONS", "OBJECTIVE_METRIC", "OBJECTIVE_TYPE", "PARAMETERS", "STEP",
-           "HYPERPARAMETER_RANGES", "DEBUGGER_RULES", "PROFILER_RULE", "Parameter",
+           "HYPERPARAMETER_RANGES", "TRAINING_RULES", "PROFILER_RULE", "Parameter",
            "parameter", "ACCURACY_JSON_PATH", "coerce_parameter"]
 
 SCRIPTS_DIR = str(Path(__file__).resolve().parent.parent / "scripts")
@@ -33,7 +34,10 @@ class STEP:
     PREPROCESS = "Preprocess"
     TUNE = "HPTuning"
     TRAIN = "TrainFinal"
+    RULES = "TrainingRules"
     EVALUATE = "Evaluate"
+    CHECK_RULES = "CheckTrainingRules"
+    RULES_FIRED = "TrainingRulesFired"
     CHECK = "CheckAccuracy"
     REGISTER = "RegisterModel"
     FAIL = "AccuracyTooLow"
@@ -69,6 +73,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("MaxParallelTuningJobs", "Integer", 2, "tuning trials at once", minimum=1),
     Parameter("AccuracyThreshold", "Float", 0.7,
               "validation accuracy needed to register the model", minimum=0.0),
+    Parameter("BlockingRules", "String", ",".join(rulespec.DEFAULT_BLOCKING),
+              "training rules whose finding keeps the model out of the registry (comma-"
+              "separated, or none): " + ", ".join(rulespec.RULES)),
     Parameter("ModelApprovalStatus", "String", "PendingManualApproval",
               "status of the registered version",
               choices=("PendingManualApproval", "Approved", "Rejected")),
@@ -109,6 +116,8 @@ def coerce_parameter(name: str, value: str):
         raise ValueError(f"{name} must be one of {', '.join(spec.choices)}, got {value!r}")
     if spec.minimum is not None and result < spec.minimum:
         raise ValueError(f"{name} must be >= {spec.minimum}, got {value!r}")
+    if spec.name == "BlockingRules":
+        rulespec.parse_blocking(result)  # ValueError names the unknown rule
     if spec.name == "AccuracyThreshold" and result > 1:
         raise ValueError(f"AccuracyThreshold is a fraction in [0, 1], got {value!r}")
     if spec.name.endswith("InstanceType") and not str(result).startswith("ml."):
@@ -145,6 +154,33 @@ EVALUATE_JOB = {
 }
 TRAINING_CHANNELS = ("train", "valid")  # never the test split
 
+# TrainFinal writes what its rules and report are made of into its output data (uploaded as the
+# job's output.tar.gz) and TensorBoard events where the job's TensorBoardOutputConfig syncs them
+TRAINING_OUTPUT_DATA = "/opt/ml/output/data"
+TENSORBOARD_DIR = "/opt/ml/output/tensorboard"
+TRAIN_FINAL_MONITORING = {
+    "debugger-out": f"{TRAINING_OUTPUT_DATA}/{rulespec.HOOK_DIR}",
+    "profile-out": f"{TRAINING_OUTPUT_DATA}/{rulespec.PROFILE_DIR}",
+    "tensorboard-dir": TENSORBOARD_DIR,
+}
+RULES_JOB = {
+    "script": "training_rules.py",
+    "inputs": {"training": f"{PROCESSING_ROOT}/training"},
+    "outputs": {"rules": f"{PROCESSING_ROOT}/rules"},
+    "arguments": ["--training-output", f"{PROCESSING_ROOT}/training",
+                  "--output-dir", f"{PROCESSING_ROOT}/rules",
+                  "--blocking-rules", Param("BlockingRules")],
+}
+RULES_REPORT = "TrainingRulesReport"  # the PropertyFile of rules.json
+# what a registered version records of TrainingRules (CustomerMetadataProperties)
+BLOCKING_FIRED_METADATA = "training_rules_blocking_fired"
+PROFILER_REPORT_METADATA = "profiler_report"
+MLFLOW_RUN_METADATA = "mlflow_run"
+
+
+def rule_metadata_key(rule: str) -> str:
+    return f"rule:{rule}"
+
 # Hyperparameter ranges of the tuning step. A bound given as a string names the pipeline
 # parameter that supplies it.
 HYPERPARAMETER_RANGES: dict[str, dict] = {
@@ -163,10 +199,10 @@ STATIC_HYPERPARAMETERS: dict[str, str] = {
     "image-size": "ImageSize",
 }
 
-# SageMaker Debugger built-in rules on TrainFinal (names as in smdebug_rulesconfig), and the
-# profiler's report rule. The local engine evaluates rules of the same names.
-DEBUGGER_RULES = ("loss_not_decreasing", "overfit", "overtraining", "vanishing_gradient",
-                  "exploding_tensor", "poor_weight_initialization")
+# The rules the TrainingRules step evaluates (scripts/breedkit/rules.py), by SageMaker
+# Debugger's built-in names; with the opt-in SageMaker Debugger build option, the built-in rules
+# of the same names (smdebug_rulesconfig) and its ProfilerReport rule run too.
+TRAINING_RULES = rulespec.RULES
 PROFILER_RULE = "ProfilerReport"
 SYSTEM_MONITOR_INTERVAL_MS = 500
 
@@ -212,8 +248,8 @@ RETRY_SERVICE = {"exceptions": ("THROTTLING", "SERVICE_FAULT"), "interval_second
 
 # What each job installs into its PyTorch container: a file of scripts/requirements/ that becomes
 # the job's own requirements.txt, or None for nothing (see scripts/requirements/README.md).
-JOB_REQUIREMENTS = {"preprocess": None, "tuning": None, "train": None,
-                    "train-debugger": "debugger.txt", "evaluate": "evaluate.txt"}
+JOB_REQUIREMENTS = {"preprocess": None, "tuning": None, "train": "train.txt",
+                    "rules": "rules.txt", "evaluate": "evaluate.txt"}
 REQUIREMENTS_DIR = "requirements"  # under SCRIPTS_DIR; never uploaded itself
 
 # Containers: the newest PyTorch DLC with both training and inference images in SDK 2.257.
@@ -229,8 +265,10 @@ class BuildOptions:
     cannot be switched by a pipeline parameter. Instance counts change the distribution set-up.
     """
 
-    debugger_rules: bool = True
-    profiler: bool = True
+    training_rules: bool = True  # TrainFinal's hook, the TrainingRules step and its gate
+    profiler: bool = True  # TrainFinal's profiling data and report
+    sagemaker_debugger: bool = False  # SageMaker Debugger's built-in rules too (opt-in)
+    mlflow_arn: str = ""  # a SageMaker managed MLflow tracking server: runs logged there
     spot: bool = False
     training_instance_count: int = 1
     cache_expire: str = "P30D"

@@ -68,10 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="mixed precision: auto = bf16 on capable GPUs/CPUs, fp16 on older GPUs")
     rt.add_argument("--device", default="auto", help="auto, cpu or cuda")
     rt.add_argument("--debugger-out", default="",
-                    help="write SageMaker Debugger (smdebug) reductions here, for local rules")
+                    help="write the training hook's smdebug output (reductions) here, for the "
+                         "training rules (TrainFinal)")
     rt.add_argument("--debugger-save-interval", type=int, default=20)
     rt.add_argument("--profile-out", default="",
                     help="write system use and per-step timings here (breedkit.profiling)")
+    rt.add_argument("--tensorboard-dir", default="",
+                    help="write TensorBoard events here (SageMaker: the TensorBoardOutputConfig "
+                         "path)")
     rt.add_argument("--max-steps-per-epoch", type=int, default=0,
                     help="cap on steps per epoch (0: the whole training set); for smoke tests")
     loc = p.add_argument_group("locations (SageMaker sets these)")
@@ -130,13 +134,15 @@ def main(argv=None) -> int:
 
     from breedkit.data import ImageFolderDataset, make_loader
     from breedkit.debugger import create_hook
+    from breedkit.tracking import Tracker
     from breedkit.model import build_model, parameter_groups, save_model_dir
     from breedkit.training import (Checkpoints, choose_precision, cosine_schedule, evaluate,
                                    make_optimizer, train_one_epoch)
     from breedkit.transforms import eval_transform, train_transform
 
     env = distributed.init(args.device)
-    hook = profiler = None
+    hook = profiler = tracker = None
+    failed = True
     try:
         torch.manual_seed(args.seed)
         train_set = ImageFolderDataset(args.train_dir,
@@ -166,9 +172,7 @@ def main(argv=None) -> int:
         criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
         hook = create_hook(args.debugger_out or None, args.debugger_save_interval)
         hook.register(model, criterion)
-        amp_dtype = None if hook.active else choose_precision(args.amp, env.device)
-        if hook.active and args.amp != "off":
-            log.info("Debugger hook active: training in fp32 (smdebug cannot save bf16/fp16)")
+        amp_dtype = choose_precision(args.amp, env.device)
         net = model
         if env.enabled:
             net = nn.parallel.DistributedDataParallel(
@@ -213,6 +217,10 @@ def main(argv=None) -> int:
 
         profiler = (Profiler(args.profile_out, env.device) if args.profile_out and env.is_main
                     else NullProfiler())
+        tracker = Tracker(args.tensorboard_dir, enabled=env.is_main,
+                          norm_interval=args.debugger_save_interval)
+        tracker.params({**{k: getattr(args, k) for k in sig if hasattr(args, k)},
+                        "world_size": env.world_size, "classes": len(class_names)})
         started = time.perf_counter()
         for epoch in range(start_epoch, args.epochs + 1):
             train_loader.sampler.set_epoch(epoch)
@@ -221,7 +229,8 @@ def main(argv=None) -> int:
                                  amp_dtype=amp_dtype, scaler=scaler, scheduler=scheduler,
                                  hook=hook, epoch=epoch,
                                  max_steps=args.max_steps_per_epoch or None,
-                                 profiler=profiler if profiler.enabled else None)
+                                 profiler=profiler if profiler.enabled else None,
+                                 tracker=tracker)
             va = evaluate(net, valid_loader, criterion, env.device, amp_dtype=amp_dtype, hook=hook)
             (t_loss, t_correct, t_count, v_loss, v_correct, v_count) = distributed.all_reduce_sum(
                 [tr["loss_sum"], tr["correct"], tr["count"], va["loss_sum"], va["correct"],
@@ -250,6 +259,9 @@ def main(argv=None) -> int:
                     "best_epoch": best["epoch"], "stale_epochs": stale,
                 }, best["weights"] if improved else None)
                 print(format_epoch_line(epoch, metrics), flush=True)
+                tracker.epoch(epoch, metrics, {
+                    "data_seconds": tr["data_seconds"],
+                    "compute_seconds": tr["seconds"] - tr["data_seconds"]})
             stop = bool(args.patience) and stale >= args.patience
             if distributed.broadcast_flag(stop, env):
                 if env.is_main:
@@ -274,11 +286,15 @@ def main(argv=None) -> int:
                 json.dump(history, fh, indent=2)
             with open(os.path.join(args.output_data_dir, "training_summary.json"), "w") as fh:
                 json.dump(summary, fh, indent=2)
+            tracker.finish(summary, args.model_dir, args.output_data_dir)
             print(f"best_epoch={best['epoch']} valid_best_accuracy={best['accuracy']:.4f}",
                   flush=True)
             log.info("model written to %s", args.model_dir)
         distributed.barrier(env)
+        failed = False
     finally:
+        if tracker is not None:
+            tracker.close(failed)
         if hook is not None:  # flush Debugger output even when training failed (e.g. NaN)
             hook.close()
         if profiler is not None:

@@ -20,7 +20,8 @@ from pipelines.spec import BuildOptions
 SMALL = {"BaseModel": "resnet18", "Pretrained": "false", "ImageSize": 32,
          "PreprocessImageSize": 36, "TuningEpochs": 1, "MaxTuningJobs": 2,
          "MaxParallelTuningJobs": 2, "Epochs": 6, "AccuracyThreshold": 0.3}
-STEPS = ["Preprocess", "HPTuning", "TrainFinal", "Evaluate", "CheckAccuracy", "RegisterModel"]
+STEPS = ["Preprocess", "HPTuning", "TrainFinal", "TrainingRules", "Evaluate",
+         "CheckTrainingRules", "CheckAccuracy", "RegisterModel"]
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +74,15 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
     assert second.registered_version == 1
     assert 0.3 <= second.accuracy < 1.0 and 0.3 <= second.test_accuracy < 1.0
     assert second.best_hyperparameters["epochs"] == 1
-    # the Debugger rules ran on TrainFinal's hook output, each with a verdict
+    # the training rules ran as their own step on TrainFinal's hook output, each with a verdict
     verdicts = {v["rule"]: v["status"] for v in second.rules}
     assert set(verdicts) == {"LossNotDecreasing", "Overfit", "Overtraining", "VanishingGradient",
                              "ExplodingTensor", "PoorWeightInitialization"}
     assert verdicts["ExplodingTensor"] == "NoIssuesFound"
     assert "Error" not in verdicts.values()
-    assert any(line.startswith("[TrainFinal] rule ExplodingTensor: NoIssuesFound")
+    assert any(line.startswith("[TrainingRules] ExplodingTensor: NoIssuesFound")
                for line in lines)
+    assert any(line.startswith("[CheckTrainingRules] blocking rules fired: none") for line in lines)
     # the ProfilerReport: one HTML page with the system and per-step plots
     report = second.reports["profiler_report"]
     page = open(report).read()
@@ -97,13 +99,23 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
     assert package.hyperparameters["epochs"] == 6 and package.hyperparameters["arch"] == \
         "resnet18"
     assert (home["home"] / "models").exists() and package.model_data.endswith(".tar.gz")
+    # what an approver sees: the rules' verdicts, the report, both accuracies
+    assert package.metadata["rule:ExplodingTensor"] == "NoIssuesFound"
+    assert package.metadata["training_rules_blocking_fired"] == "none"
+    assert package.metadata["profiler_report"] == report
+    assert float(package.metadata["validation_accuracy"]) == pytest.approx(second.accuracy)
+    # TensorBoard: TrainFinal's and each trial's events, under the home
+    execution = home["home"] / "pipelines" / "DogBreedBuild" / second.execution_id
+    assert list((execution / "TrainFinal" / "tensorboard").glob("events.out.tfevents.*"))
+    trials = home["home"] / "pipelines" / "DogBreedBuild" / first.execution_id / "HPTuning"
+    assert len(list(trials.glob("trial-*/tensorboard/events.out.tfevents.*"))) == 2
 
 
 def test_rerun_hits_the_cache_and_registers_a_new_version(home):
     lines: list[str] = []
     result = pipeline(home, lines).run({**SMALL, "InputDataUrl": str(home["data"])})
     assert result.status == "Succeeded"
-    assert all(s.cached_from for s in result.steps[:4])
+    assert all(s.cached_from for s in result.steps[:5])
     assert len(result.rules) == 6  # the verdicts come back with the cached step
     assert set(result.reports) == {"evaluation", "confusion_matrix", "profiler_report"}
     assert all(os.path.exists(path) for path in result.reports.values())
@@ -128,6 +140,50 @@ def test_accuracy_below_threshold_fails_with_the_numbers(home, capsys):
     assert len(LocalRegistry(home["home"]).list("DogBreedModels")) == 2  # nothing registered
 
 
+def test_a_blocking_rule_finding_keeps_the_model_out_of_the_registry(home, monkeypatch, capsys,
+                                                                    split_data, tmp_path):
+    """TrainFinal's hook output shows exploding tensors: the rule is named, nothing is
+    registered, even though the accuracy would pass."""
+    from conftest import SMALL_TRAINING, run_script, train_env
+
+    diverged = tmp_path / "diverged"
+    proc = run_script("train.py", *SMALL_TRAINING, "--epochs", "1", "--optimizer", "sgd",
+                      "--lr", "1e12", "--checkpoint-dir", "", "--debugger-out",
+                      diverged / "debugger", "--debugger-save-interval", "1",
+                      env=train_env(tmp_path, split_data))
+    assert proc.returncode == 2  # diverged; its hook output up to there is what rules read
+    real_train = engine_module.LocalPipeline._train
+
+    def exploded(self, step_dir, data, tuned):
+        outputs = real_train(self, step_dir, data, tuned)  # a model that would pass the gate
+        output_data = step_dir / "output" / "data"
+        shutil.rmtree(output_data / "debugger")
+        shutil.copytree(diverged / "debugger", output_data / "debugger")
+        return outputs
+
+    monkeypatch.setattr(engine_module.LocalPipeline, "_train", exploded)
+    versions = len(LocalRegistry(home["home"]).list("DogBreedModels"))
+    code = run.main(["--local", "--home", str(home["home"]),
+                     *[f"--param={k}={v}" for k, v in SMALL.items() if k != "Epochs"],
+                     "--param=Epochs=1", f"--param=InputDataUrl={home['data']}"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "[TrainingRules] ExplodingTensor: IssuesFound at step" in out
+    assert "[TrainingRulesFired] failed" in out
+    assert "Training rule(s) ExplodingTensor found issues in TrainFinal" in out
+    assert len(LocalRegistry(home["home"]).list("DogBreedModels")) == versions
+    # with the rule not blocking, the same training output is registered
+    code = run.main(["--local", "--home", str(home["home"]),
+                     *[f"--param={k}={v}" for k, v in SMALL.items() if k != "Epochs"],
+                     "--param=Epochs=1", f"--param=InputDataUrl={home['data']}",
+                     "--param=BlockingRules=VanishingGradient"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    package = LocalRegistry(home["home"]).list("DogBreedModels")[0]
+    assert package.version == versions + 1
+    assert package.metadata["rule:ExplodingTensor"] == "IssuesFound"
+
+
 def test_ctrl_c_marks_the_execution_stopped(home, monkeypatch, capsys):
     def interrupted(self, step_dir, evaluation):
         raise KeyboardInterrupt
@@ -148,7 +204,7 @@ def test_pretrained_weights_offline_surface_in_the_summary(home, capsys, tmp_pat
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")
-    code = run.main(["--local", "--home", str(tmp_path / "h"), "--no-debugger-rules",
+    code = run.main(["--local", "--home", str(tmp_path / "h"), "--no-training-rules",
                      "--no-profiler", *[f"--param={k}={v}" for k, v in SMALL.items()
                                         if k != "Pretrained"],
                      "--param=Pretrained=true", f"--param=InputDataUrl={home['data']}"])

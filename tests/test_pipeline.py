@@ -381,7 +381,7 @@ def test_buildspec_runs_the_tests_then_upserts_and_starts(tmp_path):
     out = subprocess.run(["bash", "-c", probe], env=env, capture_output=True, text=True,
                          cwd=tmp_path, check=True).stdout.split()
     args = run.build_parser().parse_args(out)
-    assert args.upsert and args.start and args.no_debugger_rules
+    assert args.upsert and args.start and args.no_training_rules
     assert args.bucket == BUCKET and args.pipeline_name == "DogBreedBuild"
     assert run.parse_params(args.param) == {"Epochs": 3, "BaseModel": "resnet18"}
     assert args.tag == ["source-version=abc123"]

@@ -1,14 +1,18 @@
-"""Local Debugger rules: on real hook output of a healthy and a diverged training, and on
-synthetic trials that isolate each rule's logic."""
+"""The training rules (breedkit.rules, run by scripts/training_rules.py in both backends): on
+real hook output of a healthy and a diverged training, on synthetic trials that isolate each
+rule's logic, and on missing or corrupt hook output."""
 
 from __future__ import annotations
+
+import json
+import tarfile
 
 import pytest
 from smdebug import modes
 
 from conftest import SMALL_TRAINING, run_script, train_env
-from pipelines.local import rules
-from pipelines.local.rules import evaluate_rules
+from breedkit import rules
+from breedkit.rules import evaluate_rules
 
 
 def verdicts_by_rule(path) -> dict:
@@ -131,3 +135,75 @@ def test_vanishing_gradient(value, fires):
     trial = FakeTrial([modes.TRAIN] * 3, {"gradients": {
         "gradient/fc.weight": {s: np.full(4, value) for s in range(3)}}})
     assert (run_rule(rules.VanishingGradient, trial) is not None) == fires
+
+
+def rules_json(tmp_path, training_output, *extra):
+    proc = run_script("training_rules.py", "--training-output", training_output,
+                      "--output-dir", tmp_path / "rules", *extra)
+    return proc, (json.loads((tmp_path / "rules" / "rules.json").read_text())
+                  if proc.returncode == 0 else None)
+
+
+def test_rules_step_on_a_job_output_archive_with_blocking_findings(tmp_path, split_data):
+    """As in SageMaker: the input is TrainFinal's output.tar.gz; a diverged run's
+    ExplodingTensor is a blocking finding, counted for the gate and named."""
+    out = tmp_path / "job" / "data"
+    proc = run_script("train.py", *SMALL_TRAINING, "--epochs", "1", "--optimizer", "sgd",
+                      "--lr", "1e12", "--checkpoint-dir", "", "--debugger-out",
+                      out / "debugger", "--profile-out", out / "profiler",
+                      "--debugger-save-interval", "1", env=train_env(tmp_path, split_data))
+    assert proc.returncode == 2
+    with tarfile.open(tmp_path / "output.tar.gz", "w:gz") as tar:  # SageMaker's layout
+        for item in out.iterdir():
+            tar.add(item, arcname=item.name)
+    archive_dir = tmp_path / "input"
+    archive_dir.mkdir()
+    (tmp_path / "output.tar.gz").rename(archive_dir / "output.tar.gz")
+    proc, result = rules_json(tmp_path, archive_dir)
+    assert proc.returncode == 0, proc.stderr
+    verdicts = {v["rule"]: v for v in result["rules"]}
+    assert [v["rule"] for v in result["rules"]] == list(rules.RULES)  # a fixed order
+    assert verdicts["ExplodingTensor"]["status"] == "IssuesFound"
+    assert verdicts["VanishingGradient"]["parameters"] == {"threshold": 1e-07}
+    assert result["blocking"] == {"rules": ["ExplodingTensor", "VanishingGradient"],
+                                  "count": 1, "fired": "ExplodingTensor"}
+    page = (tmp_path / "rules" / "profiler-report.html").read_text()
+    assert "Time per training step" in page
+    _, result = rules_json(tmp_path, archive_dir, "--blocking-rules", "none")
+    assert result["blocking"] == {"rules": [], "count": 0, "fired": ""}
+
+
+def test_no_hook_output_and_corrupt_event_files_are_verdicts_not_failures(tmp_path, split_data):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc, result = rules_json(tmp_path, empty)
+    assert proc.returncode == 0, proc.stderr
+    assert {v["status"] for v in result["rules"]} == {"Error"}
+    assert "no hook output" in result["rules"][0]["message"]
+    assert result["blocking"]["count"] == 0  # an Error never blocks registration
+
+    out = tmp_path / "job"
+    proc = run_script("train.py", *SMALL_TRAINING, "--epochs", "1", "--max-steps-per-epoch",
+                      "2", "--checkpoint-dir", "", "--debugger-out", out / "debugger",
+                      "--debugger-save-interval", "1", env=train_env(tmp_path, split_data))
+    assert proc.returncode == 0, proc.stderr
+    victim = sorted((out / "debugger").rglob("*.tfevents"))[0]
+    victim.write_bytes(victim.read_bytes()[:40] + b"garbage" * 10)
+    proc, result = rules_json(tmp_path, out)
+    assert proc.returncode == 0, proc.stderr
+    assert {v["status"] for v in result["rules"]} == {"Error"}
+    assert victim.name in result["rules"][0]["message"]
+    assert "unreadable event file" in result["rules"][0]["message"]
+
+
+def test_rules_step_bad_arguments_are_one_line(tmp_path):
+    proc = run_script("training_rules.py", "--training-output", tmp_path, "--output-dir",
+                      tmp_path / "o", "--blocking-rules", "ExplodingTensors")
+    assert proc.returncode == 2 and "unknown rule(s) ExplodingTensors" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "output.tar.gz").write_bytes(b"not a tar")
+    proc = run_script("training_rules.py", "--training-output", bad, "--output-dir",
+                      tmp_path / "o")
+    assert proc.returncode == 2 and "cannot be read as a tar.gz archive" in proc.stderr

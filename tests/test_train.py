@@ -171,10 +171,10 @@ def test_training_works_without_smdebug(tmp_path, split_data):
 def test_local_debugger_output_has_reductions_not_full_tensors(tmp_path, split_data):
     out = tmp_path / "debug"
     proc = run_script("train.py", *SMALL_TRAINING, "--epochs", "2", "--max-steps-per-epoch", "4",
-                      "--debugger-out", out, "--debugger-save-interval", "2",
+                      "--debugger-out", out, "--debugger-save-interval", "2", "--amp", "bf16",
                       "--checkpoint-dir", "", env=train_env(tmp_path, split_data))
     assert proc.returncode == 0, proc.stderr
-    assert "training in fp32" in proc.stdout
+    assert "precision: bf16" in proc.stdout  # the hook no longer forces fp32
     from smdebug import modes
     from smdebug.trials import create_trial
 

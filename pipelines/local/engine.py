@@ -1,12 +1,15 @@
-"""Run the build pipeline locally: Preprocess -> HPTuning -> TrainFinal -> Evaluate ->
-CheckAccuracy -> RegisterModel | AccuracyTooLow, as pipelines/spec.py defines it.
+"""Run the build pipeline locally: Preprocess -> HPTuning -> TrainFinal -> TrainingRules ->
+Evaluate -> CheckTrainingRules -> CheckAccuracy -> RegisterModel | AccuracyTooLow (or
+TrainingRulesFired), as pipelines/spec.py defines it.
 
 Layout under the home folder::
 
     <home>/engine.sqlite                 executions, steps, trials, step cache
     <home>/registry.sqlite               the local model registry
     <home>/cache/                        downloads and rendered sample data
-    <home>/pipelines/<name>/<execution>/<step>/   each step's files and log
+    <home>/pipelines/<name>/<execution>/<step>/   each step's files and log (TensorBoard
+                                         events under TrainFinal/ and HPTuning/trial-N/)
+    <home>/mlflow/                       MLflow runs, with --mlflow (mlflow.db, artifacts/)
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from pipelines import spec
 from pipelines.registry import LocalRegistry
 from pipelines.spec import SCRIPTS_DIR, BuildOptions, scripts_digest
 
+from breedkit.rulespec import RULES_FILE, REPORT_FILE
+from breedkit.tracking import RUN_ID_FILE
+
 from . import inputs, tuning
 from .jobs import map_paths, run_script, training_contract
 from .store import Store
@@ -35,6 +41,7 @@ STEP_PARAMETERS = {
     spec.STEP.TUNE: ("ImageSize", "BaseModel", "Pretrained", "TuningEpochs", "MaxTuningJobs",
                      "MaxParallelTuningJobs"),
     spec.STEP.TRAIN: ("ImageSize", "BaseModel", "Pretrained", "Epochs"),
+    spec.STEP.RULES: ("BlockingRules",),
     spec.STEP.EVALUATE: (),
 }
 
@@ -75,7 +82,8 @@ class RunResult:
 class LocalPipeline:
     def __init__(self, home: str | os.PathLike, pipeline_name: str = spec.DEFAULT_PIPELINE_NAME,
                  model_package_group: str = spec.DEFAULT_MODEL_PACKAGE_GROUP,
-                 options: BuildOptions | None = None, echo=print):
+                 options: BuildOptions | None = None, echo=print,
+                 tracking_uri: str | None = None):
         self.home = Path(home).expanduser().resolve()  # steps run in other folders
         self.name = pipeline_name
         self.group = model_package_group
@@ -83,6 +91,7 @@ class LocalPipeline:
         self.echo = echo
         self.store = Store(self.home)
         self.code_version = scripts_digest(SCRIPTS_DIR)
+        self.tracking_uri = tracking_uri  # MLflow: runs of the trials and TrainFinal
 
     # -- the pipeline --------------------------------------------------------------------------
 
@@ -100,10 +109,15 @@ class LocalPipeline:
             data = self._step(spec.STEP.PREPROCESS, self._preprocess)
             tuned = self._step(spec.STEP.TUNE, self._tune, data)
             model = self._step(spec.STEP.TRAIN, self._train, data, tuned)
+            rules = (self._step(spec.STEP.RULES, self._rules, model)
+                     if self.options.training_rules or self.options.profiler else None)
             evaluation = self._step(spec.STEP.EVALUATE, self._evaluate, data, model)
-            passed = self._step(spec.STEP.CHECK, self._check, evaluation)
-            if passed:
-                self._step(spec.STEP.REGISTER, self._register, data, tuned, model, evaluation)
+            if self.options.training_rules and not self._step(spec.STEP.CHECK_RULES,
+                                                              self._check_rules, rules):
+                self._step(spec.STEP.RULES_FIRED, self._rules_fired, rules)
+            elif self._step(spec.STEP.CHECK, self._check, evaluation):
+                self._step(spec.STEP.REGISTER, self._register, data, tuned, model, evaluation,
+                           rules)
             else:
                 self._step(spec.STEP.FAIL, self._fail)
             self.result.status = "Succeeded"
@@ -166,8 +180,8 @@ class LocalPipeline:
             upstream.append(self._input_fingerprint())
         material = {"step": name, "code": self.code_version, "upstream": upstream,
                     "params": {p: self.params[p] for p in STEP_PARAMETERS[name]},
-                    "options": [self.options.debugger_rules, self.options.profiler]
-                    if name == spec.STEP.TRAIN else []}
+                    "options": [self.options.training_rules, self.options.profiler]
+                    if name in (spec.STEP.TRAIN, spec.STEP.RULES) else []}
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
     def _input_fingerprint(self) -> str:
@@ -187,9 +201,10 @@ class LocalPipeline:
         """What a step, run or taken from the cache, contributes to the run's summary."""
         if name == spec.STEP.TUNE:
             self.result.best_hyperparameters = outputs["best"]
-        elif name == spec.STEP.TRAIN:
-            self.result.rules = outputs.get("rules", [])
-            if outputs.get("profiler_report"):
+        elif name == spec.STEP.RULES:
+            self.result.rules = json.loads(Path(outputs["rules_file"]).read_text())["rules"] \
+                if self.options.training_rules else []
+            if self.options.profiler:
                 self.result.reports["profiler_report"] = outputs["profiler_report"]
         elif name == spec.STEP.EVALUATE:
             self.result.test_accuracy = _accuracy(outputs["report"])
@@ -224,21 +239,45 @@ class LocalPipeline:
         return {hp: self.params[p] for hp, p in spec.STATIC_HYPERPARAMETERS.items()}
 
     def _train_job(self, job_dir: Path, data: dict, hps: dict, on_line=None, threads=None,
-                   extra_args=()):
+                   extra_args=(), mlflow_env: dict | None = None):
         channels = {c: Path(data[c]) for c in spec.TRAINING_CHANNELS}
         env, args = training_contract(channels, job_dir / "model", job_dir / "output",
                                       {**self._static_hyperparameters(), **hps})
+        env.update(mlflow_env or {})
+        extra_args = [*extra_args, "--tensorboard-dir", str(job_dir / "tensorboard")]
         return run_script("train.py", [*args, *extra_args], job_dir / "train.log", env=env,
                           threads=threads, on_line=on_line)
+
+    def _mlflow_env(self, run_name: str, parent: str | None = None) -> dict:
+        """What a training job needs to log its MLflow run (nothing without tracking)."""
+        if not self.tracking_uri:
+            return {}
+        from .tracking import experiment_id
+
+        if not hasattr(self, "_experiment"):
+            self._experiment = experiment_id(self.tracking_uri, self.name, self.home)
+        env = {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_RUN_NAME": run_name,
+               "MLFLOW_EXPERIMENT_ID": self._experiment}
+        if parent:
+            env["MLFLOW_PARENT_RUN_ID"] = parent
+        return env
 
     def _tune(self, step_dir: Path, data: dict) -> dict:
         parallel = max(1, min(int(self.params["MaxParallelTuningJobs"]),
                               int(self.params["MaxTuningJobs"])))
         threads = max(1, cpu_count() // parallel)
 
+        parent = None
+        if self.tracking_uri:
+            from .tracking import start_parent_run
+
+            parent = start_parent_run(self.tracking_uri, self._mlflow_env("")[
+                "MLFLOW_EXPERIMENT_ID"], f"{spec.STEP.TUNE} {self.result.execution_id}")
+
         def run_trial(number, hps, on_line):
             return self._train_job(step_dir / f"trial-{number}", data, hps, on_line, threads,
-                                   ("--checkpoint-dir", ""))
+                                   ("--checkpoint-dir", ""),
+                                   self._mlflow_env(f"trial-{number}", parent))
 
         def on_trial(outcome):
             outcome.log_path = str(step_dir / f"trial-{outcome.number}" / "train.log")
@@ -249,8 +288,15 @@ class LocalPipeline:
             self.echo(f"[{spec.STEP.TUNE}] trial {outcome.number}: {outcome.state}, "
                       f"{spec.OBJECTIVE_METRIC}={value}, {_fmt(outcome.hyperparameters)}")
 
-        outcomes = tuning.tune(self.params, run_trial, n_trials=int(self.params["MaxTuningJobs"]),
-                               parallel=parallel, on_trial=on_trial)
+        try:
+            outcomes = tuning.tune(self.params, run_trial,
+                                   n_trials=int(self.params["MaxTuningJobs"]),
+                                   parallel=parallel, on_trial=on_trial)
+        finally:
+            if parent:
+                from .tracking import end_parent_run
+
+                end_parent_run(self.tracking_uri, parent)
         best = tuning.best(outcomes)
         if best is None:
             errors = [o.error for o in outcomes if o.error]
@@ -265,49 +311,62 @@ class LocalPipeline:
         hps = {k: v for k, v in tuned["best"].items() if k != "epochs"}
         hps["epochs"] = self.params["Epochs"]
         extra = ["--checkpoint-dir", str(step_dir / "checkpoints")]
-        if self.options.debugger_rules:
-            extra += ["--debugger-out", str(step_dir / "debugger")]
-        if self.options.profiler:
-            extra += ["--profile-out", str(step_dir / "profiler")]
+        output_data = step_dir / "output" / "data"  # SM_OUTPUT_DATA_DIR: output.tar.gz in AWS
+        for name, path in spec.TRAIN_FINAL_MONITORING.items():
+            wanted = {"debugger-out": self.options.training_rules,
+                      "profile-out": self.options.profiler}.get(name, False)
+            if wanted:  # the same folders as in SageMaker, under this job's output data
+                extra += [f"--{name}",
+                          *map_paths([path], {spec.TRAINING_OUTPUT_DATA: output_data})]
 
         def on_line(line: str):
             if line.startswith("epoch="):
                 self.echo(f"[{spec.STEP.TRAIN}] {line}")
 
-        result = self._train_job(step_dir, data, hps, on_line, extra_args=extra)
+        result = self._train_job(step_dir, data, hps, on_line, extra_args=extra,
+                                 mlflow_env=self._mlflow_env(
+                                     f"{spec.STEP.TRAIN} {self.result.execution_id}"))
         if result.returncode != 0:
             raise StepFailed(spec.STEP.TRAIN, f"{result.failure_reason} (log: {result.log_path})")
         archive = step_dir / "output" / "model.tar.gz"  # what SageMaker uploads
         with tarfile.open(archive, "w:gz") as tar:
             for item in sorted((step_dir / "model").iterdir()):
                 tar.add(item, arcname=item.name)
-        outputs = {"model_data": str(archive), "hyperparameters": hps}
-        if self.options.debugger_rules:
-            outputs["rules"] = self._evaluate_rules(step_dir / "debugger")
-        if self.options.profiler:
-            from .profiler_report import build_report
-
-            outputs["profiler_report"] = str(build_report(
-                step_dir / "profiler", step_dir / "profiler-report.html",
-                f"{spec.PROFILER_RULE}: {self.name} {self.result.execution_id} {spec.STEP.TRAIN}"))
+        outputs = {"model_data": str(archive), "hyperparameters": hps,
+                   "output_data": str(output_data)}
+        run_file = output_data / RUN_ID_FILE
+        if run_file.is_file():
+            outputs["mlflow_run"] = json.loads(run_file.read_text())
         return outputs
 
-    def _evaluate_rules(self, hook_dir: Path) -> list[dict]:
-        """The Debugger rules on TrainFinal's hook output, as SageMaker's rule jobs would."""
-        try:
-            from .rules import evaluate_rules
+    def _rules(self, step_dir: Path, model: dict) -> dict:
+        """scripts/training_rules.py on TrainFinal's output data, as the cloud step runs it."""
+        outputs = self._processing(spec.RULES_JOB, step_dir, {"training": model["output_data"]},
+                                   spec.STEP.RULES)
+        folder = Path(outputs["rules"])
+        result = {**outputs, "rules_file": str(folder / RULES_FILE),
+                  "profiler_report": str(folder / REPORT_FILE)}
+        for v in json.loads((folder / RULES_FILE).read_text())["rules"]:
+            if self.options.training_rules:
+                where = f" at step {v['step']}" if v["step"] is not None else ""
+                self.echo(f"[{spec.STEP.RULES}] {v['rule']}: {v['status']}{where}"
+                          + (f" ({v['message']})" if v["status"] == "Error" else ""))
+        return result
 
-            verdicts = evaluate_rules(str(hook_dir))
-        except ImportError as exc:
-            verdicts = [{"rule": name, "status": "Error", "step": None,
-                         "message": f"smdebug unavailable: {exc}"}
-                        for name in spec.DEBUGGER_RULES]
-        (hook_dir.parent / "rules.json").write_text(json.dumps(verdicts, indent=2) + "\n")
-        for v in verdicts:
-            where = f" at step {v['step']}" if v["step"] is not None else ""
-            self.echo(f"[{spec.STEP.TRAIN}] rule {v['rule']}: {v['status']}{where}"
-                      + (f" ({v['message']})" if v["status"] == "Error" else ""))
-        return verdicts
+    def _check_rules(self, step_dir: Path, rules: dict) -> bool:
+        """No finding of a blocking rule (BlockingRules), as the cloud ConditionStep."""
+        blocking = json.loads(Path(rules["rules_file"]).read_text())["blocking"]
+        self.echo(f"[{spec.STEP.CHECK_RULES}] blocking rules fired: "
+                  f"{blocking['fired'] or 'none'} (BlockingRules: "
+                  f"{','.join(blocking['rules']) or 'none'})")
+        return blocking["count"] == 0
+
+    def _rules_fired(self, step_dir: Path, rules: dict):
+        blocking = json.loads(Path(rules["rules_file"]).read_text())["blocking"]
+        raise PipelineFailed(
+            f"Training rule(s) {blocking['fired']} found issues in TrainFinal (they are in "
+            f"BlockingRules) - the model was not registered. See {rules['rules_file']} and "
+            f"TrainFinal's log.")
 
     def _evaluate(self, step_dir: Path, data: dict, model: dict) -> dict:
         outputs = self._processing(spec.EVALUATE_JOB, step_dir,
@@ -328,7 +387,7 @@ class LocalPipeline:
         return passed
 
     def _register(self, step_dir: Path, data: dict, tuned: dict, model: dict,
-                  evaluation: dict) -> dict:
+                  evaluation: dict, rules: dict | None) -> dict:
         manifest = json.loads((Path(data["manifest"]) / "manifest.json").read_text())
         # the registered artifact must outlive the execution's folder
         artifact = self.home / "models" / self.group / f"{self.result.execution_id}.tar.gz"
@@ -340,16 +399,35 @@ class LocalPipeline:
                      "validation": json.loads(Path(evaluation["validation"]).read_text())},
             hyperparameters={**self._static_hyperparameters(), **model["hyperparameters"]},
             lineage={"pipeline": self.name, "execution": self.result.execution_id,
+                     **({"mlflow_run_id": model["mlflow_run"]["run_id"]}
+                        if model.get("mlflow_run") else {}),
                      "input": self.params["InputDataUrl"],
                      "data_fingerprint": manifest["fingerprint"],
                      "code_version": self.code_version},
             approval_status=self.params["ModelApprovalStatus"],
+            metadata=self._version_metadata(evaluation, rules, model),
             description=f"{self.params['BaseModel']} from local execution "
                         f"{self.result.execution_id}")
         self.result.registered_version = package.version
         self.echo(f"[{spec.STEP.REGISTER}] {self.group} version {package.version} "
                   f"({package.approval_status})")
         return {"version": package.version, "model_data": str(artifact)}
+
+    def _version_metadata(self, evaluation: dict, rules: dict | None, model: dict) -> dict:
+        """What the cloud RegisterModel records as CustomerMetadataProperties, here too."""
+        metadata = {"validation_accuracy": _accuracy(evaluation["validation"]),
+                    "test_accuracy": _accuracy(evaluation["report"])}
+        if rules is not None:
+            report = json.loads(Path(rules["rules_file"]).read_text())
+            if self.options.training_rules:
+                metadata.update({spec.rule_metadata_key(v["rule"]): v["status"]
+                                 for v in report["rules"]})
+                metadata[spec.BLOCKING_FIRED_METADATA] = report["blocking"]["fired"] or "none"
+            if self.options.profiler:
+                metadata[spec.PROFILER_REPORT_METADATA] = rules["profiler_report"]
+        if model.get("mlflow_run"):
+            metadata[spec.MLFLOW_RUN_METADATA] = model["mlflow_run"]["run_id"]
+        return metadata
 
     def _fail(self, step_dir: Path):
         raise PipelineFailed(
@@ -363,7 +441,7 @@ def _accuracy(report_path: str) -> float:
 
 def _paths(outputs: dict) -> list[str]:
     keys = ("train", "valid", "test", "manifest", "model_data", "evaluation", "report",
-            "validation")
+            "validation", "rules_file", "output_data")
     return [outputs[k] for k in keys if k in outputs and outputs[k]]
 
 

@@ -7,7 +7,7 @@ forward/backward and optimizer. ``--profile-out DIR`` writes
     steps.jsonl    per training step: epoch, step, images, data_s, forward_backward_s,
                    optimizer_s
 
-which pipelines/local/profiler_report.py turns into an HTML report.
+which breedkit/profiler_report.py turns into an HTML report (the TrainingRules step).
 """
 
 from __future__ import annotations

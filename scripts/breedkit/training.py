@@ -91,7 +91,7 @@ def cosine_schedule(optimizer, total_steps: int, warmup_steps: int = 0):
 
 def train_one_epoch(model, loader, optimizer, criterion, device, *, amp_dtype=None, scaler=None,
                     scheduler=None, hook=None, epoch: int = 0, max_steps: int | None = None,
-                    progress=None, profiler=None) -> dict:
+                    progress=None, profiler=None, tracker=None) -> dict:
     """One pass over ``loader``; returns sums (loss, correct, count) and timings for this rank.
 
     Raises TrainingDiverged as soon as the loss is not finite.
@@ -111,6 +111,8 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, amp_dtype=No
         data_seconds += started - tick
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        if hook is not None:
+            hook.begin_step()
         with autocast(device, amp_dtype):
             logits = model(images)
             loss = criterion(logits, labels)
@@ -121,6 +123,10 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, amp_dtype=No
                 f"the run diverged: lower --lr, or check the data")
         optimizer.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler is not None else loss).backward()
+        if hook is not None:
+            hook.after_backward(scaler)
+        if tracker is not None:
+            tracker.after_backward(model)
         if profiler is not None:
             profiler.sync()
             backward_done = time.perf_counter()
@@ -160,6 +166,8 @@ def evaluate(model, loader, criterion, device, *, amp_dtype=None, hook=None) -> 
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
+        if hook is not None:
+            hook.begin_step()
         with autocast(device, amp_dtype):
             logits = model(images)
             loss = criterion(logits.float(), labels)

@@ -1,16 +1,20 @@
-"""SageMaker Debugger's built-in rules, evaluated locally with smdebug on TrainFinal's hook output.
+"""SageMaker Debugger's built-in rules, evaluated with smdebug on TrainFinal's hook output.
 
 The built-in rule implementations are not in any public smdebug release, so these are our own
 ``smdebug.rules.Rule`` subclasses with SageMaker's names, parameters and defaults, evaluated the
 way SageMaker's rule containers do (``invoke_rule`` step by step). Each gives a verdict:
 NoIssuesFound, IssuesFound (with the step where it fired) or Error. They read full tensors
-where SageMaker saved them and the reductions train.py's local hook saves otherwise.
+where they were saved and the reductions train.py's hook saves otherwise. Run by
+scripts/training_rules.py, the TrainingRules step of both backends.
 """
 
 from __future__ import annotations
 
 import math
 import os
+
+import inspect
+from pathlib import Path
 
 os.environ.setdefault("SMDEBUG_LOG_LEVEL", "error")
 
@@ -19,7 +23,7 @@ from smdebug.exceptions import RuleEvaluationConditionMet  # noqa: E402
 from smdebug.rules.rule import Rule  # noqa: E402
 from smdebug.rules.rule_invoker import invoke_rule  # noqa: E402
 
-from pipelines import spec  # noqa: E402
+from .rulespec import RULES as RULE_NAMES  # noqa: E402
 
 
 def _stat(tensor, step: int, reduction: str, abs: bool = False) -> float | None:
@@ -212,32 +216,64 @@ class PoorWeightInitialization(_TrialRule):
         return max(variances) / min(variances) > self.threshold
 
 
-RULES = {
-    "loss_not_decreasing": LossNotDecreasing,
-    "overfit": Overfit,
-    "overtraining": Overtraining,
-    "vanishing_gradient": VanishingGradient,
-    "exploding_tensor": ExplodingTensor,
-    "poor_weight_initialization": PoorWeightInitialization,
-}
+RULES = {cls.__name__: cls for cls in (LossNotDecreasing, Overfit, Overtraining,
+                                        VanishingGradient, ExplodingTensor,
+                                        PoorWeightInitialization)}
+assert tuple(RULES) == RULE_NAMES
+
+
+def parameters(cls) -> dict:
+    """A rule's parameters and their defaults, as reported with its verdict."""
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty and not isinstance(p.default, tuple)
+            and p.default is not None}
+
+
+def event_file_errors(path: str | Path) -> list[str]:
+    """Each event file of the hook output that cannot be read, by name, with the reason."""
+    from smdebug.core.tfevent.event_file_reader import EventFileReader
+
+    errors = []
+    for file in sorted(Path(path).rglob("*.tfevents")):
+        try:
+            list(EventFileReader(str(file)).read_tensors())
+        except Exception as exc:  # noqa: BLE001 - any reader failure means unreadable
+            errors.append(f"{file.relative_to(path)}: {type(exc).__name__}: {exc}")
+    return errors
 
 
 def evaluate_rules(path: str) -> list[dict]:
-    """Verdicts of spec.DEBUGGER_RULES on the hook output at ``path``."""
+    """A verdict for every rule of rulespec.RULES on the hook output at ``path``.
+
+    No hook output (training ended before its first save) or an unreadable event file gives
+    every rule the verdict Error with the reason; a rule that fails gives its own Error.
+    """
+    verdicts = [{"rule": name, "status": "NoIssuesFound", "step": None, "message": "",
+                 "parameters": parameters(cls)} for name, cls in RULES.items()]
+    problem = None
+    if not (Path(path) / "events").is_dir():
+        problem = (f"no hook output in {path}: training ended before its first save step, or "
+                   f"ran without --debugger-out")
+    else:
+        errors = event_file_errors(path)
+        if errors:
+            problem = "unreadable event file " + "; ".join(errors[:3]) + (
+                f" (and {len(errors) - 3} more)" if len(errors) > 3 else "")
+    if problem:
+        for verdict in verdicts:
+            verdict.update(status="Error", message=problem)
+        return verdicts
     from smdebug.trials import create_trial
 
     trial = create_trial(str(path))
-    verdicts = []
-    for key in spec.DEBUGGER_RULES:
-        cls = RULES[key]
-        verdict = {"rule": cls.__name__, "status": "NoIssuesFound", "step": None, "message": ""}
+    for verdict in verdicts:
+        cls = RULES[verdict["rule"]]
         try:
             rule = cls(trial)
             invoke_rule(rule, start_step=0, end_step=rule.last_step + 1, raise_eval_cond=True)
         except RuleEvaluationConditionMet as exc:
             verdict.update(status="IssuesFound", step=exc.step,
-                           message=f"{cls.__name__} fired at step {exc.step}")
+                           message=f"{verdict['rule']} fired at step {exc.step}")
         except Exception as exc:  # noqa: BLE001 - a verdict, as SageMaker's rule jobs give
             verdict.update(status="Error", message=f"{type(exc).__name__}: {exc}")
-        verdicts.append(verdict)
     return verdicts

@@ -1,4 +1,4 @@
-"""The local ProfilerReport: an HTML page from train.py's ``--profile-out`` files.
+"""The profiler report: an HTML page from train.py's ``--profile-out`` files (TrainingRules).
 
 Plots CPU, memory (and GPU) use over time and the time of each training step split into data
 loading, forward/backward and optimizer, with a summary table and plain-language findings.
