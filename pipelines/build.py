@@ -1,12 +1,13 @@
-"""The build pipeline: Preprocess -> HPTuning -> TrainFinal -> Evaluate -> CheckAccuracy ->
-RegisterModel (or AccuracyTooLow). Each step is defined in its own module of ``steps/``."""
+"""The build pipeline: Preprocess -> HPTuning -> TrainFinal -> TrainingRules and Evaluate ->
+CheckTrainingRules -> CheckAccuracy -> RegisterModel (or TrainingRulesFired, AccuracyTooLow).
+Each step is defined in its own module of ``steps/``."""
 
 from __future__ import annotations
 
 from sagemaker.workflow.pipeline import Pipeline
 from sagemaker.workflow.pipeline_definition_config import PipelineDefinitionConfig
 
-from steps import condition, evaluate, preprocess, register, train, tune
+from steps import condition, evaluate, preprocess, register, rules, train, tune
 from steps.context import BuildContext
 
 
@@ -15,14 +16,23 @@ def build_pipeline(ctx: BuildContext) -> Pipeline:
     step_tune = tune.make_step(ctx, step_preprocess)
     step_train = train.make_step(ctx, step_tune, tune.training_inputs(step_preprocess))
     step_evaluate, reports = evaluate.make_step(ctx, step_preprocess, step_train)
-    step_register = register.make_step(ctx, step_train, step_evaluate, reports)
+    options = ctx.options
+    step_rules = (rules.make_step(ctx, step_train) if options.training_rules or options.profiler
+                  else None)
+    step_register = register.make_step(ctx, step_train, step_evaluate, reports, step_rules)
     step_fail = condition.make_fail_step(ctx, step_evaluate, reports)
     step_check = condition.make_step(ctx, step_evaluate, reports, if_steps=[step_register],
                                      else_steps=[step_fail])
+    jobs = [step_preprocess, step_tune, step_train, step_evaluate]
+    if step_rules is not None:
+        jobs.insert(3, step_rules[0])
+    gate = step_check
+    if options.training_rules:  # the rules' gate first, then the accuracy's
+        gate = rules.make_check_step(ctx, *step_rules, if_steps=[step_check])
     return Pipeline(
         name=ctx.pipeline_name,
         parameters=list(ctx.params.values()),
-        steps=[step_preprocess, step_tune, step_train, step_evaluate, step_check],
+        steps=[*jobs, gate],
         sagemaker_session=ctx.session,
         # the steps' fixed job names become the jobs' name prefixes (dogbreed-train-...), so
         # jobs are recognisable in the console; without this, Pipelines drops them

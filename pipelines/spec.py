@@ -249,7 +249,8 @@ RETRY_SERVICE = {"exceptions": ("THROTTLING", "SERVICE_FAULT"), "interval_second
 # What each job installs into its PyTorch container: a file of scripts/requirements/ that becomes
 # the job's own requirements.txt, or None for nothing (see scripts/requirements/README.md).
 JOB_REQUIREMENTS = {"preprocess": None, "tuning": None, "train": "train.txt",
-                    "rules": "rules.txt", "evaluate": "evaluate.txt"}
+                    "train-mlflow": "train-mlflow.txt", "rules": "rules.txt",
+                    "evaluate": "evaluate.txt"}
 REQUIREMENTS_DIR = "requirements"  # under SCRIPTS_DIR; never uploaded itself
 
 # Containers: the newest PyTorch DLC with both training and inference images in SDK 2.257.

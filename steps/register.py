@@ -26,8 +26,9 @@ from pipelines import spec
 from .common import service_retry_policy
 from .condition import accuracy
 from .context import BuildContext
-from .evaluate import report_uri
-from .train import model_artifact
+from .evaluate import report_uri as evaluation_uri
+from .rules import blocking_fired, report_uri, verdict
+from .train import mlflow_run_name, model_artifact
 
 SERVING_ENV = {"SAGEMAKER_PROGRAM": "inference.py",
                "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code",
@@ -41,12 +42,13 @@ def inference_image(ctx: BuildContext, instance_type: str) -> str:
 
 
 def make_step(ctx: BuildContext, train: TrainingStep, evaluate: ProcessingStep,
-              reports: dict) -> ModelStep:
+              reports: dict, rules=None) -> ModelStep:
+    """``rules``: the TrainingRules step and its PropertyFile, when the pipeline has them."""
     model = Model(image_uri=inference_image(ctx, spec.CPU_INFERENCE_INSTANCES[0]),
                   model_data=model_artifact(train), role=ctx.role_arn, env=dict(SERVING_ENV),
                   sagemaker_session=ctx.session)
     metrics = ModelMetrics(model_statistics=MetricsSource(
-        s3_uri=report_uri(evaluate), content_type="application/json"))
+        s3_uri=evaluation_uri(evaluate), content_type="application/json"))
     step_args = model.register(
         content_types=list(spec.CONTENT_TYPES),
         response_types=list(spec.RESPONSE_TYPES),
@@ -56,10 +58,8 @@ def make_step(ctx: BuildContext, train: TrainingStep, evaluate: ProcessingStep,
         approval_status=ctx.p("ModelApprovalStatus"),
         model_metrics=metrics,
         description="ResNet fine-tuned by the DogBreedBuild pipeline",
-        # both accuracies on the version (strings), for the approver and the deploy pipeline
-        customer_metadata_properties={
-            key: Join(on="", values=[accuracy(evaluate, reports[report])])
-            for key, report in spec.ACCURACY_METADATA.items()},
+        # for the approver (Studio, pipelines.registry describe) and the deploy pipeline
+        customer_metadata_properties=metadata(ctx, evaluate, reports, rules),
     )
     request = step_args.create_model_package_request
     request["AdditionalInferenceSpecifications"] = [gpu_specification(ctx, request)]
@@ -67,6 +67,25 @@ def make_step(ctx: BuildContext, train: TrainingStep, evaluate: ProcessingStep,
         request["Tags"] = list(ctx.tags)
     return ModelStep(name=spec.STEP.REGISTER, step_args=step_args,
                      retry_policies=[service_retry_policy()])
+
+
+def metadata(ctx: BuildContext, evaluate: ProcessingStep, reports: dict, rules) -> dict:
+    """CustomerMetadataProperties (strings): both accuracies; each training rule's verdict,
+    the blocking rules that fired and the profiler report's S3 URI; the MLflow run."""
+    values = {key: Join(on="", values=[accuracy(evaluate, reports[report])])
+              for key, report in spec.ACCURACY_METADATA.items()}
+    if rules is not None:
+        step, report = rules
+        if ctx.options.training_rules:
+            for index, name in enumerate(spec.TRAINING_RULES):
+                values[spec.rule_metadata_key(name)] = verdict(step, report, index)
+            values[spec.BLOCKING_FIRED_METADATA] = Join(on="", values=[
+                blocking_fired(step, report)])
+        if ctx.options.profiler:
+            values[spec.PROFILER_REPORT_METADATA] = report_uri(step)
+    if ctx.options.mlflow_arn:
+        values[spec.MLFLOW_RUN_METADATA] = mlflow_run_name(ctx)
+    return values
 
 
 def gpu_specification(ctx: BuildContext, request: dict) -> dict:

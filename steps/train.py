@@ -1,17 +1,26 @@
-"""TrainFinal: train with the tuning job's best hyperparameters, with SageMaker Debugger.
+"""TrainFinal: train with the tuning job's best hyperparameters, writing what the rules read.
 
 Best values come from ``HPTuning``'s BestTrainingJob.TunedHyperParameters; the epochs are the
-``Epochs`` parameter. Debugger: the built-in tensor rules of pipelines.spec.DEBUGGER_RULES, system
-monitoring and the ProfilerReport rule, each switchable when the pipeline is built (Debugger is
-closed to new AWS accounts). With --spot, checkpoints go to S3 (a prefix per execution) so spot
-interruptions resume.
+``Epochs`` parameter. train.py writes its hook output and profiling data into the job's output
+data (spec.TRAIN_FINAL_MONITORING) for the TrainingRules step, and TensorBoard events that the
+job's TensorBoardOutputConfig syncs to S3 (SageMaker's managed TensorBoard reads them). With a
+managed MLflow server (``--mlflow-arn``) the job logs its run there (MlflowConfig).
+
+SageMaker Debugger's built-in rules, system monitoring and ProfilerReport are an opt-in build
+option (``--sagemaker-debugger``), for accounts that still have Debugger: it is closed to new
+customers. With --spot, checkpoints go to S3 (a prefix per execution) so spot interruptions
+resume.
 """
 
 from __future__ import annotations
 
 from sagemaker.debugger import (CollectionConfig, DebuggerHookConfig, ProfilerConfig,
-                                ProfilerRule, Rule, rule_configs)
+                                ProfilerRule, Rule, TensorBoardOutputConfig, rule_configs)
+from sagemaker.workflow.execution_variables import ExecutionVariables
+from sagemaker.workflow.functions import Join
 from sagemaker.workflow.steps import TrainingStep, TuningStep
+
+from breedkit.rulespec import SAGEMAKER_RULE_CONFIGS
 
 from pipelines import spec
 
@@ -39,9 +48,10 @@ class OrderedDebuggerHookConfig(DebuggerHookConfig):
 
 
 def debugger_rules() -> list:
+    """SageMaker Debugger's built-in rules of the names TrainingRules evaluates (opt-in)."""
     rules = []
-    for name in spec.DEBUGGER_RULES:
-        rule = Rule.sagemaker(getattr(rule_configs, name)())
+    for name in spec.TRAINING_RULES:
+        rule = Rule.sagemaker(getattr(rule_configs, SAGEMAKER_RULE_CONFIGS[name])())
         rule.collection_configs = [
             CollectionConfig(c.name, {**c.parameters, **COLLECTION_OVERRIDES.get(c.name, {})})
             for c in rule.collection_configs]
@@ -49,20 +59,45 @@ def debugger_rules() -> list:
     return rules
 
 
+class MlflowTrainingStep(TrainingStep):
+    """The SDK (2.x) has no MlflowConfig: it goes into the CreateTrainingJob request here
+    (tests/test_definition_shapes.py checks it against botocore's shape)."""
+
+    def __init__(self, *args, mlflow_config: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.mlflow_config = mlflow_config
+
+    @property
+    def arguments(self):
+        request = super().arguments
+        if self.mlflow_config:
+            request["MlflowConfig"] = dict(self.mlflow_config)
+        return request
+
+
+def mlflow_run_name(ctx: BuildContext) -> Join:
+    return Join(on="-", values=[ctx.pipeline_name, spec.STEP.TRAIN,
+                                ExecutionVariables.PIPELINE_EXECUTION_ID])
+
+
+def monitoring_hyperparameters(ctx: BuildContext) -> dict:
+    wanted = {"debugger-out": ctx.options.training_rules, "profile-out": ctx.options.profiler,
+              "tensorboard-dir": True}
+    return {name: path for name, path in spec.TRAIN_FINAL_MONITORING.items() if wanted[name]}
+
+
 def make_step(ctx: BuildContext, tuning: TuningStep, inputs: dict) -> TrainingStep:
     tuned = {name: best_hyperparameter(tuning, name) for name in spec.HYPERPARAMETER_RANGES
              if name != "epochs"}
-    kwargs = {}
+    kwargs = {"tensorboard_output_config": TensorBoardOutputConfig(
+        s3_output_path=ctx.s3("tensorboard"), container_local_output_path=spec.TENSORBOARD_DIR)}
     rules = []
-    if ctx.options.debugger_rules:
+    if ctx.options.sagemaker_debugger:
         rules += debugger_rules()
         # each built-in rule adds the collections it reads (losses, gradients, weights,
         # relu_input...); adding our own with other settings would duplicate their names
         kwargs["debugger_hook_config"] = OrderedDebuggerHookConfig(
             s3_output_path=ctx.s3("debugger"))
-    else:
-        kwargs["debugger_hook_config"] = False
-    if ctx.options.profiler:
         # a named rule: the SDK's default name carries a timestamp, which breaks step caching
         rules.append(ProfilerRule.sagemaker(rule_configs.ProfilerReport(),
                                             name=spec.PROFILER_RULE))
@@ -70,14 +105,26 @@ def make_step(ctx: BuildContext, tuning: TuningStep, inputs: dict) -> TrainingSt
             system_monitor_interval_millis=spec.SYSTEM_MONITOR_INTERVAL_MS,
             s3_output_path=ctx.s3("profiler"))
         kwargs["disable_profiler"] = False
+    else:
+        kwargs["debugger_hook_config"] = False
+    mlflow = None
+    if ctx.options.mlflow_arn:
+        mlflow = {"MlflowResourceArn": ctx.options.mlflow_arn,
+                  "MlflowExperimentName": ctx.pipeline_name,
+                  "MlflowRunName": mlflow_run_name(ctx)}
+        # what train.py reads (breedkit.tracking); the sagemaker-mlflow plugin resolves the ARN
+        kwargs["environment"] = {"MLFLOW_TRACKING_URI": ctx.options.mlflow_arn,
+                                 "MLFLOW_EXPERIMENT_NAME": ctx.pipeline_name,
+                                 "MLFLOW_RUN_NAME": mlflow_run_name(ctx)}
     estimator = pytorch_estimator(
-        ctx, {**tuned, "epochs": ctx.p("Epochs")},
-        "train-debugger" if ctx.options.debugger_rules else "train",
+        ctx, {**tuned, "epochs": ctx.p("Epochs"), **monitoring_hyperparameters(ctx)},
+        "train-mlflow" if mlflow else "train",
         instance_count=ctx.options.training_instance_count, checkpoints=True,
         rules=rules or None, **kwargs)
     step_args = estimator.fit(inputs=inputs, job_name="dogbreed-train")
-    return TrainingStep(name=spec.STEP.TRAIN, step_args=step_args, cache_config=cache_config(ctx),
-                        retry_policies=job_retry_policies())
+    return MlflowTrainingStep(name=spec.STEP.TRAIN, step_args=step_args,
+                              cache_config=cache_config(ctx),
+                              retry_policies=job_retry_policies(), mlflow_config=mlflow)
 
 
 def model_artifact(step: TrainingStep):

@@ -37,18 +37,26 @@ def build(fake_aws, tmp_path):
     return _build
 
 
+MLFLOW_ARN = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/team"
+
+
 @pytest.mark.parametrize("options", [
     (),
-    ("--spot", "--training-instance-count", "2", "--no-debugger-rules", "--no-profiler"),
-], ids=["defaults", "spot-2-instances-no-debugger"])
+    ("--spot", "--training-instance-count", "2", "--no-training-rules", "--no-profiler"),
+    ("--sagemaker-debugger", "--mlflow-arn", MLFLOW_ARN),
+], ids=["defaults", "spot-2-instances-no-rules", "sagemaker-debugger-mlflow"])
 def test_our_definition_matches_the_request_shapes(build, options):
     definition = build(*options)
     checked = {name: operation for name, operation, _ in job_steps(definition)}
-    assert checked == {"Preprocess": "CreateProcessingJob",
-                       "HPTuning": "CreateHyperParameterTuningJob",
-                       "TrainFinal": "CreateTrainingJob",
-                       "Evaluate": "CreateProcessingJob",
-                       "RegisterModel-RegisterModel": "CreateModelPackage"}
+    expected = {"Preprocess": "CreateProcessingJob",
+                "HPTuning": "CreateHyperParameterTuningJob",
+                "TrainFinal": "CreateTrainingJob",
+                "TrainingRules": "CreateProcessingJob",
+                "Evaluate": "CreateProcessingJob",
+                "RegisterModel-RegisterModel": "CreateModelPackage"}
+    if "--no-training-rules" in options:
+        del expected["TrainingRules"]
+    assert checked == expected
     problems = validate_definition(definition)
     assert problems == [], "\n".join(problems)
     # Java-only patterns the validator had to skip (reported, not failed on)

@@ -34,12 +34,16 @@ def definition(tmp_path, *args, name="definition.json") -> dict:
 
 
 def steps_by_name(d: dict) -> dict:
+    """Every step, condition branches (nested) included."""
     found = {}
-    for step in d["Steps"]:
-        found[step["Name"]] = step
-        for branch in ("IfSteps", "ElseSteps"):
-            for inner in step.get("Arguments", {}).get(branch, []):
-                found[inner["Name"]] = inner
+
+    def visit(steps):
+        for step in steps:
+            found[step["Name"]] = step
+            for branch in ("IfSteps", "ElseSteps"):
+                visit(step.get("Arguments", {}).get(branch, []))
+
+    visit(d["Steps"])
     return found
 
 
@@ -92,11 +96,13 @@ def test_definition_in_detail(aws, tmp_path):
 
     steps = steps_by_name(d)
     assert [s["Name"] for s in d["Steps"]] == ["Preprocess", "HPTuning", "TrainFinal",
-                                               "Evaluate", "CheckAccuracy"]
+                                               "TrainingRules", "Evaluate", "CheckTrainingRules"]
     types = {name: s["Type"] for name, s in steps.items()}
     assert types == {"Preprocess": "Processing", "HPTuning": "Tuning", "TrainFinal": "Training",
-                     "Evaluate": "Processing", "CheckAccuracy": "Condition",
-                     "RegisterModel-RegisterModel": "RegisterModel", "AccuracyTooLow": "Fail"}
+                     "TrainingRules": "Processing", "Evaluate": "Processing",
+                     "CheckTrainingRules": "Condition", "TrainingRulesFired": "Fail",
+                     "CheckAccuracy": "Condition", "RegisterModel-RegisterModel": "RegisterModel",
+                     "AccuracyTooLow": "Fail"}
 
     pre = steps["Preprocess"]
     assert pre["CacheConfig"]["Enabled"] is True
@@ -142,21 +148,25 @@ def test_definition_in_detail(aws, tmp_path):
         assert f"Steps.HPTuning.BestTrainingJob.TunedHyperParameters['{name}']" in hp
     assert "Parameters.Epochs" in json.dumps(train["HyperParameters"]["epochs"])
     assert "CheckpointConfig" not in train  # only spot jobs resume; a retry starts afresh
-    rules = {r["RuleConfigurationName"] for r in train["DebugRuleConfigurations"]}
-    assert rules == {"LossNotDecreasing", "Overfit", "Overtraining", "VanishingGradient",
-                     "ExplodingTensor", "PoorWeightInitialization"}
-    collections = {c["CollectionName"]: c["CollectionParameters"]
-                   for c in train["DebugHookConfig"]["CollectionConfigurations"]}
-    assert collections["losses"]["save_interval"] == "10"
-    assert [r["RuleConfigurationName"] for r in train["ProfilerRuleConfigurations"]] == [
-        "ProfilerReport"]
-    assert train["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
+    # no SageMaker Debugger by default (closed to new accounts): our hook writes into the
+    # job's output data, TensorBoard events go to S3
+    assert "DebugRuleConfigurations" not in train and "ProfilerRuleConfigurations" not in train
+    assert "DebugHookConfig" not in train
+    assert train["ProfilerConfig"] == {"DisableProfiler": True}
+    assert train["HyperParameters"]["debugger-out"] == '"/opt/ml/output/data/debugger"'
+    assert train["HyperParameters"]["profile-out"] == '"/opt/ml/output/data/profiler"'
+    assert train["HyperParameters"]["tensorboard-dir"] == '"/opt/ml/output/tensorboard"'
+    assert train["TensorBoardOutputConfig"] == {
+        "LocalPath": "/opt/ml/output/tensorboard",
+        "S3OutputPath": f"s3://{BUCKET}/dogbreed/tensorboard"}
+    assert "MlflowConfig" not in train
     assert "EnableManagedSpotTraining" not in train or not train["EnableManagedSpotTraining"]
 
     # job names kept as prefixes (PipelineDefinitionConfig(use_custom_job_prefix=True))
     names = {"Preprocess": ("ProcessingJobName", "dogbreed-preprocess"),
              "HPTuning": ("HyperParameterTuningJobName", "dogbreed-hpo"),
              "TrainFinal": ("TrainingJobName", "dogbreed-train"),
+             "TrainingRules": ("ProcessingJobName", "dogbreed-rules"),
              "Evaluate": ("ProcessingJobName", "dogbreed-evaluate")}
     for step, (member, name) in names.items():
         assert steps[step]["Arguments"][member] == name, step
@@ -183,6 +193,33 @@ def test_definition_in_detail(aws, tmp_path):
     assert "Outputs['test']" in inputs["test"] and "Outputs['valid']" in inputs["valid"]
     arguments = evaluate["Arguments"]["AppSpecification"]["ContainerArguments"]
     assert arguments[arguments.index("--valid-dir") + 1] == "/opt/ml/processing/valid"
+
+    # TrainingRules reads TrainFinal's output.tar.gz (SageMaker's documented layout) and the
+    # blocking rules (a parameter); its rules.json is the first gate
+    rules = steps["TrainingRules"]
+    assert "training_rules.py" in entrypoint_script(rules["Arguments"])
+    (training,) = [i for i in rules["Arguments"]["ProcessingInputs"]
+                   if i["InputName"] == "training"]
+    assert training["S3Input"]["S3Uri"] == {"Std:Join": {"On": "/", "Values": [
+        {"Get": "Steps.TrainFinal.OutputDataConfig.S3OutputPath"},
+        {"Get": "Steps.TrainFinal.TrainingJobName"}, "output", "output.tar.gz"]}}
+    arguments = rules["Arguments"]["AppSpecification"]["ContainerArguments"]
+    assert arguments[arguments.index("--blocking-rules") + 1] == {
+        "Get": "Parameters.BlockingRules"}
+    assert params["BlockingRules"]["DefaultValue"] == "ExplodingTensor,VanishingGradient"
+    assert rules["PropertyFiles"] == [{"PropertyFileName": "TrainingRulesReport",
+                                       "OutputName": "rules", "FilePath": "rules.json"}]
+    (blocking,) = steps["CheckTrainingRules"]["Arguments"]["Conditions"]
+    assert blocking["Type"] == "Equals" and blocking["RightValue"] == 0
+    assert blocking["LeftValue"]["Std:JsonGet"] == {
+        "PropertyFile": {"Get": "Steps.TrainingRules.PropertyFiles.TrainingRulesReport"},
+        "Path": "blocking.count"}
+    assert [s["Name"] for s in steps["CheckTrainingRules"]["Arguments"]["IfSteps"]] == [
+        "CheckAccuracy"]
+    assert [s["Name"] for s in steps["CheckTrainingRules"]["Arguments"]["ElseSteps"]] == [
+        "TrainingRulesFired"]
+    fired = json.dumps(steps["TrainingRulesFired"]["Arguments"]["ErrorMessage"])
+    assert "blocking.fired" in fired and "Training rule(s)" in fired
 
     # the gate is on validation accuracy; the test split's figure is what gets registered
     (condition,) = steps["CheckAccuracy"]["Arguments"]["Conditions"]
@@ -224,6 +261,12 @@ def test_definition_in_detail(aws, tmp_path):
         assert value["Std:JsonGet"] == {
             "PropertyFile": {"Get": f"Steps.Evaluate.PropertyFiles.{report}"},
             "Path": "multiclass_classification_metrics.accuracy.value"}
+    # ... and each training rule's verdict, the blocking findings and the profiler report
+    assert metadata["rule:ExplodingTensor"]["Std:JsonGet"] == {
+        "PropertyFile": {"Get": "Steps.TrainingRules.PropertyFiles.TrainingRulesReport"},
+        "Path": "rules[4].status"}
+    assert "blocking.fired" in json.dumps(metadata["training_rules_blocking_fired"])
+    assert "profiler-report.html" in json.dumps(metadata["profiler_report"])
     assert not any("Repack" in name for name in steps)  # no hidden repack job
 
     message = json.dumps(steps["AccuracyTooLow"]["Arguments"]["ErrorMessage"])
@@ -292,9 +335,14 @@ def test_changed_scripts_change_every_step_that_runs_them(aws, tmp_path, monkeyp
 
 
 def test_build_options_switch_debugger_profiler_spot_and_instances(aws, tmp_path):
-    d = definition(tmp_path, "--no-debugger-rules", "--no-profiler", "--spot",
+    d = definition(tmp_path, "--no-training-rules", "--no-profiler", "--spot",
                    "--training-instance-count", "2")
-    train = steps_by_name(d)["TrainFinal"]["Arguments"]
+    steps = steps_by_name(d)
+    assert "TrainingRules" not in steps and "CheckTrainingRules" not in steps
+    assert [s["Name"] for s in d["Steps"]][-1] == "CheckAccuracy"
+    train = steps["TrainFinal"]["Arguments"]
+    assert "debugger-out" not in train["HyperParameters"]
+    assert "profile-out" not in train["HyperParameters"]
     assert "DebugRuleConfigurations" not in train
     assert "ProfilerRuleConfigurations" not in train
     assert train.get("ProfilerConfig", {}).get("DisableProfiler", True) is True
@@ -305,6 +353,32 @@ def test_build_options_switch_debugger_profiler_spot_and_instances(aws, tmp_path
     assert train["StoppingCondition"]["MaxWaitTimeInSeconds"] == {
         "Get": "Parameters.MaxRuntimeSeconds"}
     assert train["ResourceConfig"]["InstanceCount"] == 2  # train.py joins the hosts itself
+
+
+def test_opt_in_sagemaker_debugger_and_managed_mlflow(aws, tmp_path):
+    """For accounts that still have Debugger: its built-in rules (the TrainingRules' names),
+    system monitoring and ProfilerReport, on top of our own rules step. With a managed MLflow
+    server: MlflowConfig on TrainFinal, and the run named on the registered version."""
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/team"
+    steps = steps_by_name(definition(tmp_path, "--sagemaker-debugger", "--mlflow-arn", arn))
+    train = steps["TrainFinal"]["Arguments"]
+    rules = {r["RuleConfigurationName"] for r in train["DebugRuleConfigurations"]}
+    assert rules == set(spec.TRAINING_RULES)
+    collections = {c["CollectionName"]: c["CollectionParameters"]
+                   for c in train["DebugHookConfig"]["CollectionConfigurations"]}
+    assert collections["losses"]["save_interval"] == "10"
+    assert [r["RuleConfigurationName"] for r in train["ProfilerRuleConfigurations"]] == [
+        "ProfilerReport"]
+    assert train["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
+    assert "TrainingRules" in steps  # ours too
+    run_name = {"Std:Join": {"On": "-", "Values": [
+        "DogBreedBuild", "TrainFinal", {"Get": "Execution.PipelineExecutionId"}]}}
+    assert train["MlflowConfig"] == {"MlflowResourceArn": arn,
+                                     "MlflowExperimentName": "DogBreedBuild",
+                                     "MlflowRunName": run_name}
+    assert train["Environment"]["MLFLOW_TRACKING_URI"] == arn
+    metadata = steps["RegisterModel-RegisterModel"]["Arguments"]["CustomerMetadataProperties"]
+    assert metadata["mlflow_run"] == run_name
 
 
 def test_start_passes_parameters(aws, capsys):
@@ -467,18 +541,21 @@ def requirement_names(files: dict) -> set:
 
 def test_each_job_installs_only_what_it_needs(aws, tmp_path):
     """The PyTorch DLCs have torch, torchvision, Pillow, numpy, scikit-learn, tqdm and psutil;
-    smdebug (and its protobuf<=3.20.3 pin) goes only where the Debugger hook runs."""
+    smdebug (and its protobuf<=3.20.3 pin) goes only where the hook runs or is read."""
     sources = uploaded_sources(definition(tmp_path))
-    assert set(sources) == {"Preprocess", "HPTuning", "TrainFinal", "Evaluate"}
+    assert set(sources) == {"Preprocess", "HPTuning", "TrainFinal", "TrainingRules", "Evaluate"}
     for files in sources.values():
         assert "train.py" in files and "breedkit/model.py" in files  # the scripts, whole
         assert not any(name.startswith("requirements/") for name in files)
     assert requirement_names(sources["Preprocess"]) == set()
     assert requirement_names(sources["HPTuning"]) == set()  # every trial: nothing to install
-    assert requirement_names(sources["TrainFinal"]) == {"smdebug"}
+    assert requirement_names(sources["TrainFinal"]) == {"smdebug", "tensorboard"}
+    assert requirement_names(sources["TrainingRules"]) == {"smdebug", "pandas", "matplotlib"}
     assert requirement_names(sources["Evaluate"]) == {"matplotlib"}
-    without = uploaded_sources(definition(tmp_path, "--no-debugger-rules", name="plain.json"))
-    assert requirement_names(without["TrainFinal"]) == set()
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/team"
+    tracked = uploaded_sources(definition(tmp_path, "--mlflow-arn", arn, name="mlflow.json"))
+    assert requirement_names(tracked["TrainFinal"]) == {"smdebug", "tensorboard",
+                                                        "mlflow-skinny", "sagemaker-mlflow"}
 
 
 def test_the_pipeline_description_does_not_import_torch():
