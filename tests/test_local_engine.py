@@ -184,6 +184,37 @@ def test_a_blocking_rule_finding_keeps_the_model_out_of_the_registry(home, monke
     assert package.metadata["rule:ExplodingTensor"] == "IssuesFound"
 
 
+def test_mlflow_runs_of_trials_under_the_tuning_run_and_of_train_final(home, capsys,
+                                                                      monkeypatch):
+    """--local --mlflow: a store under the home, trials as children of the tuning run, and the
+    registered version names TrainFinal's run."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code = run.main(["--local", "--home", str(home["home"]), "--mlflow", "--no-profiler",
+                     "--pipeline-name", "Tracked", "--model-package-group", "Tracked",
+                     *[f"--param={k}={v}" for k, v in SMALL.items() if k != "Epochs"],
+                     "--param=Epochs=1", f"--param=InputDataUrl={home['data']}"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    client = MlflowClient(f"sqlite:///{home['home'] / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("Tracked")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    (tuning,) = [r for name, r in runs.items() if name.startswith("HPTuning ")]
+    trials = [r for name, r in runs.items() if name.startswith("trial-")]
+    assert len(trials) == 2
+    assert all(t.data.tags["mlflow.parentRunId"] == tuning.info.run_id for t in trials)
+    assert all("valid_accuracy" in t.data.metrics and t.data.params["arch"] == "resnet18"
+               for t in trials)
+    (final,) = [r for name, r in runs.items() if name.startswith("TrainFinal ")]
+    assert final.info.status == "FINISHED" and "mlflow.parentRunId" not in final.data.tags
+    assert {a.path for a in client.list_artifacts(final.info.run_id, "model")} >= {
+        "model/model.pth"}
+    package = LocalRegistry(home["home"]).list("Tracked")[0]
+    assert package.metadata["mlflow_run"] == final.info.run_id
+    assert package.lineage["mlflow_run_id"] == final.info.run_id
+
+
 def test_ctrl_c_marks_the_execution_stopped(home, monkeypatch, capsys):
     def interrupted(self, step_dir, evaluation):
         raise KeyboardInterrupt
