@@ -268,9 +268,12 @@ def _show_local(args, home: Path) -> int:
 
     if args.param:
         raise CliError("--list and --describe only show executions; they take no --param")
-    if not (home / "engine.sqlite").is_file():
-        raise CliError(f"no local executions under {home} (choose the home with --home or "
-                       f"$DOGBREED_HOME)")
+    if not (home / "engine.sqlite").is_file():  # (and do not create the home)
+        if args.describe:
+            raise CliError(f"no local executions under {home} (choose the home with --home "
+                           f"or $DOGBREED_HOME)")
+        print(f"no local executions under {home}")
+        return 0
     store = Store(home)
     store.fail_orphans()
     try:

@@ -119,15 +119,19 @@ def test_kill_9_of_the_engine_takes_its_jobs_and_the_next_run_marks_it_failed(tm
 
 def test_list_and_describe_show_steps_cache_sources_logs_and_errors(tmp_path, capsys):
     home = tmp_path / "home"
+    logs = tmp_path / "logs"
+    for step in ("first/Preprocess", "second/Preprocess", "second/HPTuning"):
+        (logs / step).mkdir(parents=True)
+        (logs / step / "step.log").write_text("...\n")
     store = Store(home)
     first = store.new_execution("DogBreedBuild", {"Epochs": 1})
-    store.start_step(first, "Preprocess", "/logs/first/Preprocess/step.log")
+    store.start_step(first, "Preprocess", f"{logs}/first/Preprocess/step.log")
     store.end_step(first, "Preprocess", "Succeeded", 1.5)
     store.end_execution(first, "Succeeded")
     second = store.new_execution("DogBreedBuild", {"Epochs": 2})
-    store.start_step(second, "Preprocess", "/logs/second/Preprocess/step.log")
+    store.start_step(second, "Preprocess", f"{logs}/second/Preprocess/step.log")
     store.end_step(second, "Preprocess", "Succeeded", 0.1, cached_from=first)
-    store.start_step(second, "HPTuning", "/logs/second/HPTuning/step.log")
+    store.start_step(second, "HPTuning", f"{logs}/second/HPTuning/step.log")
     store.end_step(second, "HPTuning", "Failed", 2.0, error="no tuning trial completed")
     store.end_execution(second, "Failed", "HPTuning failed: no tuning trial completed")
 
@@ -142,9 +146,9 @@ def test_list_and_describe_show_steps_cache_sources_logs_and_errors(tmp_path, ca
     assert f"execution {second}" in out and "Failed" in out
     pre = next(line for line in out.splitlines() if line.strip().startswith("Preprocess"))
     assert "Succeeded" in pre and f"cache hit ({first})" in pre
-    assert "/logs/second/Preprocess/step.log" in pre
+    assert f"{logs}/second/Preprocess/step.log" in pre
     tune = next(line for line in out.splitlines() if line.strip().startswith("HPTuning"))
-    assert "Failed" in tune and "/logs/second/HPTuning/step.log" in tune
+    assert "Failed" in tune and f"{logs}/second/HPTuning/step.log" in tune
     assert "error: no tuning trial completed" in out
     assert '"Epochs": 2' in out or "Epochs=2" in out  # the parameters it ran with
 
@@ -153,6 +157,9 @@ def test_list_and_describe_show_steps_cache_sources_logs_and_errors(tmp_path, ca
     assert "no execution nope" in err and second in err
     assert run.main(["--home", str(home), "--list"]) == 2  # local only
     assert "--local" in capsys.readouterr().err
+    assert run.main(["--local", "--home", str(tmp_path / "fresh"), "--list"]) == 0
+    assert "no local executions" in capsys.readouterr().out
+    assert not (tmp_path / "fresh").exists()  # looking creates nothing
 
 
 def test_two_runs_started_at_once_on_one_home_both_finish(tmp_path):

@@ -1,10 +1,12 @@
 """Past executions of the local engine, as ``python -m pipelines.run --local --list`` and
-``--describe EXECUTION`` print them."""
+``--describe EXECUTION`` print them. A step's log is shown where the step wrote one (the
+processing and training steps; HPTuning's are its trials')."""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
+from pathlib import Path
 
 from .store import Store
 
@@ -38,8 +40,8 @@ def describe_execution(store: Store, execution_id: str) -> str:
     for s in e["steps"]:
         cache = f"cache hit ({s['cached_from']})" if s["cached_from"] else "ran"
         seconds = f"{s['seconds']:.1f}" if s["seconds"] is not None else "-"
-        lines.append(f"  {s['name']:<16} {s['status']:<10} {seconds:>8}  {cache:<32} "
-                     f"{s['log_path'] or '-'}")
+        log = s["log_path"] if s["log_path"] and Path(s["log_path"]).exists() else "-"
+        lines.append(f"  {s['name']:<16} {s['status']:<10} {seconds:>8}  {cache:<32} {log}")
         if s["error"]:
             lines.append(f"  {'':<16} error: {s['error']}")
     for t in e["trials"]:
