@@ -38,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--definition-out", metavar="FILE", help="write the definition JSON here")
     act.add_argument("--local", action="store_true",
                      help="run the whole pipeline on this machine (no AWS, no Docker)")
+    act.add_argument("--list", action="store_true",
+                     help="with --local: list past local executions, newest first")
+    act.add_argument("--describe", metavar="EXECUTION",
+                     help="with --local: one local execution's steps (status, cache source, "
+                          "log, error) and tuning trials; an id or a unique prefix of one")
     p.add_argument("--home", help="local engine state (default $DOGBREED_HOME or ./.dogbreed)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="pipeline parameter for --start (repeatable): "
@@ -175,6 +180,8 @@ def _run(args) -> int:
 
     if args.local:
         return _run_local(args)
+    if args.list or args.describe:
+        raise CliError("--list and --describe show the local engine's executions: add --local")
     if not (args.upsert or args.start or args.definition_out or args.wait):
         raise CliError("nothing to do: pass --upsert, --start, --wait or --definition-out")
     if args.wait and not args.start:
@@ -248,9 +255,12 @@ def _run_local(args) -> int:
     if args.upsert or args.start or args.wait or args.definition_out:
         raise CliError("--local runs the pipeline here; it does not combine with --upsert, "
                        "--start, --wait or --definition-out")
+    from pipelines.registry import home_dir
+
+    if args.list or args.describe:
+        return _show_local(args, home_dir(args.home))
     params = parse_params(args.param)
     from pipelines.local.engine import LocalPipeline, summary
-    from pipelines.registry import home_dir
     from pipelines.spec import BuildOptions
 
     options = BuildOptions(training_rules=not args.no_training_rules,
@@ -264,6 +274,30 @@ def _run_local(args) -> int:
     result = engine.run(params)
     print(summary(result), flush=True)
     return 0 if result.status == "Succeeded" else 130 if result.status == "Stopped" else 1
+
+
+def _show_local(args, home: Path) -> int:
+    """--list / --describe: what the engine recorded, after marking executions whose engine
+    died as Failed."""
+    from pipelines.local.history import describe_execution, list_executions
+    from pipelines.local.store import Store, UnknownExecution
+
+    if args.param:
+        raise CliError("--list and --describe only show executions; they take no --param")
+    if not (home / "engine.sqlite").is_file():  # (and do not create the home)
+        if args.describe:
+            raise CliError(f"no local executions under {home} (choose the home with --home "
+                           f"or $DOGBREED_HOME)")
+        print(f"no local executions under {home}")
+        return 0
+    store = Store(home)
+    store.fail_orphans()
+    try:
+        print(list_executions(store) if args.list else
+              describe_execution(store, args.describe), flush=True)
+    except UnknownExecution as exc:
+        raise CliError(str(exc)) from None
+    return 0
 
 
 def _as_text(value) -> str:

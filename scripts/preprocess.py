@@ -5,15 +5,18 @@ one .zip), laid out either
   - already split: train/ valid/ test/ (also val/, validation/), each with <class>/<images>,
     like dogImages (133 folders such as 001.Affenpinscher); a missing valid/ or test/ split is
     carved out of train/; or
-  - unsplit: <class>/<images>, split stratified and deterministically by --seed,
-    --valid-ratio and --test-ratio.
+  - unsplit: <class>/<images>, split per class by a hash of each image's path under its
+    class folder and --seed, so adding or removing images never moves the others (see
+    assign_splits), with about --valid-ratio and --test-ratio of each class.
 Single wrapper folders (dogImages/...) are looked through; zips are read in place, never
-extracted, and __MACOSX/ and hidden files are ignored.
+extracted, and __MACOSX/ and hidden files are ignored. Zip entries with an absolute path or a
+".." part, and files whose names are not valid UTF-8, are skipped and listed.
 
 Output (--output-dir, default /opt/ml/processing):
   train/ valid/ test/   <class>/<name>.jpg, RGB, shorter side --image-size, EXIF-upright
   manifest/manifest.json  classes in label order, counts per split and class, skipped files with
-                          the reason, parameters, and a fingerprint of the input
+                          the reason, identical files found in more than one split, parameters,
+                          and a fingerprint of the input
 
 Unreadable, truncated, empty and non-image files, and images over --max-image-pixels, are
 skipped and reported. The same input and arguments give byte-identical output. Nothing in the
@@ -27,8 +30,9 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
-import random
+import re
 import shutil
 import sys
 import zipfile
@@ -80,10 +84,36 @@ class Source:
     is_zip: bool
     files: dict[str, str] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # zip entry -> why it is not read
 
 
 def _ignored(parts) -> bool:
     return any(part.startswith(".") or part in IGNORED_DIRS for part in parts)
+
+
+def _unsafe_entry(name: str) -> str | None:
+    """Why a zip entry's name is refused: it must be a relative path inside the archive."""
+    posix = name.replace("\\", "/")
+    if posix.startswith("/") or re.match(r"[A-Za-z]:", posix):
+        return ("absolute path in the zip archive: refused (entries must be relative, like "
+                "<class>/<image>); re-create the archive from inside the data folder")
+    if ".." in posix.split("/"):
+        return ("'..' in the path inside the zip archive: refused (it points outside the "
+                "archive's folder); re-create the archive from inside the data folder")
+    return None
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # undecodable bytes, kept by the file system layer as surrogates
+        return False
+
+
+def _printable(name: str) -> str:
+    """A name whose bytes are not UTF-8, with those bytes as \\xNN (JSON- and log-safe)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def open_source(input_path: str) -> Source:
@@ -103,13 +133,22 @@ def open_source(input_path: str) -> Source:
         try:
             with zipfile.ZipFile(path) as zf:
                 for info in zf.infolist():
-                    rel = PurePosixPath(info.filename)
-                    if info.is_dir() or _ignored(rel.parts) or ".." in rel.parts:
+                    if info.is_dir():
                         continue
-                    source.files[str(rel).lstrip("/")] = info.filename
-                    source.sizes[str(rel).lstrip("/")] = info.file_size
+                    refused = _unsafe_entry(info.filename)
+                    if refused:
+                        source.refused[info.filename] = refused
+                        continue
+                    rel = PurePosixPath(info.filename)
+                    if _ignored(rel.parts):
+                        continue
+                    source.files[str(rel)] = info.filename
+                    source.sizes[str(rel)] = info.file_size
         except (zipfile.BadZipFile, OSError) as exc:
             raise UserError(f"cannot read zip archive {path}: {exc}") from None
+        except UnicodeDecodeError as exc:  # marked UTF-8 but is not
+            raise UserError(f"cannot read zip archive {path}: an entry's name is marked UTF-8 "
+                            f"but is not ({exc}); re-create the archive") from None
     elif path.is_dir():
         source = Source(str(path), False)
         for dirpath, dirnames, filenames in os.walk(path):
@@ -127,7 +166,7 @@ def open_source(input_path: str) -> Source:
     else:
         raise UserError(f"input {path} does not exist; pass --input-dir with a folder or .zip "
                         f"of images (<class>/<image> or train|valid|test/<class>/<image>)")
-    if not source.files:
+    if not source.files and not source.refused:
         raise UserError(f"no files found in {input_path}")
     return source
 
@@ -223,9 +262,18 @@ def plan_items(source: Source) -> tuple[str, list[Item]]:
     for full_rel in sorted(source.files):
         rel = full_rel[len(root) + 1:] if root else full_rel
         items.append(Item(rel, source.files[full_rel], source.sizes.get(full_rel, 0), None, None))
-    tops = {PurePosixPath(i.rel).parts[0] for i in items if len(PurePosixPath(i.rel).parts) > 1}
+        if not _utf8(rel):
+            items[-1].rel = _printable(rel)
+            items[-1].reason = ("file name is not valid UTF-8 (shown with its bytes as \\xNN): "
+                                "rename it, e.g. convmv -f latin1 -t utf8 -r --notest <folder>")
+    items += [Item(name, name, 0, None, None, reason) for name, reason in
+              sorted(source.refused.items())]
+    tops = {PurePosixPath(i.rel).parts[0] for i in items
+            if i.reason is None and len(PurePosixPath(i.rel).parts) > 1}
     presplit = any(SPLIT_ALIASES.get(top.lower()) == "train" for top in tops)
     for item in items:
+        if item.reason is not None:
+            continue
         parts = PurePosixPath(item.rel).parts
         if presplit:
             split = SPLIT_ALIASES.get(parts[0].lower())
@@ -242,15 +290,56 @@ def plan_items(source: Source) -> tuple[str, list[Item]]:
     return ("presplit" if presplit else "unsplit"), items
 
 
-def split_counts(n: int, valid_ratio: float, test_ratio: float) -> tuple[int, int]:
-    n_valid = max(1, round(n * valid_ratio)) if valid_ratio > 0 else 0
-    n_test = max(1, round(n * test_ratio)) if test_ratio > 0 else 0
-    return n_valid, n_test
+def split_bounds(n: int, ratio: float) -> tuple[int, int]:
+    """How many of a class's ``n`` images a split with ``ratio`` may hold: at least one when
+    ratio > 0, and within two binomial standard deviations of n * ratio (rounded outwards),
+    where about 95% of hash draws fall anyway, so corrections (and the moves they cause when
+    a class grows) are rare."""
+    if ratio <= 0:
+        return 0, 0
+    expected, sd = n * ratio, math.sqrt(n * ratio * (1 - ratio))
+    return max(1, math.floor(expected - 2 * sd)), math.ceil(expected + 2 * sd)
+
+
+def hash_position(seed: int, path_in_class: str) -> float:
+    """Where an image falls in [0, 1): a hash of its path under the class folder and the seed
+    (stable across runs, machines, and images added or removed around it)."""
+    digest = hashlib.sha256(f"{seed}\0{path_in_class}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0 ** 64
+
+
+def split_class(members: list[Item], positions: dict[str, float], ratios: tuple[float, float]
+                ) -> bool:
+    """Split one class; False if it is too small to give each split its minimum.
+
+    In hash order, valid takes positions below valid_ratio, test those up to
+    valid_ratio + test_ratio, train the rest, so each image's split depends on its own path
+    alone. Only where that leaves a split outside ``split_bounds`` (small classes, unlucky
+    draws) do the boundaries move, by as few images as bring the counts into bounds."""
+    n = len(members)
+    (valid_low, valid_high), (test_low, test_high) = (split_bounds(n, r) for r in ratios)
+    if valid_low + test_low + 1 > n:
+        return False
+    ordered = sorted(members, key=lambda i: (positions[i.rel], i.rel))
+    natural_valid = sum(1 for i in ordered if positions[i.rel] < ratios[0])
+    natural_test = sum(1 for i in ordered if positions[i.rel] < ratios[0] + ratios[1]) - \
+        natural_valid
+    n_valid = min(max(natural_valid, valid_low), valid_high)
+    n_test = min(max(natural_test, test_low), test_high)
+    while n_valid + n_test > n - 1:  # leave at least one image to train on
+        if n_valid > valid_low and (n_valid - n * ratios[0] >= n_test - n * ratios[1]
+                                    or n_test == test_low):
+            n_valid -= 1
+        else:
+            n_test -= 1
+    for k, item in enumerate(ordered):
+        item.split = "valid" if k < n_valid else "test" if k < n_valid + n_test else "train"
+    return True
 
 
 def assign_splits(items: list[Item], layout: str, seed: int, valid_ratio: float,
                   test_ratio: float) -> None:
-    """Give every good item a split: stratified per class, seeded per class by name."""
+    """Give every good item a split: per class, by a stable hash of its path (split_class)."""
     good = [i for i in items if i.reason is None]
     if layout == "presplit":
         present = {i.split for i in good}
@@ -262,23 +351,34 @@ def assign_splits(items: list[Item], layout: str, seed: int, valid_ratio: float,
         ratios = (valid_ratio if "valid" in missing else 0, test_ratio if "test" in missing else 0)
     else:
         pool, ratios = good, (valid_ratio, test_ratio)
+    depth = 2 if layout == "presplit" else 1  # <split>/<class>/ or <class>/
+    positions = {i.rel: hash_position(seed, "/".join(PurePosixPath(i.rel).parts[depth:]))
+                 for i in pool}
     by_class: dict[str, list[Item]] = defaultdict(list)
     for item in pool:
         by_class[item.cls].append(item)
     too_small = []
     for cls in sorted(by_class):
-        members = sorted(by_class[cls], key=lambda i: i.rel)
-        n_valid, n_test = split_counts(len(members), *ratios)
-        if len(members) - n_valid - n_test < 1:
-            too_small.append(f"{cls} ({len(members)} usable image(s), needs at least "
-                             f"{n_valid + n_test + 1})")
-            continue
-        random.Random(f"{seed}/{cls}").shuffle(members)
-        for k, item in enumerate(members):
-            item.split = "valid" if k < n_valid else "test" if k < n_valid + n_test else "train"
+        if not split_class(by_class[cls], positions, ratios):
+            needs = sum(split_bounds(len(by_class[cls]), r)[0] for r in ratios) + 1
+            too_small.append(f"{cls} ({len(by_class[cls])} usable image(s), needs at least "
+                             f"{needs})")
     if too_small:
         raise UserError("too few images to split class " + "; ".join(too_small) +
                         ". Add images, lower --valid-ratio/--test-ratio, or remove the class")
+
+
+def duplicates_across_splits(items: list[Item]) -> list[dict]:
+    """Groups of byte-identical images that ended up in more than one split."""
+    by_digest: dict[str, list[Item]] = defaultdict(list)
+    for item in items:
+        if item.reason is None and item.digest:
+            by_digest[item.digest].append(item)
+    return [{"sha256": digest,
+             "files": [{"file": i.rel, "split": i.split} for i in sorted(group,
+                                                                         key=lambda i: i.rel)]}
+            for digest, group in sorted(by_digest.items())
+            if len({i.split for i in group}) > 1]
 
 
 def output_names(items: list[Item]) -> dict[int, str]:
@@ -410,6 +510,7 @@ def main(argv=None) -> int:
         classes = check_classes(items, layout)
         assign_splits(items, layout, args.seed, args.valid_ratio, args.test_ratio)
         names = output_names(items)
+        duplicates = duplicates_across_splits(items)
         skipped = [{"file": i.rel, "reason": i.reason} for i in items if i.reason is not None]
         counts = {}
         for split in SPLITS:
@@ -422,6 +523,7 @@ def main(argv=None) -> int:
             "layout": layout,
             "counts": counts,
             "skipped": skipped,
+            "duplicates_across_splits": duplicates,
             "fingerprint": fingerprint(items),
             "parameters": {"image_size": args.image_size, "seed": args.seed,
                            "valid_ratio": args.valid_ratio, "test_ratio": args.test_ratio,
@@ -446,6 +548,10 @@ def main(argv=None) -> int:
     if len(skipped) > 20:
         log.warning("... and %d more skipped files, listed in manifest/manifest.json",
                     len(skipped) - 20)
+    if duplicates:
+        log.warning("%d group(s) of identical files are in more than one split (listed under "
+                    "duplicates_across_splits in manifest/manifest.json): an image in both train "
+                    "and test flatters the test accuracy; remove the copies", len(duplicates))
     return 0
 
 

@@ -99,6 +99,8 @@ class LocalPipeline:
         params = {**{p.name: p.default for p in spec.PARAMETERS}, **params}
         if not params["InputDataUrl"]:
             params["InputDataUrl"] = "sklearn-digits"
+        for orphan in self.store.fail_orphans():
+            self.echo(f"execution {orphan['id']} marked Failed: {orphan['error']}")
         execution_id = self.store.new_execution(self.name, params)
         self.root = self.home / "pipelines" / self.name / execution_id
         self.result = RunResult(execution_id, "Executing")

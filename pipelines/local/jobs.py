@@ -4,7 +4,8 @@ Training jobs get the SM_* variables a SageMaker training container sets (channe
 output folders, hyperparameters) and their hyperparameters as ``--name value`` arguments;
 processing jobs get their arguments with container paths mapped to local folders. Output goes
 to a log file (and, line by line, to a callback); a failure reason written by the script to
-``SM_OUTPUT_DIR/failure`` is returned like SageMaker's FailureReason.
+``SM_OUTPUT_DIR/failure`` is returned like SageMaker's FailureReason. Each job runs under
+guard.py in a process group of its own, which dies with the engine, even a killed one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Callable
 
 from pipelines.spec import SCRIPTS_DIR
+
+GUARD = Path(__file__).with_name("guard.py")
 
 
 @dataclass
@@ -81,7 +84,8 @@ def run_script(script: str, args: list[str], log_path: Path, *, env: dict | None
         failure_file.unlink()
     stopped = False
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen([sys.executable, str(Path(SCRIPTS_DIR) / script), *args],
+        command = [sys.executable, str(Path(SCRIPTS_DIR) / script), *args]
+        proc = subprocess.Popen([sys.executable, str(GUARD), str(os.getpid()), "--", *command],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=full_env, cwd=str(log_path.parent),
                                 start_new_session=True)

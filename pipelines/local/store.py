@@ -1,9 +1,17 @@
-"""The local engine's records in SQLite: executions, steps, tuning trials and the step cache."""
+"""The local engine's records in SQLite: executions, steps, tuning trials and the step cache.
+
+An execution is ``Executing`` only while its engine process lives: the engine holds an
+exclusive lock on ``<home>/locks/<execution>.lock`` (released by the system however the
+process ends), and ``fail_orphans`` marks executions whose lock nobody holds as Failed.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
+import sqlite3
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,7 +21,8 @@ from pipelines.sqlite import connect, initialize
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
     id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, status TEXT NOT NULL,
-    parameters TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, error TEXT
+    parameters TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, error TEXT,
+    engine_pid INTEGER
 );
 CREATE TABLE IF NOT EXISTS steps (
     execution_id TEXT NOT NULL REFERENCES executions(id), name TEXT NOT NULL,
@@ -38,10 +47,21 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class UnknownExecution(Exception):
+    """No execution matches an id (or id prefix) asked for."""
+
+
 class Store:
     def __init__(self, home: Path):
         self.path = Path(home) / "engine.sqlite"
+        self.locks = Path(home) / "locks"
         initialize(self.path, _SCHEMA)
+        with self._db() as db:  # homes written before the engine's pid was recorded
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(executions)")}
+            if "engine_pid" not in columns:
+                with contextlib.suppress(sqlite3.OperationalError):  # another process did it
+                    db.execute("ALTER TABLE executions ADD COLUMN engine_pid INTEGER")
+        self._held: dict[str, int] = {}  # execution id -> its lock's file descriptor
 
     @contextlib.contextmanager
     def _db(self):
@@ -52,18 +72,76 @@ class Store:
             db.close()
 
     def new_execution(self, pipeline: str, parameters: dict) -> str:
+        """A new Executing execution, locked by this process until ``end_execution``."""
         execution_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + \
             uuid.uuid4().hex[:6]
+        self.locks.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._lock_path(execution_id), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a new file: nobody else holds it
+        self._held[execution_id] = fd
         with self._db() as db:
-            db.execute("INSERT INTO executions (id, pipeline, status, parameters, started_at) "
-                       "VALUES (?, ?, 'Executing', ?, ?)",
-                       (execution_id, pipeline, json.dumps(parameters), now()))
+            db.execute("INSERT INTO executions (id, pipeline, status, parameters, started_at, "
+                       "engine_pid) VALUES (?, ?, 'Executing', ?, ?, ?)",
+                       (execution_id, pipeline, json.dumps(parameters), now(), os.getpid()))
         return execution_id
 
     def end_execution(self, execution_id: str, status: str, error: str | None = None) -> None:
         with self._db() as db:
             db.execute("UPDATE executions SET status = ?, ended_at = ?, error = ? WHERE id = ?",
                        (status, now(), error, execution_id))
+        fd = self._held.pop(execution_id, None)
+        if fd is not None:  # only after the status: see fail_orphans
+            with contextlib.suppress(FileNotFoundError):
+                self._lock_path(execution_id).unlink()
+            os.close(fd)
+
+    def _lock_path(self, execution_id: str) -> Path:
+        return self.locks / f"{execution_id}.lock"
+
+    def _engine_alive(self, execution_id: str) -> bool:
+        """Whether some process holds the execution's lock (its engine, alive)."""
+        try:
+            fd = os.open(self._lock_path(execution_id), os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # (releases the lock if this process just took it)
+        return False
+
+    def fail_orphans(self) -> list[dict]:
+        """Mark Failed every Executing execution whose engine is gone (killed, crashed, the
+        machine restarted), and its Executing steps; return those executions."""
+        with self._db() as db:
+            running = db.execute("SELECT id, engine_pid FROM executions WHERE status = "
+                                 "'Executing' ORDER BY started_at").fetchall()
+        failed = []
+        for row in running:
+            if self._engine_alive(row["id"]):
+                continue
+            pid = row["engine_pid"]
+            engine = f"engine process {pid}" if pid is not None else "its engine process"
+            error = (f"{engine} died while this execution was running (killed or crashed); "
+                     f"run the pipeline again: completed steps are reused from the cache")
+            with self._db() as db:
+                db.execute("BEGIN IMMEDIATE")
+                # the status condition: an engine that just ended has its real status already
+                marked = db.execute("UPDATE executions SET status = 'Failed', ended_at = ?, "
+                                    "error = ? WHERE id = ? AND status = 'Executing'",
+                                    (now(), error, row["id"])).rowcount
+                if marked:
+                    db.execute("UPDATE steps SET status = 'Failed', ended_at = ?, error = ? "
+                               "WHERE execution_id = ? AND status = 'Executing'",
+                               (now(), error, row["id"]))
+                db.execute("COMMIT")
+            with contextlib.suppress(FileNotFoundError):
+                self._lock_path(row["id"]).unlink()
+            if marked:
+                failed.append({"id": row["id"], "engine_pid": pid, "error": error})
+        return failed
 
     def start_step(self, execution_id: str, name: str, log_path: str | None = None) -> None:
         with self._db() as db:
@@ -102,10 +180,37 @@ class Store:
             db.execute("INSERT OR REPLACE INTO step_cache VALUES (?, ?, ?, ?, ?, ?)",
                        (pipeline, step, cache_key, execution_id, json.dumps(outputs), now()))
 
+    def executions(self, limit: int | None = None) -> list[dict]:
+        """Newest first."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM executions ORDER BY started_at DESC, id DESC "
+                              "LIMIT ?", (-1 if limit is None else limit,)).fetchall()
+        return [dict(r) for r in rows]
+
+    def find_execution(self, wanted: str) -> str:
+        """The id of the execution named by ``wanted``: its id or a unique prefix of it."""
+        with self._db() as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM executions WHERE id = ? OR "
+                                            "substr(id, 1, length(?)) = ? ORDER BY id DESC",
+                                            (wanted, wanted, wanted))]
+        if wanted in ids:
+            return wanted
+        if len(ids) == 1 and wanted:
+            return ids[0]
+        if ids:
+            raise UnknownExecution(f"{wanted!r} matches {len(ids)} executions "
+                                   f"({', '.join(ids[:5])}): give more of the id")
+        recent = [e["id"] for e in self.executions(limit=5)]
+        hint = f"the latest: {', '.join(recent)}" if recent else "there are none yet"
+        raise UnknownExecution(f"no execution {wanted} in {self.path}; {hint}")
+
     def execution(self, execution_id: str) -> dict:
         with self._db() as db:
             row = db.execute("SELECT * FROM executions WHERE id = ?", (execution_id,)).fetchone()
-            steps = db.execute("SELECT * FROM steps WHERE execution_id = ? ORDER BY started_at",
+            if row is None:
+                raise UnknownExecution(f"no execution {execution_id} in {self.path}")
+            steps = db.execute("SELECT * FROM steps WHERE execution_id = ? ORDER BY started_at, "
+                               "rowid",
                                (execution_id,)).fetchall()
             trials = db.execute("SELECT * FROM trials WHERE execution_id = ? ORDER BY number",
                                 (execution_id,)).fetchall()
