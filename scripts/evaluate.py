@@ -44,16 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "null)")
     p.add_argument("--tta", default="auto", choices=("auto", "hflip", "none"),
                    help="test-time augmentation: hflip averages each image's prediction with its "
-                        "mirror image's; auto = hflip for models trained with random flips")
+                        "mirror image's; auto = hflip for models trained with random flips, as "
+                        "serving does (breedkit.model.flip_tta_by_default)")
     return p
-
-
-def use_flip_tta(choice: str, config: dict) -> bool:
-    """auto: mirror only where training did (a model trained with --hflip false, e.g. for
-    digits, was never shown mirrored images)."""
-    if choice != "auto":
-        return choice == "hflip"
-    return bool(config.get("training", {}).get("hyperparameters", {}).get("hflip", False))
 
 
 def locate_model(path: str, scratch: str) -> str:
@@ -84,14 +77,15 @@ def main(argv=None) -> int:
 
     from breedkit.data import ImageFolderDataset, make_loader
     from breedkit.evaluation import compute_metrics, plot_confusion_matrix
-    from breedkit.model import display_label, load_model, read_config
+    from breedkit.model import FlipTTA, display_label, load_model
     from breedkit.transforms import eval_transform_for
 
     with tempfile.TemporaryDirectory(prefix="model-") as scratch:
         model_dir = locate_model(args.model_dir, scratch)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        tta = use_flip_tta(args.tta, read_config(model_dir))
-        model, config = load_model(model_dir, device, tta_hflip=tta)
+        model, config = load_model(model_dir, device,
+                                   tta_hflip={"auto": None, "hflip": True}.get(args.tta, False))
+    tta = isinstance(model, FlipTTA)
     class_names = config["class_names"]
     workers = max(0, min(8, cpu_count() - 1)) if args.workers < 0 else args.workers
 

@@ -78,9 +78,10 @@ _decode_draft: int | None = None
 def model_fn(model_dir: str) -> LoadedModel:
     global _decode_draft
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    # TTA_HFLIP=true (an endpoint environment variable): horizontal-flip test-time augmentation
-    model, config = load_model(model_dir, device,
-                               tta_hflip=os.environ.get("TTA_HFLIP", "").lower() == "true")
+    # horizontal-flip TTA as evaluate.py's default does; TTA_HFLIP=true/false (an endpoint
+    # environment variable) overrides it
+    model, config = load_model(model_dir, device, tta_hflip={"true": True, "false": False}.get(
+        os.environ.get("TTA_HFLIP", "").strip().lower()))
     model.to(memory_format=torch.channels_last)
     _decode_draft = eval_size(config)[1]
     return LoadedModel(model, config, device)

@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     from breedkit.training import (Checkpoints, choose_precision, configure_backends,
                                    cosine_schedule, evaluate, make_optimizer, scale_lr,
                                    train_one_epoch)
-    from breedkit.transforms import eval_transform, train_transform
+    from breedkit.transforms import eval_transform_for, train_transform
 
     env = distributed.init(args.device)
     hook = profiler = None
@@ -176,10 +176,9 @@ def main(argv=None) -> int:
             raise UserError(f"{args.train_dir} has {len(class_names)} class folder(s); "
                             f"a classifier needs at least 2")
         resize = preprocessing(args.arch, args.pretrained, args.image_size)
-        eval_resize = round(resize * args.eval_image_size / args.image_size)
-        valid_set = ImageFolderDataset(args.valid_dir, class_names,
-                                       transform=eval_transform(args.eval_image_size,
-                                                                eval_resize))
+        valid_set = ImageFolderDataset(args.valid_dir, class_names, transform=eval_transform_for(
+            {"image_size": args.image_size, "resize_size": resize,
+             "eval_image_size": args.eval_image_size}))
         workers = default_workers(env) if args.workers < 0 else args.workers
         pin = env.device.type == "cuda"
         train_loader = make_loader(train_set, args.batch_size, shuffle=True, workers=workers,
@@ -247,8 +246,8 @@ def main(argv=None) -> int:
                      "warm-up %.2f epoch(s); weight decay %.3g",
                      "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
                      args.arch, args.optimizer, args.pretrained, args.fine_tune, head_lr,
-                     args.lr, env.world_size, head_lr * args.backbone_lr_mult, args.warmup_epochs,
-                     args.weight_decay)
+                     args.lr, env.world_size, head_lr * args.backbone_lr_mult,
+                     args.warmup_epochs, args.weight_decay)
 
         from breedkit.profiling import NullProfiler, Profiler
 

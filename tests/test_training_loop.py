@@ -250,6 +250,18 @@ def test_horizontal_flip_tta_averages_the_two_views():
     assert torch.allclose(FlipTTA(net)(images).softmax(1), both, atol=1e-6)
 
 
+@pytest.mark.parametrize("hflip", [True, False])
+def test_evaluation_and_serving_use_flip_tta_for_models_trained_with_flips(tmp_path, hflip):
+    from breedkit.model import FlipTTA, build_model, load_model, save_model_dir
+
+    save_model_dir(tmp_path, build_model("resnet18", 3), arch="resnet18",
+                   class_names=["a", "b", "c"], image_size=32,
+                   extra={"training": {"hyperparameters": {"hflip": hflip}}})
+    assert isinstance(load_model(tmp_path)[0], FlipTTA) == hflip  # evaluate.py and serving
+    assert not isinstance(load_model(tmp_path, tta_hflip=False)[0], FlipTTA)
+    assert isinstance(load_model(tmp_path, tta_hflip=True)[0], FlipTTA)
+
+
 def test_no_bootstrap_rounds_gives_valid_json_without_nan():
     from breedkit.evaluation import compute_metrics
 
