@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from breedkit import distributed  # noqa: E402
 from breedkit.data import ImageFolderDataset, make_loader  # noqa: E402
 from breedkit.model import build_model  # noqa: E402
-from breedkit.training import choose_precision, make_optimizer, train_one_epoch  # noqa: E402
+from breedkit.training import (choose_precision, configure_backends, make_optimizer,  # noqa: E402
+                               train_one_epoch)
 from breedkit.transforms import train_transform  # noqa: E402
 from train import default_workers  # noqa: E402
 
@@ -98,6 +99,7 @@ def baseline_epoch(raw: Path, arch: str, image_size: int, batch: int, lr: float)
 def ours_epoch(data: Path, arch: str, image_size: int, batch: int, lr: float,
                workers: int, amp: str, epoch: int) -> float:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    configure_backends(device)  # as train.py: cuDNN autotuning, TF32
     dataset = ImageFolderDataset(data, transform=train_transform(image_size))
     loader = make_loader(dataset, batch, shuffle=True, workers=workers, drop_last=True,
                          pin_memory=device.type == "cuda")

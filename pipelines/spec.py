@@ -182,12 +182,15 @@ def rule_metadata_key(rule: str) -> str:
     return f"rule:{rule}"
 
 # Hyperparameter ranges of the tuning step. A bound given as a string names the pipeline
-# parameter that supplies it.
+# parameter that supplies it. "lr" is the new head's rate for one process; pretrained layers
+# follow at train.py's --backbone-lr-mult (0.1) times it, so 1e-4..3e-3 puts the backbone at
+# 1e-5..3e-4, AdamW's usual fine-tuning range. AdamW's decoupled weight decay acts as
+# lr * weight_decay per step: 0.01..0.1 (default 0.05) is the range where it regularizes at all.
 HYPERPARAMETER_RANGES: dict[str, dict] = {
     "lr": {"type": "Continuous", "min": 1e-4, "max": 3e-3, "scaling": "Logarithmic"},
     "batch-size": {"type": "Categorical", "values": [16, 32, 64]},
     "epochs": {"type": "Integer", "min": 1, "max": "TuningEpochs", "scaling": "Auto"},
-    "weight-decay": {"type": "Continuous", "min": 1e-6, "max": 1e-2, "scaling": "Logarithmic"},
+    "weight-decay": {"type": "Continuous", "min": 0.01, "max": 0.1, "scaling": "Logarithmic"},
 }
 TUNING_STRATEGY = "Bayesian"
 EARLY_STOPPING = "Auto"

@@ -40,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=-1, help="-1: automatic")
     p.add_argument("--bootstrap-rounds", type=int, default=200,
-                   help="resamples for the metrics' standard deviations")
+                   help="resamples for the metrics' standard deviations (0: none, written as "
+                        "null)")
+    p.add_argument("--tta", default="auto", choices=("auto", "hflip", "none"),
+                   help="test-time augmentation: hflip averages each image's prediction with its "
+                        "mirror image's; auto = hflip for models trained with random flips, as "
+                        "serving does (breedkit.model.flip_tta_by_default)")
     return p
 
 
@@ -65,27 +70,32 @@ def locate_model(path: str, scratch: str) -> str:
 def main(argv=None) -> int:
     args = parse_args(build_parser(), argv)
     setup_logging()
+    if args.bootstrap_rounds < 0:
+        raise UserError(f"--bootstrap-rounds must be >= 0, got {args.bootstrap_rounds}")
 
     import torch
 
     from breedkit.data import ImageFolderDataset, make_loader
     from breedkit.evaluation import compute_metrics, plot_confusion_matrix
-    from breedkit.model import display_label, load_model
-    from breedkit.transforms import eval_transform
+    from breedkit.model import FlipTTA, display_label, load_model
+    from breedkit.transforms import eval_transform_for
 
     with tempfile.TemporaryDirectory(prefix="model-") as scratch:
         model_dir = locate_model(args.model_dir, scratch)
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model, config = load_model(model_dir, device)
+        model, config = load_model(model_dir, device,
+                                   tta_hflip={"auto": None, "hflip": True}.get(args.tta, False))
+    tta = isinstance(model, FlipTTA)
     class_names = config["class_names"]
     workers = max(0, min(8, cpu_count() - 1)) if args.workers < 0 else args.workers
 
     def score(folder: str, split: str):
         dataset = ImageFolderDataset(folder, class_names,
-                                     transform=eval_transform(config["image_size"]))
+                                     transform=eval_transform_for(config))
         loader = make_loader(dataset, args.batch_size, shuffle=False, workers=workers)
-        log.info("evaluating %s (%s, %d classes) on %d %s images", args.model_dir,
-                 config["arch"], len(class_names), len(dataset), split)
+        log.info("evaluating %s (%s, %d classes) on %d %s images%s", args.model_dir,
+                 config["arch"], len(class_names), len(dataset), split,
+                 " with horizontal-flip TTA" if tta else "")
         probs, labels = [], []
         with torch.inference_mode():
             for images, targets in loader:
@@ -95,7 +105,7 @@ def main(argv=None) -> int:
         probs_np = torch.cat(probs).numpy()
         report = compute_metrics(torch.cat(labels).numpy(), probs_np, class_names,
                                  rounds=args.bootstrap_rounds)
-        return {**report, "split": split}, dataset, probs_np
+        return {**report, "split": split, "tta": "hflip" if tta else "none"}, dataset, probs_np
 
     validation = None
     if args.valid_dir:

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from breedkit.images import ImageDecodeError, decode_tensor  # noqa: E402
 from breedkit.model import display_label, load_model  # noqa: E402
-from breedkit.transforms import eval_transform, resize_size  # noqa: E402
+from breedkit.transforms import eval_size, eval_transform_for  # noqa: E402
 
 IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
 JSON_TYPE = "application/json"
@@ -65,7 +65,7 @@ class LoadedModel:
         self.model = model
         self.config = config
         self.device = device
-        self.transform = eval_transform(config["image_size"])
+        self.transform = eval_transform_for(config)
         self.class_names = config["class_names"]
         self.labels = [display_label(c) for c in self.class_names]
 
@@ -78,9 +78,12 @@ _decode_draft: int | None = None
 def model_fn(model_dir: str) -> LoadedModel:
     global _decode_draft
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, config = load_model(model_dir, device)
+    # horizontal-flip TTA as evaluate.py's default does; TTA_HFLIP=true/false (an endpoint
+    # environment variable) overrides it
+    model, config = load_model(model_dir, device, tta_hflip={"true": True, "false": False}.get(
+        os.environ.get("TTA_HFLIP", "").strip().lower()))
     model.to(memory_format=torch.channels_last)
-    _decode_draft = resize_size(config["image_size"])
+    _decode_draft = eval_size(config)[1]
     return LoadedModel(model, config, device)
 
 

@@ -3,8 +3,9 @@
 Data:        SM_CHANNEL_TRAIN, SM_CHANNEL_VALID  (<class>/<image> folders, e.g. from preprocess.py)
 Model:       SM_MODEL_DIR  (weights, classes, config and code/inference.py: see breedkit.model)
 Extras:      SM_OUTPUT_DATA_DIR  (history.json, training_summary.json)
-Checkpoints: --checkpoint-dir (default /opt/ml/checkpoints inside SageMaker); a restarted job
-             (spot interruption) resumes from the last completed epoch.
+Checkpoints: --checkpoint-dir (default: the folder SageMaker syncs to S3, for jobs that have a
+             CheckpointConfig; none otherwise, e.g. tuning trials); a restarted job (spot
+             interruption) resumes from the last completed epoch.
 
 One line per epoch, read by the tuning job's metric regexes (breedkit.logformat)::
 
@@ -26,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from breedkit import distributed  # noqa: E402
 from breedkit.contract import (UserError, cpu_count, env_path, parse_args, run_main,  # noqa: E402
-                               setup_logging, str2bool)
+                               sagemaker_checkpoint_dir, setup_logging, str2bool)
 from breedkit.logformat import format_epoch_line  # noqa: E402
 from breedkit.model import ARCHS, FINE_TUNE_CHOICES  # noqa: E402
 from breedkit.training import AMP_CHOICES  # noqa: E402
@@ -37,23 +38,32 @@ log = logging.getLogger("train")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     hp = p.add_argument_group("hyperparameters")
-    hp.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    hp.add_argument("--lr", type=float, default=1e-3,
+                    help="peak learning rate of the new head, for one process (scaled with the "
+                         "number of processes: breedkit.training.scale_lr)")
+    hp.add_argument("--backbone-lr-mult", type=float, default=None,
+                    help="the pretrained layers learn at --lr times this (default: 0.1 with "
+                         "--pretrained true, 1 from scratch)")
     hp.add_argument("--batch-size", type=int, default=32, help="images per step and process")
     hp.add_argument("--epochs", type=int, default=10)
-    hp.add_argument("--weight-decay", type=float, default=1e-4,
+    hp.add_argument("--weight-decay", type=float, default=0.05,
                     help="decoupled weight decay (not applied to biases and BatchNorm)")
     hp.add_argument("--arch", default="resnet50", choices=ARCHS)
     hp.add_argument("--pretrained", type=str2bool, default=True,
                     help="start from torchvision's ImageNet weights (true/false)")
     hp.add_argument("--image-size", type=int, default=224, help="training crop size")
+    hp.add_argument("--eval-image-size", type=int, default=0,
+                    help="validation, evaluation and serving crop (0: --image-size); resized in "
+                         "the pretrained weights' own proportion (232 -> 224 for ResNet50)")
     hp.add_argument("--seed", type=int, default=42)
     hp.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
     hp.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     hp.add_argument("--label-smoothing", type=float, default=0.1)
     hp.add_argument("--fine-tune", default="all", choices=FINE_TUNE_CHOICES,
                     help="layers to train: all, layer3 (+layer4+fc), layer4 (+fc) or head (fc)")
-    hp.add_argument("--warmup-epochs", type=float, default=0.0,
-                    help="linear learning-rate warm-up before the cosine decay")
+    hp.add_argument("--warmup-epochs", type=float, default=None,
+                    help="linear learning-rate warm-up before the cosine decay (default: a "
+                         "tenth of --epochs, at most 1, with --pretrained true; 0 from scratch)")
     hp.add_argument("--min-scale", type=float, default=0.25,
                     help="smallest area fraction of the random-resized crop")
     hp.add_argument("--hflip", type=str2bool, default=True,
@@ -84,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     loc.add_argument("--model-dir", default=env_path("SM_MODEL_DIR", "/opt/ml/model"))
     loc.add_argument("--output-data-dir",
                      default=env_path("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
-    loc.add_argument("--checkpoint-dir", default="/opt/ml/checkpoints" if os.path.isdir("/opt/ml")
-                     else "", help="'' disables checkpoints")
+    loc.add_argument("--checkpoint-dir", default=sagemaker_checkpoint_dir(),
+                     help="'' disables checkpoints")
     return p
 
 
@@ -99,10 +109,26 @@ def validate(args) -> None:
         (0 <= args.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
         (0 < args.min_scale <= 1, "--min-scale must be in (0, 1]"),
         (args.patience >= 0, "--patience must be >= 0"),
+        (args.backbone_lr_mult is None or args.backbone_lr_mult >= 0,
+         "--backbone-lr-mult must be >= 0"),
+        (args.warmup_epochs is None or args.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
+        (args.eval_image_size == 0 or args.eval_image_size >= 16,
+         "--eval-image-size must be 0 or >= 16"),
     ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+
+
+def resolve_defaults(args):
+    """Fill in the defaults that depend on --pretrained (the recipe README.md explains)."""
+    if args.backbone_lr_mult is None:
+        args.backbone_lr_mult = 0.1 if args.pretrained else 1.0
+    if args.warmup_epochs is None:
+        args.warmup_epochs = min(1.0, args.epochs / 10) if args.pretrained else 0.0
+    if not args.eval_image_size:
+        args.eval_image_size = args.image_size
+    return args
 
 
 def default_workers(env) -> int:
@@ -116,9 +142,10 @@ def default_workers(env) -> int:
 
 def signature(args, class_names, env) -> dict:
     """What a checkpoint must match to be resumed."""
-    keys = ("lr", "batch_size", "epochs", "weight_decay", "arch", "pretrained", "image_size",
-            "seed", "optimizer", "momentum", "label_smoothing", "fine_tune", "warmup_epochs",
-            "min_scale", "hflip", "max_steps_per_epoch")
+    keys = ("lr", "backbone_lr_mult", "batch_size", "epochs", "weight_decay", "arch",
+            "pretrained", "image_size", "eval_image_size", "seed", "optimizer", "momentum",
+            "label_smoothing", "fine_tune", "warmup_epochs", "min_scale", "hflip",
+            "max_steps_per_epoch")
     sig = {k: getattr(args, k) for k in keys}
     sig.update(class_names=list(class_names), world_size=env.world_size)
     return sig
@@ -128,17 +155,19 @@ def main(argv=None) -> int:
     args = parse_args(build_parser(), argv)
     setup_logging()
     validate(args)
+    resolve_defaults(args)
 
     import torch
     import torch.nn as nn
 
     from breedkit.data import ImageFolderDataset, make_loader
     from breedkit.debugger import create_hook
+    from breedkit.model import build_model, parameter_groups, preprocessing, save_model_dir
     from breedkit.tracking import Tracker
-    from breedkit.model import build_model, parameter_groups, save_model_dir
-    from breedkit.training import (Checkpoints, choose_precision, cosine_schedule, evaluate,
-                                   make_optimizer, train_one_epoch)
-    from breedkit.transforms import eval_transform, train_transform
+    from breedkit.training import (Checkpoints, choose_precision, configure_backends,
+                                   cosine_schedule, evaluate, make_optimizer, scale_lr,
+                                   train_one_epoch)
+    from breedkit.transforms import eval_transform_for, train_transform
 
     env = distributed.init(args.device)
     hook = profiler = tracker = None
@@ -152,8 +181,10 @@ def main(argv=None) -> int:
         if len(class_names) < 2:
             raise UserError(f"{args.train_dir} has {len(class_names)} class folder(s); "
                             f"a classifier needs at least 2")
-        valid_set = ImageFolderDataset(args.valid_dir, class_names,
-                                       transform=eval_transform(args.image_size))
+        resize = preprocessing(args.arch, args.pretrained, args.image_size)
+        valid_set = ImageFolderDataset(args.valid_dir, class_names, transform=eval_transform_for(
+            {"image_size": args.image_size, "resize_size": resize,
+             "eval_image_size": args.eval_image_size}))
         workers = default_workers(env) if args.workers < 0 else args.workers
         pin = env.device.type == "cuda"
         train_loader = make_loader(train_set, args.batch_size, shuffle=True, workers=workers,
@@ -168,6 +199,14 @@ def main(argv=None) -> int:
                      len(class_names), env.world_size, workers, env.device)
 
         model = build_model(args.arch, len(class_names), args.pretrained, args.fine_tune)
+        configure_backends(env.device)
+        # the resume point comes from rank 0, and is loaded before DDP copies rank 0's weights
+        ckpt = Checkpoints(args.checkpoint_dir or None)
+        ckpt.prepare()
+        sig = signature(args, class_names, env)
+        resumed = ckpt.load(sig)
+        if resumed is not None:
+            model.backbone.load_state_dict(resumed[0]["model"])
         model.to(env.device, memory_format=torch.channels_last)
         criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
         hook = create_hook(args.debugger_out or None, args.debugger_save_interval)
@@ -178,8 +217,10 @@ def main(argv=None) -> int:
             net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
 
-        optimizer = make_optimizer(parameter_groups(model, args.weight_decay), args.optimizer,
-                                   args.lr, args.momentum)
+        head_lr = scale_lr(args.lr, env.world_size, args.optimizer)
+        optimizer = make_optimizer(parameter_groups(model, head_lr, args.weight_decay,
+                                                    args.backbone_lr_mult),
+                                   args.optimizer, head_lr, args.momentum)
         steps = len(train_loader)
         if args.max_steps_per_epoch:
             steps = min(steps, args.max_steps_per_epoch)
@@ -187,16 +228,11 @@ def main(argv=None) -> int:
                                     int(steps * args.warmup_epochs))
         scaler = (torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None)
 
-        ckpt = Checkpoints(args.checkpoint_dir or None)
-        ckpt.prepare()
-        sig = signature(args, class_names, env)
         history: list[dict] = []
         best = {"accuracy": -1.0, "epoch": 0, "weights": None}
         start_epoch, stale = 1, 0
-        resumed = ckpt.load(sig)
         if resumed is not None:
             state, best_weights = resumed
-            model.backbone.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             if scaler is not None and state.get("scaler"):
@@ -209,9 +245,13 @@ def main(argv=None) -> int:
                 log.info("resumed from checkpoint %s after epoch %d (best valid_accuracy %.4f "
                          "at epoch %d)", ckpt.dir, state["epoch"], best["accuracy"], best["epoch"])
         if env.is_main:
-            log.info("precision: %s; channels_last; %s %s, pretrained=%s, fine-tune %s",
+            log.info("precision: %s; channels_last; %s %s, pretrained=%s, fine-tune %s; lr %.3g "
+                     "for the head (--lr %.3g for %d process(es)), %.3g for the backbone; "
+                     "warm-up %.2f epoch(s); weight decay %.3g",
                      "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
-                     args.arch, args.optimizer, args.pretrained, args.fine_tune)
+                     args.arch, args.optimizer, args.pretrained, args.fine_tune, head_lr,
+                     args.lr, env.world_size, head_lr * args.backbone_lr_mult,
+                     args.warmup_epochs, args.weight_decay)
 
         from breedkit.profiling import NullProfiler, Profiler
 
@@ -270,17 +310,22 @@ def main(argv=None) -> int:
                 break
 
         if env.is_main:
+            if best["weights"] is None:
+                raise UserError(f"no best weights to save: checkpoint folder "
+                                f"{args.checkpoint_dir} resumed a finished run without them; "
+                                f"delete it to start over")
             model.backbone.load_state_dict(best["weights"])
             hyperparameters = {k: getattr(args, k) for k in sig if hasattr(args, k)}
             summary = {
                 "best_epoch": best["epoch"], "valid_accuracy": best["accuracy"],
                 "epochs_run": len(history), "train_seconds": time.perf_counter() - started,
                 "precision": "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
-                "device": str(env.device), "world_size": env.world_size,
+                "device": str(env.device), "world_size": env.world_size, "head_lr": head_lr,
                 "torch_version": torch.__version__, "hyperparameters": hyperparameters,
             }
             save_model_dir(args.model_dir, model, arch=args.arch, class_names=class_names,
-                           image_size=args.image_size, extra={"training": summary})
+                           image_size=args.image_size, resize=resize,
+                           eval_image_size=args.eval_image_size, extra={"training": summary})
             os.makedirs(args.output_data_dir, exist_ok=True)
             with open(os.path.join(args.output_data_dir, "history.json"), "w") as fh:
                 json.dump(history, fh, indent=2)

@@ -43,6 +43,7 @@ def test_evaluation_report_in_model_registry_format(trained, tmp_path):
     matrix = metrics["confusion_matrix"]
     assert sum(sum(row.values()) for row in matrix.values()) == report["num_images"] == 30
     assert report["split"] == "test"
+    assert report["tta"] == "hflip"  # trained with random flips: mirrored views are averaged
     assert sum(matrix[c][c] for c in names) / 30 == pytest.approx(metrics["accuracy"]["value"])
     assert set(report["per_class"]) == set(names)
     assert all(report["per_class"][c]["support"] == 10 for c in names)

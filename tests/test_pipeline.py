@@ -127,7 +127,8 @@ def test_definition_in_detail(aws, tmp_path):
     continuous = {r["Name"]: r for r in ranges["ContinuousParameterRanges"]}
     assert continuous["lr"]["ScalingType"] == "Logarithmic"
     assert float(continuous["lr"]["MinValue"]) == spec.HYPERPARAMETER_RANGES["lr"]["min"]
-    assert float(continuous["weight-decay"]["MaxValue"]) == 1e-2
+    assert float(continuous["weight-decay"]["MaxValue"]) == spec.HYPERPARAMETER_RANGES[
+        "weight-decay"]["max"]
     (batch,) = ranges["CategoricalParameterRanges"]
     assert batch["Name"] == "batch-size" and [json.loads(v) for v in batch["Values"]] == [
         "16", "32", "64"]

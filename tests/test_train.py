@@ -218,6 +218,9 @@ def test_torchrun_one_process_equals_plain_and_two_processes_train(tmp_path, spl
     two = launch(2, "two")
     assert two.returncode == 0, two.stderr
     assert "2 process(es)" in two.stdout
+    # the global batch doubled: AdamW's rate grows by sqrt(2) (breedkit.training.scale_lr)
+    summary = read_json(tmp_path / "two/output/training_summary.json")
+    assert summary["head_lr"] == pytest.approx(0.003 * 2 ** 0.5)
     epoch_lines = [x for x in two.stdout.splitlines() if x.startswith("epoch=1 ")]
     assert len(epoch_lines) == 1  # only rank 0 logs the epoch
     assert (tmp_path / "two/model/model.pth").is_file()

@@ -33,6 +33,27 @@ def env_path(name: str, default: str) -> str:
     return os.environ.get(name) or default
 
 
+CHECKPOINT_CONFIG = "/opt/ml/input/config/checkpointconfig.json"
+
+
+def sagemaker_checkpoint_dir(environ=os.environ) -> str:
+    """The folder SageMaker syncs to S3 for this job, or '' when it syncs none.
+
+    SageMaker writes checkpointconfig.json only for jobs created with a CheckpointConfig (the
+    pipeline's TrainFinal with spot training). Tuning trials and other jobs have none: what they
+    would write there is never copied anywhere, so they write no checkpoints.
+    """
+    import json
+
+    path = environ.get("SM_CHECKPOINT_CONFIG_FILE") or CHECKPOINT_CONFIG
+    try:
+        with open(path) as fh:
+            config = json.load(fh)
+    except (OSError, ValueError):
+        return ""
+    return str(config.get("LocalPath") or "/opt/ml/checkpoints") if isinstance(config, dict) else ""
+
+
 def str2bool(value: str | bool) -> bool:
     """Parse booleans the way SageMaker passes them (``true``/``True``/``1``...)."""
     if isinstance(value, bool):

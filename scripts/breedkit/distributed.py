@@ -74,6 +74,38 @@ def all_reduce_sum(values: list[float], env: DistEnv) -> list[float]:
     return tensor.tolist()
 
 
+def _joined() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank in the process group (0 without one)."""
+    return dist.get_rank() if _joined() else 0
+
+
+def broadcast_object(obj):
+    """Rank 0's (picklable) object, on every rank; collective under a process group."""
+    if not _joined():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
+    """The smallest of a one-element tensor over all processes (itself with one process).
+
+    Collective: every rank of an initialized process group must call it.
+    """
+    if not _joined():
+        return tensor
+    reduced = tensor.detach().clone()
+    if dist.get_backend() == "gloo" and reduced.is_cuda:
+        reduced = reduced.cpu()
+    dist.all_reduce(reduced, op=dist.ReduceOp.MIN)
+    return reduced
+
+
 def broadcast_flag(flag: bool, env: DistEnv) -> bool:
     """Rank 0's decision (e.g. early stop) for everyone."""
     if not env.enabled:

@@ -11,7 +11,8 @@
                                "support": n}},
      "num_images": n, "class_names": [...]}
 
-Standard deviations are bootstrap estimates (resampling the test images), as Clarify reports them.
+Standard deviations are bootstrap estimates (resampling the test images), as Clarify reports them;
+``null`` when no bootstrap rounds were asked for (NaN is not JSON).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def compute_metrics(y_true, probs, class_names, seed: int = 0,
         idx = rng.integers(0, len(y_true), len(y_true))
         for name, value in _scores(y_true[idx], y_pred[idx], probs[idx], labels, TOP_K).items():
             samples[name].append(value)
-    metrics = {name: {"value": float(value), "standard_deviation": float(np.std(samples[name]))}
+    metrics = {name: {"value": float(value),
+                      "standard_deviation": float(np.std(samples[name])) if rounds else None}
                for name, value in point.items()}
     matrix = confusion_matrix(y_true, y_pred, labels=labels)
     metrics["confusion_matrix"] = {

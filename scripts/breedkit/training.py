@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .contract import UserError
 
 log = logging.getLogger("breedkit.training")
@@ -41,8 +42,11 @@ def cpu_supports_bf16() -> bool:
 def choose_precision(mode: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for fp32.
 
-    auto: bf16 on GPUs that support it, fp16 on older GPUs (with loss scaling), bf16 on CPUs with
-    native bf16 instructions, fp32 elsewhere. BatchNorm and the loss stay in fp32 under autocast.
+    auto: bf16 on GPUs with bf16 hardware (compute capability 8.0 and later: A100, A10G, L4,
+    H100), fp16 with loss scaling on older GPUs (T4, V100), bf16 on CPUs with native bf16
+    instructions, fp32 elsewhere. ``torch.cuda.is_bf16_supported()`` is not the test: it is also
+    True on a T4, where bf16 is emulated without fast kernels. BatchNorm and the loss stay in fp32
+    under autocast.
     """
     if mode == "off":
         return None
@@ -53,8 +57,34 @@ def choose_precision(mode: str, device: torch.device) -> torch.dtype | None:
             raise UserError("--amp fp16 needs a GPU; use --amp bf16 or --amp off on CPU")
         return torch.float16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if gpu_has_bf16(device) else torch.float16
     return torch.bfloat16 if cpu_supports_bf16() else None
+
+
+def gpu_has_bf16(device: torch.device) -> bool:
+    """bf16 in hardware: compute capability 8.0 (Ampere) or later."""
+    return tuple(torch.cuda.get_device_capability(device)) >= (8, 0)
+
+
+def configure_backends(device: torch.device) -> None:
+    """Fast GPU kernels for this job: cuDNN picks the fastest convolution algorithm for each
+    input shape once (training and evaluation crops have fixed sizes, so the search is paid a
+    few times, not every step), and fp32 matrix products may use TF32 on Ampere and later."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.set_float32_matmul_precision("high")
+
+
+def scale_lr(lr: float, world_size: int, optimizer: str) -> float:
+    """The learning rate for ``world_size`` processes, given ``lr`` for one.
+
+    Each process takes ``--batch-size`` images a step, so the global batch grows with the world
+    size. SGD follows the linear scaling rule (Goyal et al., 2017); AdamW the square-root rule
+    (Malladi et al., 2022), as its update size does not grow with the gradient's scale.
+    """
+    factor = world_size if optimizer == "sgd" else math.sqrt(world_size)
+    return lr * factor
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -89,12 +119,19 @@ def cosine_schedule(optimizer, total_steps: int, warmup_steps: int = 0):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+FINITE_CHECK_EVERY = 25  # steps between checks that the loss stayed finite
+NO_STEP = 2 ** 62  # "no step yet" for the first step with a loss that is not finite
+
+
 def train_one_epoch(model, loader, optimizer, criterion, device, *, amp_dtype=None, scaler=None,
                     scheduler=None, hook=None, epoch: int = 0, max_steps: int | None = None,
-                    progress=None, profiler=None, tracker=None) -> dict:
+                    progress=None, profiler=None, tracker=None,
+                    check_every: int = FINITE_CHECK_EVERY) -> dict:
     """One pass over ``loader``; returns sums (loss, correct, count) and timings for this rank.
 
-    Raises TrainingDiverged as soon as the loss is not finite.
+    Raises TrainingDiverged, on every rank alike, within ``check_every`` steps of a loss that is
+    not finite on any rank. The first such step is tracked on the device and read only at the
+    checks (reading it every step would make the CPU wait for the GPU every step).
     """
     model.train()
     if hook is not None:
@@ -103,10 +140,13 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, amp_dtype=No
     correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
     data_seconds = 0.0
+    first_bad = torch.full((), NO_STEP, dtype=torch.int64, device=device)
     start = tick = time.perf_counter()
     for step, (images, labels) in enumerate(loader):
         if max_steps is not None and step >= max_steps:
             break
+        if step and step % check_every == 0:
+            _check_finite(first_bad, optimizer, epoch)
         started = time.perf_counter()
         data_seconds += started - tick
         images = images.to(device, non_blocking=True)
@@ -116,11 +156,8 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, amp_dtype=No
         with autocast(device, amp_dtype):
             logits = model(images)
             loss = criterion(logits, labels)
-        if not torch.isfinite(loss):
-            lr = optimizer.param_groups[0]["lr"]
-            raise TrainingDiverged(
-                f"training loss became {loss.item()} at epoch {epoch} step {step} (lr={lr:.3g}); "
-                f"the run diverged: lower --lr, or check the data")
+        first_bad = torch.where(torch.isfinite(loss.detach()) | (first_bad < NO_STEP), first_bad,
+                                step)
         optimizer.zero_grad(set_to_none=True)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         if hook is not None:
@@ -151,9 +188,20 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, amp_dtype=No
         if progress is not None:
             progress(n)
         tick = time.perf_counter()
+    _check_finite(first_bad, optimizer, epoch)
     seconds = time.perf_counter() - start
     return {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "count": count,
             "seconds": seconds, "data_seconds": data_seconds}
+
+
+def _check_finite(first_bad: torch.Tensor, optimizer, epoch: int) -> None:
+    """Raise TrainingDiverged on every rank if the loss was not finite on any rank."""
+    step = int(distributed.all_reduce_min(first_bad))
+    if step < NO_STEP:
+        lr = optimizer.param_groups[0]["lr"]
+        raise TrainingDiverged(
+            f"training loss became NaN or infinite at epoch {epoch} step {step} (lr={lr:.3g}); "
+            f"the run diverged: lower --lr, or check the data")
 
 
 @torch.inference_mode()
@@ -179,10 +227,15 @@ def evaluate(model, loader, criterion, device, *, amp_dtype=None, hook=None) -> 
 
 
 class Checkpoints:
-    """``last.pt`` (everything needed to resume) and ``best.pt`` (best weights) in one folder.
+    """``last.pt`` (everything needed to resume) and ``best.pt`` (the best epoch's weights).
 
-    Files are written to a temporary name and renamed, so an interrupted job (spot reclaim,
-    Ctrl-C) never leaves a half-written checkpoint. Loading uses ``weights_only=True``.
+    Only rank 0 touches the folder; under torch.distributed it decides for every rank whether
+    checkpoints are on (``prepare``) and where training resumes (``load``), and every rank must
+    call both. Files are written to a temporary name and renamed, so an interrupted job (spot
+    reclaim, Ctrl-C) never leaves a half-written file; ``last.pt`` is written first and
+    ``best.pt`` records its epoch, so a job killed between the two renames never pairs one
+    epoch's weights with another's state (when the newest epoch is the best, its weights are
+    those in ``last.pt``). Loading uses ``weights_only=True``.
     """
 
     def __init__(self, directory: str | os.PathLike | None):
@@ -193,17 +246,23 @@ class Checkpoints:
         return self.dir is not None
 
     def prepare(self) -> bool:
+        """Whether checkpoints are on: rank 0 write-tests the folder and tells the others."""
+        ok = self._write_test() if distributed.rank() == 0 else False
+        if not distributed.broadcast_object(ok):
+            self.dir = None
+        return self.dir is not None
+
+    def _write_test(self) -> bool:
         if self.dir is None:
             return False
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            probe = self.dir / ".write-test"
+            probe = self.dir / f".write-test-{os.getpid()}"
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as exc:
             log.warning("checkpoints disabled: cannot write to %s (%s); pass --checkpoint-dir",
                         self.dir, exc)
-            self.dir = None
             return False
         return True
 
@@ -213,22 +272,34 @@ class Checkpoints:
         os.replace(tmp, self.dir / name)
 
     def save(self, state: dict, best_weights: dict | None = None) -> None:
+        """Rank 0 only. ``state`` holds ``epoch`` and ``best_epoch``; ``best_weights`` are this
+        epoch's weights when it is the new best."""
         if self.dir is None:
             return
-        if best_weights is not None:
-            self._save(best_weights, BEST_FILE)
         self._save(state, CHECKPOINT_FILE)
+        if best_weights is not None:
+            self._save({"epoch": state["epoch"], "weights": best_weights}, BEST_FILE)
 
-    def load(self, signature: dict) -> tuple[dict, dict | None] | None:
-        """The last checkpoint and best weights, if they exist and match this configuration."""
+    def load(self, signature: dict) -> tuple[dict, dict] | None:
+        """The last checkpoint and the best weights, if they exist and match this
+        configuration: rank 0's, on every rank."""
+        found = None
+        if distributed.rank() == 0:
+            try:
+                found = ("ok", self._load(signature))
+            except UserError as exc:
+                found = ("error", str(exc))
+        status, value = distributed.broadcast_object(found)
+        if status == "error":
+            raise UserError(value)
+        return value
+
+    def _load(self, signature: dict) -> tuple[dict, dict] | None:
         if self.dir is None or not (self.dir / CHECKPOINT_FILE).is_file():
             return None
-        path = self.dir / CHECKPOINT_FILE
+        path, best_path = self.dir / CHECKPOINT_FILE, self.dir / BEST_FILE
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-            best_path = self.dir / BEST_FILE
-            best = (torch.load(best_path, map_location="cpu", weights_only=True)
-                    if best_path.is_file() else None)
         except Exception as exc:  # unreadable: start over rather than fail the job
             log.warning("ignoring unreadable checkpoint %s (%s); starting from scratch", path, exc)
             return None
@@ -237,7 +308,23 @@ class Checkpoints:
                         "(%s); starting from scratch", path,
                         _diff(state.get("signature") or {}, signature))
             return None
-        return state, best
+        if state["best_epoch"] == state["epoch"]:
+            return state, state["model"]
+        best = None
+        if best_path.is_file():
+            try:
+                best = torch.load(best_path, map_location="cpu", weights_only=True)
+            except Exception as exc:
+                log.warning("cannot read %s (%s)", best_path, exc)
+        found = best.get("epoch") if isinstance(best, dict) else None
+        if found != state["best_epoch"]:
+            raise UserError(
+                f"checkpoint folder {self.dir}: {CHECKPOINT_FILE} is from epoch {state['epoch']} "
+                f"and names epoch {state['best_epoch']} the best, but {BEST_FILE} "
+                f"{'is missing' if best is None else f'holds epoch {found}'}. The folder was "
+                f"changed by something other than this job: delete it to start over, or pass "
+                f"another --checkpoint-dir")
+        return state, best["weights"]
 
 
 def _diff(old: dict, new: dict) -> str:

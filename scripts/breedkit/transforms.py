@@ -11,9 +11,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def resize_size(image_size: int) -> int:
-    """Shorter side before the center crop, in ImageNet's 256 -> 224 proportion."""
-    return int(round(image_size * 256 / 224))
+def resize_size(image_size: int, ratio: float = 256 / 224) -> int:
+    """Shorter side before the center crop: ``ratio`` times the crop (by default ImageNet's
+    classic 256 -> 224; torchvision's V2 weights use 232 -> 224)."""
+    return int(round(image_size * ratio))
 
 
 def train_transform(image_size: int, min_scale: float = 0.25, hflip: bool = True):
@@ -29,11 +30,30 @@ def train_transform(image_size: int, min_scale: float = 0.25, hflip: bool = True
     return v2.Compose(steps)
 
 
-def eval_transform(image_size: int):
-    """Resize the shorter side, then center crop: used by validation, evaluation and serving."""
+def eval_transform(image_size: int, resize: int | None = None):
+    """Resize the shorter side (to ``resize``), then center crop: used by validation,
+    evaluation and serving."""
     from torchvision.transforms import v2
 
     return v2.Compose([
-        v2.Resize(resize_size(image_size), antialias=True),
+        v2.Resize(resize or resize_size(image_size), antialias=True),
         v2.CenterCrop(image_size),
     ])
+
+
+def eval_size(config: dict) -> tuple[int, int]:
+    """(crop, shorter side) with which a model directory's config says to evaluate and serve.
+
+    ``resize_size`` belongs to the training crop ``image_size``; a larger ``eval_image_size``
+    keeps the same proportion. Configs without ``resize_size`` use the 256 -> 224 proportion.
+    """
+    crop = int(config.get("eval_image_size") or config["image_size"])
+    ratio = (config["resize_size"] / config["image_size"] if config.get("resize_size")
+             else 256 / 224)
+    return crop, resize_size(crop, ratio)
+
+
+def eval_transform_for(config: dict):
+    """The evaluation/serving transform a model directory's config describes."""
+    crop, resize = eval_size(config)
+    return eval_transform(crop, resize)
