@@ -174,7 +174,7 @@ def test_local_debugger_output_has_reductions_not_full_tensors(tmp_path, split_d
                       "--debugger-out", out, "--debugger-save-interval", "2", "--amp", "bf16",
                       "--checkpoint-dir", "", env=train_env(tmp_path, split_data))
     assert proc.returncode == 0, proc.stderr
-    assert "precision: bf16" in proc.stdout  # the hook no longer forces fp32
+    assert "precision: bfloat16" in proc.stdout  # the hook no longer forces fp32
     from smdebug import modes
     from smdebug.trials import create_trial
 
