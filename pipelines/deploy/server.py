@@ -89,32 +89,55 @@ class Batcher:
             await self._run_batch(loop, items)
 
     async def _run_batch(self, loop, items) -> None:
-        # one forward pass over all images; top_k is applied per request afterwards
+        """One forward pass for the batch; if it fails, each request is run alone, so a
+        request the model cannot take fails by itself and the others are answered."""
+        try:
+            answers = await self._predict(loop, items)
+        except Exception as exc:  # noqa: BLE001 - answer every waiting request, keep serving
+            if len(items) == 1:
+                self._settle(items[0][1], exc=exc)
+                return
+            log.warning("a batch of %d requests failed (%s: %s); running each alone",
+                        len(items), type(exc).__name__, exc)
+            for item in items:
+                try:
+                    (mine,) = await self._predict(loop, [item])
+                except Exception as exc:  # noqa: BLE001
+                    self._settle(item[1], exc=exc)
+                else:
+                    self._settle(item[1], result=(mine, len(mine)))
+            return
+        images = sum(len(mine) for mine in answers)
+        for (_, future), mine in zip(items, answers):
+            self._settle(future, result=(mine, images))
+
+    async def _predict(self, loop, items) -> list[list]:
+        """One forward pass over all images of ``items``: each request's predictions (top_k is
+        applied per request afterwards)."""
         default_k = getattr(self.handlers, "DEFAULT_TOP_K", 5)
         wanted = [data.get("top_k") or default_k for data, _ in items]
         merged = {"images": [img for data, _ in items for img in data["images"]],
                   "top_k": max(wanted)}
-        try:
-            results = await loop.run_in_executor(self.executor, self.handlers.predict_fn,
-                                                 merged, self.model)
-            answers = []
-            start = 0
-            for (data, _), k in zip(items, wanted):
-                n = len(data["images"])
-                mine = results[start:start + n]
-                start += n
-                for entry in mine:
-                    entry["top_k"] = entry["top_k"][:k]
-                answers.append(mine)
-        except Exception as exc:  # noqa: BLE001 - answer every waiting request, keep serving
-            for _, future in items:
-                if not future.done():
-                    future.set_exception(exc)
-            return
+        results = await loop.run_in_executor(self.executor, self.handlers.predict_fn,
+                                             merged, self.model)
         self.batches += 1
-        for (_, future), mine in zip(items, answers):
-            if not future.done():
-                future.set_result((mine, len(merged["images"])))
+        answers, start = [], 0
+        for (data, _), k in zip(items, wanted):
+            mine = results[start:start + len(data["images"])]
+            start += len(mine)
+            for entry in mine:
+                entry["top_k"] = entry["top_k"][:k]
+            answers.append(mine)
+        return answers
+
+    @staticmethod
+    def _settle(future, *, result=None, exc=None) -> None:
+        if future.done():  # the client went away
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
 
 
 def json_error(status: int, message: str) -> web.Response:
