@@ -220,3 +220,41 @@ def test_gifs_and_nested_json_among_good_requests_fail_nobody_else(endpoint, tra
     Image.open(io.BytesIO(gif)).convert("RGB").save(buf, "PNG")
     first_frame = call((buf.getvalue(), "image/png"))[1]["predictions"][0]
     assert call((gif, "image/png"))[1]["predictions"][0] == first_frame
+
+
+THREAD_REPORTING_MODEL = '''
+import json, torch
+
+def model_fn(model_dir):
+    torch.ones(1000, 1000).sum()  # loading runs torch in the model thread
+    return None
+
+def input_fn(body, content_type):
+    return {"images": [torch.get_num_threads()]}
+
+def predict_fn(data, model):
+    return [{"decode": n, "model": torch.get_num_threads(), "top_k": []} for n in data["images"]]
+
+def output_fn(prediction, accept):
+    return json.dumps({"predictions": prediction})
+'''
+
+
+def test_decode_threads_run_torch_on_one_core_and_the_forward_pass_on_all(tmp_path):
+    """Decode threads must not bring OpenMP teams of their own to fight the forward pass's."""
+    import torch
+
+    model = tmp_path / "model"
+    (model / "code").mkdir(parents=True)
+    (model / "code/inference.py").write_text(THREAD_REPORTING_MODEL)
+    proc, url = start_server(model, tmp_path)
+    big = b"x" * (1024 * 1024)  # over the inline-decode size: decoded in a worker thread
+    try:
+        answers = [requests.post(url + "/invocations", data=big, timeout=30,
+                                 headers={"Content-Type": "image/jpeg"}).json()["predictions"][0]
+                   for _ in range(3)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert all(a["decode"] == 1 for a in answers), answers
+    assert all(a["model"] == torch.get_num_threads() for a in answers), answers

@@ -8,8 +8,13 @@
   requests arriving together are batched into one ``predict_fn`` call (up to ``--max-batch``
   images, waiting at most ``--max-wait-ms`` and only while other requests are being decoded,
   so a lone request is never delayed), and each answer goes through ``output_fn``. Client
-  errors (the handlers' ``status_code``: bad content type, undecodable or empty body) and
-  oversized bodies get a 4xx JSON error; the server keeps serving.
+  errors (the handlers' ``status_code``: bad content type, undecodable or empty body, too many
+  pixels) and oversized bodies get a 4xx JSON error before the request reaches a batch; if a
+  batch's forward pass fails anyway, each of its requests is run alone, so only a request the
+  model cannot take gets a 5xx. The server keeps serving.
+- Threads: one model thread runs every forward pass with torch's default thread count (every
+  core; ``--model-torch-threads``); ``--threads`` decode threads run torch on one core each
+  (``--decode-torch-threads``), so they never start OpenMP teams of their own.
 
 Binds to 127.0.0.1 unless told otherwise. Nothing here fetches URLs.
 """
@@ -140,14 +145,37 @@ class Batcher:
             future.set_result(result)
 
 
+def torch_threads(count: int | None = None) -> None:
+    """Fix this thread's torch intra-op thread count (torch's default, every core, if None),
+    if the handlers use torch. OpenMP keeps the count per thread, and a thread that has not
+    run torch yet takes the count set last by any thread: so the model thread fixes its own
+    before the decode threads set theirs. Decode threads use 1: a resize gains nothing from a
+    second core, and each decode thread would otherwise bring an OpenMP team of its own to
+    fight the forward pass's threads for the cores."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.get_num_threads()  # this thread's OpenMP state first, so a count set here sticks
+        if count:
+            torch.set_num_threads(count)
+
+
+def load_model_thread(model_data, workdir, count: int | None = None):
+    """In the model thread: load the handlers and the model, and fix its thread count."""
+    loaded = load_handlers(model_data, workdir)
+    torch_threads(count)
+    return loaded
+
+
 def json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message, "status": status}, status=status)
 
 
 def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
-             threads: int = 4, workdir: str | None = None) -> web.Application:
+             threads: int = 4, decode_torch_threads: int = 1, model_torch_threads: int = 0,
+             workdir: str | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode",
+                                  initializer=torch_threads, initargs=(decode_torch_threads,))
     # one thread runs every forward pass: its OpenMP team stays warm, and batches never
     # compete with each other for the cores
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
@@ -157,7 +185,7 @@ def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
     async def startup(app):
         try:
             handlers, model = await asyncio.get_running_loop().run_in_executor(
-                model_thread, load_handlers, model_data, scratch)
+                model_thread, load_model_thread, model_data, scratch, model_torch_threads)
         except Exception as exc:  # noqa: BLE001 - reported by /ping, the server stays up
             state["error"] = f"model failed to load: {type(exc).__name__}: {exc}"
             log.error(state["error"])
@@ -231,11 +259,16 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
-    p.add_argument("--threads", type=int, default=4)
+    p.add_argument("--threads", type=int, default=4, help="decode threads")
+    p.add_argument("--decode-torch-threads", type=int, default=1,
+                   help="torch threads of each decode thread (0: torch's default, every core)")
+    p.add_argument("--model-torch-threads", type=int, default=0,
+                   help="torch threads of the forward pass (0: torch's default, every core)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     app = make_app(args.model_data, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                   threads=args.threads)
+                   threads=args.threads, decode_torch_threads=args.decode_torch_threads,
+                   model_torch_threads=args.model_torch_threads)
     log.info("serving %s on http://%s:%d", args.model_data, args.host, args.port)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
     return 0
