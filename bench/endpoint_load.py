@@ -218,6 +218,7 @@ def main() -> int:
             base_cpu = (rss.cpu_seconds() - cpu) / len(base)
             # warm-up: every batch size the load will bring, before the start is measured
             Clients(port, args.clients).run(good[:8 * args.clients], 120)
+            time.sleep(2)  # idle, as at the end: the server gives freed memory back after 1 s
             start_rss = rss.read()
             cpu, client_cpu = rss.cpu_seconds(), time.process_time()
             machine_cpu, cores = rss.machine_cpu_seconds()

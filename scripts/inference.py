@@ -137,17 +137,20 @@ def _depth(doc) -> int:
     return deepest
 
 
+def _too_deep() -> RequestError:
+    return RequestError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels; send "
+                             f'{{"image": "<base64>"}} or {{"images": ["<base64>", ...]}}')
+
+
 def _json_images(body) -> tuple[list[bytes], int | None]:
-    too_deep = RequestError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels; send "
-                                 f'{{"image": "<base64>"}} or {{"images": ["<base64>", ...]}}')
     try:
         doc = json.loads(body)
     except RecursionError:  # nested past the interpreter's recursion limit
-        raise too_deep from None
+        raise _too_deep() from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"request body is not valid JSON: {exc}") from None
     if _depth(doc) > MAX_JSON_DEPTH:
-        raise too_deep
+        raise _too_deep()
     if not isinstance(doc, dict):
         raise RequestError(400, 'JSON body must be an object such as {"image": "<base64>"}')
     top_k = doc.get("top_k")
