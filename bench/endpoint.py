@@ -69,8 +69,8 @@ class RawForward:
 
     def __init__(self, model_dir: Path, body: bytes):
         self.loaded = inference.model_fn(str(model_dir))
-        image = inference.input_fn(body, "image/jpeg")["images"][0]
-        self.one = self.loaded.transform(image).unsqueeze(0).to(self.loaded.device)
+        image = inference.input_fn(body, "image/jpeg")["images"][0]  # decoded and transformed
+        self.one = image.unsqueeze(0).to(self.loaded.device)
 
     def seconds(self, batch: int, repeats: int) -> list[float]:
         x = self.one.expand(batch, -1, -1, -1).contiguous()

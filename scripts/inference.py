@@ -16,12 +16,21 @@ Response (``application/json``), one entry per image::
 Errors a client can fix raise exceptions carrying an HTTP status (400, 406, 413, 415), which
 the SageMaker inference toolkit turns into that response code with the message. URLs are never
 fetched: only image bytes are accepted.
+
+Every image is decoded by ``breedkit.images.open_rgb``, the function ``preprocess.py`` decodes
+training images with (alpha on white, 16-bit rescaled, an animation's first frame, EXIF
+orientation), then resized and cropped by the evaluation transform, one image at a time: a
+request never holds more than one full-resolution image. Limits, checked on the headers before
+anything is decoded (413 with the limit): ``MAX_IMAGE_PIXELS`` per image, ``MAX_REQUEST_PIXELS``
+per request, ``MAX_IMAGES_PER_REQUEST`` images; JSON nested deeper than ``MAX_JSON_DEPTH``
+levels is refused (400).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import os
 import sys
@@ -30,7 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from breedkit.images import ImageDecodeError, decode_tensor  # noqa: E402
+from breedkit.images import (ImageDecodeError, ImageTooLarge, image_size,  # noqa: E402
+                             open_rgb, rgb_tensor)
 from breedkit.model import display_label, load_model  # noqa: E402
 from breedkit.transforms import eval_size, eval_transform_for  # noqa: E402
 
@@ -38,6 +48,11 @@ IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
 JSON_TYPE = "application/json"
 DEFAULT_TOP_K = int(os.environ.get("TOP_K", "5"))
 MAX_IMAGES = int(os.environ.get("MAX_IMAGES_PER_REQUEST", "64"))
+# a 40 MP image decodes to 120 MB of RGB (more while alpha is composited); a request may hold
+# about eight 12 MP phone photos. Checked on the headers, before any image is decoded.
+MAX_IMAGE_PIXELS = int(os.environ.get("MAX_IMAGE_PIXELS", "40000000"))
+MAX_REQUEST_PIXELS = int(os.environ.get("MAX_REQUEST_PIXELS", "100000000"))
+MAX_JSON_DEPTH = 8  # our request bodies need 3 levels: {"instances": [{"b64": ...}]}
 
 try:  # present in SageMaker's serving containers; optional elsewhere
     from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
@@ -68,23 +83,31 @@ class LoadedModel:
         self.transform = eval_transform_for(config)
         self.class_names = config["class_names"]
         self.labels = [display_label(c) for c in self.class_names]
+        # the shorter side the transform resizes to: large JPEGs are decoded at a reduced
+        # scale that still covers it, as preprocess.py decodes large training photos
+        self.draft = eval_size(config)[1]
+
+    def prepare(self, blob: bytes):
+        """One image's bytes -> the model's input (uint8, 3 x size x size). The full-size
+        decode lives only inside this call."""
+        image = open_rgb(io.BytesIO(blob), MAX_IMAGE_PIXELS, draft=self.draft)
+        return self.transform(rgb_tensor(image))
 
 
-# the shorter side the loaded model's transform resizes to: large JPEGs are decoded at a
-# reduced scale that still covers it (set by model_fn, which the toolkit calls first)
-_decode_draft: int | None = None
+# the model input_fn prepares images for (set by model_fn, which the toolkit calls first)
+_loaded: LoadedModel | None = None
 
 
 def model_fn(model_dir: str) -> LoadedModel:
-    global _decode_draft
+    global _loaded
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # horizontal-flip TTA as evaluate.py's default does; TTA_HFLIP=true/false (an endpoint
     # environment variable) overrides it
     model, config = load_model(model_dir, device, tta_hflip={"true": True, "false": False}.get(
         os.environ.get("TTA_HFLIP", "").strip().lower()))
     model.to(memory_format=torch.channels_last)
-    _decode_draft = eval_size(config)[1]
-    return LoadedModel(model, config, device)
+    _loaded = LoadedModel(model, config, device)
+    return _loaded
 
 
 def _b64(item, where: str) -> bytes:
@@ -97,17 +120,40 @@ def _b64(item, where: str) -> bytes:
                                 f"base64-encoded")
     if item.startswith("data:") and "," in item:  # data URL: data:image/png;base64,....
         item = item.split(",", 1)[1]
+    if any(c in item for c in "\n\r \t"):  # line-wrapped base64 (RFC 2045, `base64` tool)
+        item = "".join(item.split())
     try:
         return base64.b64decode(item, validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(400, f"{where}: not valid base64") from None
 
 
+def _depth(doc) -> int:
+    """How deeply lists and objects nest in a parsed JSON document (stops past the limit)."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack and deepest <= MAX_JSON_DEPTH:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
+
+
+def _too_deep() -> RequestError:
+    return RequestError(400, f"JSON nested deeper than {MAX_JSON_DEPTH} levels; send "
+                             f'{{"image": "<base64>"}} or {{"images": ["<base64>", ...]}}')
+
+
 def _json_images(body) -> tuple[list[bytes], int | None]:
     try:
         doc = json.loads(body)
+    except RecursionError:  # nested past the interpreter's recursion limit
+        raise _too_deep() from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"request body is not valid JSON: {exc}") from None
+    if _depth(doc) > MAX_JSON_DEPTH:
+        raise _too_deep()
     if not isinstance(doc, dict):
         raise RequestError(400, 'JSON body must be an object such as {"image": "<base64>"}')
     top_k = doc.get("top_k")
@@ -129,8 +175,35 @@ def _json_images(body) -> tuple[list[bytes], int | None]:
     return [_b64(item, f"image {i}") for i, item in enumerate(items)], top_k
 
 
+def _check_pixels(blobs: list[bytes]) -> None:
+    """Every image's and the request's pixel count, from the headers alone (413 if over)."""
+    total = 0
+    for i, blob in enumerate(blobs):
+        where = "image" if len(blobs) == 1 else f"image {i}"
+        try:
+            width, height = image_size(blob)
+        except ImageTooLarge as exc:
+            raise RequestError(413, f"{where}: {exc}; the limit is {MAX_IMAGE_PIXELS:,} pixels "
+                                    f"per image") from None
+        except ImageDecodeError as exc:
+            raise RequestError(400, f"{where}: {exc}") from None
+        if width * height > MAX_IMAGE_PIXELS:
+            raise RequestError(413, f"{where} is {width}x{height} = {width * height:,} pixels; "
+                                    f"the limit is {MAX_IMAGE_PIXELS:,} pixels per image: send "
+                                    f"a smaller image")
+        total += width * height
+    if total > MAX_REQUEST_PIXELS:
+        raise RequestError(413, f"the request's {len(blobs)} images have {total:,} pixels in all; "
+                                f"the limit is {MAX_REQUEST_PIXELS:,} pixels per request: send "
+                                f"fewer or smaller images per request")
+
+
 def input_fn(request_body, request_content_type: str):
-    """Decode the request into a list of uint8 image tensors (and an optional top_k)."""
+    """Decode the request into the model's inputs (uint8 image tensors) and an optional top_k.
+
+    Limits are checked on every header first; then each image is decoded and transformed
+    before the next is decoded.
+    """
     content_type = (request_content_type or "").split(";")[0].strip().lower()
     if isinstance(request_body, str):
         request_body = request_body.encode("utf-8")
@@ -143,21 +216,26 @@ def input_fn(request_body, request_content_type: str):
     else:
         raise RequestError(415, f"unsupported content type {request_content_type!r}; use one of "
                                 f"{', '.join(IMAGE_TYPES + (JSON_TYPE,))}")
+    if _loaded is None:
+        raise RuntimeError("model_fn must load the model before input_fn prepares images")
+    _check_pixels(blobs)
     images = []
     for i, blob in enumerate(blobs):
+        where = "image" if len(blobs) == 1 else f"image {i}"
         try:
-            images.append(decode_tensor(blob, draft=_decode_draft))
+            images.append(_loaded.prepare(blob))
+        except ImageTooLarge as exc:
+            raise RequestError(413, f"{where}: {exc}") from None
         except ImageDecodeError as exc:
-            where = "image" if len(blobs) == 1 else f"image {i}"
-            status = 413 if "limit" in str(exc) or "bomb" in str(exc) else 400
-            raise RequestError(status, f"{where}: {exc}") from None
+            raise RequestError(400, f"{where}: {exc}") from None
+        blobs[i] = None  # the encoded bytes are not needed any more
     return {"images": images, "top_k": top_k}
 
 
 @torch.inference_mode()
 def predict_fn(data, model: LoadedModel):
-    """Top-k classes and probabilities for each image, as plain Python lists."""
-    batch = torch.stack([model.transform(image) for image in data["images"]])
+    """Top-k classes and probabilities for each image (as input_fn prepared them)."""
+    batch = torch.stack(data["images"])
     logits = model.model(batch.to(model.device))
     probs = torch.softmax(logits.float(), dim=1)
     k = min(data.get("top_k") or DEFAULT_TOP_K, probs.shape[1])

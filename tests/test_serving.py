@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import io
+import json
 import subprocess
 import sys
 import tarfile
@@ -133,3 +135,126 @@ def test_ping_reports_a_model_that_failed_to_load(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+FLAKY_MODEL = '''
+import json, time
+
+def model_fn(model_dir):
+    return None
+
+def input_fn(body, content_type):
+    time.sleep(0.05)  # decoding takes a while: concurrent requests meet in one batch
+    return {"images": [body]}
+
+def predict_fn(data, model):
+    if b"poison" in data["images"]:
+        raise ValueError("the forward pass cannot take one of these images")
+    return [{"echo": body.decode(), "top_k": []} for body in data["images"]]
+
+def output_fn(prediction, accept):
+    return json.dumps({"predictions": prediction})
+'''
+
+
+def test_a_request_the_model_fails_on_fails_alone_not_its_batch(tmp_path):
+    model = tmp_path / "model"
+    (model / "code").mkdir(parents=True)
+    (model / "code/inference.py").write_text(FLAKY_MODEL)
+    proc, url = start_server(model, tmp_path, "--max-wait-ms", "300")
+
+    def call(body):
+        r = requests.post(url + "/invocations", data=body,
+                          headers={"Content-Type": "image/jpeg"}, timeout=30)
+        return body, r.status_code, r.json()
+
+    try:
+        bodies = [f"good {i}".encode() for i in range(7)] + [b"poison"]
+        with ThreadPoolExecutor(8) as pool:
+            results = [r for _ in range(3) for r in pool.map(call, bodies)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    for body, status, answer in results:
+        if body == b"poison":
+            assert status == 500 and "cannot take" in answer["error"]
+        else:
+            assert status == 200 and answer["predictions"] == [{"echo": body.decode(),
+                                                                "top_k": []}]
+    # the poison did share batches with good requests: they were retried one by one
+    assert "running each alone" in next(tmp_path.glob("server-*.log")).read_text()
+
+
+def test_gifs_and_nested_json_among_good_requests_fail_nobody_else(endpoint, trained, tmp_path):
+    """15 clients send good JPEGs, one sends hostile bodies: every good request is answered."""
+    from PIL import Image
+
+    jpg = sorted((trained["data"] / "test").rglob("*.jpg"))[0]
+    with Image.open(jpg) as img:
+        frames = [img.convert("RGB"), img.convert("RGB").rotate(90)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    gif = buf.getvalue()
+    hostile = {
+        "gif as image/png": (gif, "image/png", 200),
+        "gif in JSON": (json.dumps({"image": base64.b64encode(gif).decode()}).encode(),
+                        "application/json", 200),
+        "nested JSON": (b'{"image": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                        "application/json", 400),
+    }
+
+    def call(job):
+        body, content_type = job
+        r = requests.post(endpoint + "/invocations", data=body,
+                          headers={"Content-Type": content_type}, timeout=60)
+        return r.status_code, r.json()
+
+    jobs = [(jpg.read_bytes(), "image/jpeg")] * 15
+    for name, (body, content_type, status) in hostile.items():
+        with ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(call, [*jobs, (body, content_type)]))
+        assert [code for code, _ in results[:15]] == [200] * 15, name
+        assert results[15][0] == status, (name, results[15][1])
+    # the animation is served as preprocessing would have stored it: its first frame
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(gif)).convert("RGB").save(buf, "PNG")
+    first_frame = call((buf.getvalue(), "image/png"))[1]["predictions"][0]
+    assert call((gif, "image/png"))[1]["predictions"][0] == first_frame
+
+
+THREAD_REPORTING_MODEL = '''
+import json, torch
+
+def model_fn(model_dir):
+    torch.ones(1000, 1000).sum()  # loading runs torch in the model thread
+    return None
+
+def input_fn(body, content_type):
+    return {"images": [torch.get_num_threads()]}
+
+def predict_fn(data, model):
+    return [{"decode": n, "model": torch.get_num_threads(), "top_k": []} for n in data["images"]]
+
+def output_fn(prediction, accept):
+    return json.dumps({"predictions": prediction})
+'''
+
+
+def test_decode_threads_run_torch_on_one_core_and_the_forward_pass_on_all(tmp_path):
+    """Decode threads must not bring OpenMP teams of their own to fight the forward pass's."""
+    import torch
+
+    model = tmp_path / "model"
+    (model / "code").mkdir(parents=True)
+    (model / "code/inference.py").write_text(THREAD_REPORTING_MODEL)
+    proc, url = start_server(model, tmp_path)
+    big = b"x" * (1024 * 1024)  # over the inline-decode size: decoded in a worker thread
+    try:
+        answers = [requests.post(url + "/invocations", data=big, timeout=30,
+                                 headers={"Content-Type": "image/jpeg"}).json()["predictions"][0]
+                   for _ in range(3)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert all(a["decode"] == 1 for a in answers), answers
+    assert all(a["model"] == torch.get_num_threads() for a in answers), answers

@@ -8,8 +8,15 @@
   requests arriving together are batched into one ``predict_fn`` call (up to ``--max-batch``
   images, waiting at most ``--max-wait-ms`` and only while other requests are being decoded,
   so a lone request is never delayed), and each answer goes through ``output_fn``. Client
-  errors (the handlers' ``status_code``: bad content type, undecodable or empty body) and
-  oversized bodies get a 4xx JSON error; the server keeps serving.
+  errors (the handlers' ``status_code``: bad content type, undecodable or empty body, too many
+  pixels) and oversized bodies get a 4xx JSON error before the request reaches a batch; if a
+  batch's forward pass fails anyway, each of its requests is run alone, so only a request the
+  model cannot take gets a 5xx. The server keeps serving.
+- Memory: after a second without requests, memory freed by large requests is given back to
+  the system (glibc's ``malloc_trim``).
+- Threads: one model thread runs every forward pass with torch's default thread count (every
+  core; ``--model-torch-threads``); ``--threads`` decode threads run torch on one core each
+  (``--decode-torch-threads``), so they never start OpenMP teams of their own.
 
 Binds to 127.0.0.1 unless told otherwise. Nothing here fetches URLs.
 """
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import importlib.util
 import logging
 import os
@@ -31,6 +39,17 @@ from aiohttp import web
 log = logging.getLogger("serving")
 MAX_BODY_BYTES = 16 * 2**20
 INLINE_DECODE_MAX_BYTES = 512 * 2**10  # decodes in about a millisecond or two
+IDLE_TRIM_SECONDS = 1.0
+
+
+def release_free_memory() -> None:
+    """Hand memory freed by the last requests back to the system. glibc's malloc keeps freed
+    blocks of large bodies and batches for reuse: a server that was busy would stay that large
+    (+24-38% RSS after 1,000-10,000 requests in bench/endpoint_load.py) while idle."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def load_handlers(model_data: str | os.PathLike, workdir: str | os.PathLike):
@@ -70,8 +89,17 @@ class Batcher:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        idle_since_trim = True
         while True:
-            items = [await self.queue.get()]
+            try:  # after a second without requests, give freed memory back once
+                first = await asyncio.wait_for(self.queue.get(),
+                                               None if idle_since_trim else IDLE_TRIM_SECONDS)
+            except asyncio.TimeoutError:
+                await loop.run_in_executor(self.executor, release_free_memory)
+                idle_since_trim = True
+                continue
+            idle_since_trim = False
+            items = [first]
             count = len(items[0][0]["images"])
             deadline = loop.time() + self.max_wait
             # wait for more only while other requests are on their way (being decoded):
@@ -89,32 +117,76 @@ class Batcher:
             await self._run_batch(loop, items)
 
     async def _run_batch(self, loop, items) -> None:
-        # one forward pass over all images; top_k is applied per request afterwards
+        """One forward pass for the batch; if it fails, each request is run alone, so a
+        request the model cannot take fails by itself and the others are answered."""
+        try:
+            answers = await self._predict(loop, items)
+        except Exception as exc:  # noqa: BLE001 - answer every waiting request, keep serving
+            if len(items) == 1:
+                self._settle(items[0][1], exc=exc)
+                return
+            log.warning("a batch of %d requests failed (%s: %s); running each alone",
+                        len(items), type(exc).__name__, exc)
+            for item in items:
+                try:
+                    (mine,) = await self._predict(loop, [item])
+                except Exception as exc:  # noqa: BLE001
+                    self._settle(item[1], exc=exc)
+                else:
+                    self._settle(item[1], result=(mine, len(mine)))
+            return
+        images = sum(len(mine) for mine in answers)
+        for (_, future), mine in zip(items, answers):
+            self._settle(future, result=(mine, images))
+
+    async def _predict(self, loop, items) -> list[list]:
+        """One forward pass over all images of ``items``: each request's predictions (top_k is
+        applied per request afterwards)."""
         default_k = getattr(self.handlers, "DEFAULT_TOP_K", 5)
         wanted = [data.get("top_k") or default_k for data, _ in items]
         merged = {"images": [img for data, _ in items for img in data["images"]],
                   "top_k": max(wanted)}
-        try:
-            results = await loop.run_in_executor(self.executor, self.handlers.predict_fn,
-                                                 merged, self.model)
-            answers = []
-            start = 0
-            for (data, _), k in zip(items, wanted):
-                n = len(data["images"])
-                mine = results[start:start + n]
-                start += n
-                for entry in mine:
-                    entry["top_k"] = entry["top_k"][:k]
-                answers.append(mine)
-        except Exception as exc:  # noqa: BLE001 - answer every waiting request, keep serving
-            for _, future in items:
-                if not future.done():
-                    future.set_exception(exc)
-            return
+        results = await loop.run_in_executor(self.executor, self.handlers.predict_fn,
+                                             merged, self.model)
         self.batches += 1
-        for (_, future), mine in zip(items, answers):
-            if not future.done():
-                future.set_result((mine, len(merged["images"])))
+        answers, start = [], 0
+        for (data, _), k in zip(items, wanted):
+            mine = results[start:start + len(data["images"])]
+            start += len(mine)
+            for entry in mine:
+                entry["top_k"] = entry["top_k"][:k]
+            answers.append(mine)
+        return answers
+
+    @staticmethod
+    def _settle(future, *, result=None, exc=None) -> None:
+        if future.done():  # the client went away
+            return
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+
+
+def torch_threads(count: int | None = None) -> None:
+    """Fix this thread's torch intra-op thread count (torch's default, every core, if None),
+    if the handlers use torch. OpenMP keeps the count per thread, and a thread that has not
+    run torch yet takes the count set last by any thread: so the model thread fixes its own
+    before the decode threads set theirs. Decode threads use 1: a resize gains nothing from a
+    second core, and each decode thread would otherwise bring an OpenMP team of its own to
+    fight the forward pass's threads for the cores."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.get_num_threads()  # this thread's OpenMP state first, so a count set here sticks
+        if count:
+            torch.set_num_threads(count)
+
+
+def load_model_thread(model_data, workdir, count: int | None = None):
+    """In the model thread: load the handlers and the model, and fix its thread count."""
+    loaded = load_handlers(model_data, workdir)
+    torch_threads(count)
+    return loaded
 
 
 def json_error(status: int, message: str) -> web.Response:
@@ -122,9 +194,11 @@ def json_error(status: int, message: str) -> web.Response:
 
 
 def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
-             threads: int = 4, workdir: str | None = None) -> web.Application:
+             threads: int = 4, decode_torch_threads: int = 1, model_torch_threads: int = 0,
+             workdir: str | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+    executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode",
+                                  initializer=torch_threads, initargs=(decode_torch_threads,))
     # one thread runs every forward pass: its OpenMP team stays warm, and batches never
     # compete with each other for the cores
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
@@ -134,7 +208,7 @@ def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
     async def startup(app):
         try:
             handlers, model = await asyncio.get_running_loop().run_in_executor(
-                model_thread, load_handlers, model_data, scratch)
+                model_thread, load_model_thread, model_data, scratch, model_torch_threads)
         except Exception as exc:  # noqa: BLE001 - reported by /ping, the server stays up
             state["error"] = f"model failed to load: {type(exc).__name__}: {exc}"
             log.error(state["error"])
@@ -208,11 +282,16 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--max-wait-ms", type=float, default=5.0)
-    p.add_argument("--threads", type=int, default=4)
+    p.add_argument("--threads", type=int, default=4, help="decode threads")
+    p.add_argument("--decode-torch-threads", type=int, default=1,
+                   help="torch threads of each decode thread (0: torch's default, every core)")
+    p.add_argument("--model-torch-threads", type=int, default=0,
+                   help="torch threads of the forward pass (0: torch's default, every core)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     app = make_app(args.model_data, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
-                   threads=args.threads)
+                   threads=args.threads, decode_torch_threads=args.decode_torch_threads,
+                   model_torch_threads=args.model_torch_threads)
     log.info("serving %s on http://%s:%d", args.model_data, args.host, args.port)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
     return 0

@@ -1,11 +1,17 @@
 """Image decoding shared by preprocessing, training, evaluation and inference.
 
-Two paths, one result: an RGB image with EXIF orientation applied.
-- ``open_rgb`` (Pillow) for preprocessing, where every odd mode must be handled.
-- ``decode_tensor`` (torchvision.io, Pillow as fallback) for training and serving, returning a
-  ``uint8`` CHW tensor. Training and inference use this same function, so a served image goes
-  through the pixels path the model was trained and evaluated on; a large served JPEG is first
-  decoded at a reduced scale, as ``preprocess.py`` decodes large training photos.
+One decode, one result: an upright RGB image (EXIF orientation applied, alpha composited on
+white, 16-bit rescaled, the first frame of an animation).
+- ``open_rgb`` (Pillow) is that decode: ``preprocess.py`` calls it on every raw image, and the
+  serving handlers (``inference.py``) call it on every request image, so a served image gets
+  exactly the pixels a training image got from the same bytes.
+- ``decode_tensor`` for the training and evaluation loaders, which read ``preprocess.py``'s own
+  RGB JPEGs: those go through torchvision.io (pixel-identical to Pillow for baseline RGB JPEGs,
+  and faster); every other image goes through ``open_rgb``, so the result never differs.
+- ``image_size`` reads only the header: callers check their pixel limits before decoding.
+
+Too many pixels raises ``ImageTooLarge`` (a kind of ``ImageDecodeError``): callers that answer
+differently for "too large" (HTTP 413) and "not an image" (400) catch the type, never the text.
 """
 
 from __future__ import annotations
@@ -27,11 +33,15 @@ class ImageDecodeError(ValueError):
     """The bytes are not an image we can read (empty, truncated, unknown format, too large)."""
 
 
+class ImageTooLarge(ImageDecodeError):
+    """The image has more pixels than the caller's limit (or is a decompression bomb)."""
+
+
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
     if max_pixels and width * height > max_pixels:
-        raise ImageDecodeError(
-            f"image is {width}x{height} = {width * height} pixels, over the limit of "
-            f"{max_pixels} (decompression-bomb protection)")
+        raise ImageTooLarge(
+            f"image is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (decompression-bomb protection)")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -64,7 +74,7 @@ def _as_decode_errors():
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError(f"decompression bomb: {exc}") from None
+        raise ImageTooLarge(f"decompression bomb: {exc}") from None
     except Image.UnidentifiedImageError:
         raise ImageDecodeError("not an image Pillow can identify") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -79,6 +89,14 @@ def _open_checked(source, max_pixels: int) -> Image.Image:
     img = Image.open(source)
     _check_pixels(img.width, img.height, max_pixels)
     return img
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from the header alone; ImageDecodeError if it is not an image."""
+    if not data:
+        raise ImageDecodeError("empty image")
+    with _as_decode_errors():
+        return Image.open(io.BytesIO(data)).size
 
 
 def open_rgb(source, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None
@@ -102,7 +120,9 @@ def decode_tensor(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int 
 
     ``draft``: the shorter side the caller will resize to. A JPEG at least twice that size is
     then decoded at a reduced scale that still covers it, as ``preprocess.py`` does (a 12 MP
-    phone photo decodes ~4x faster); smaller images decode at full size.
+    phone photo decodes ~4x faster); smaller images decode at full size. Only RGB and greyscale
+    JPEGs take torchvision's path; any other image is ``open_rgb``'s, as preprocessing decodes it
+    (torchvision would keep a GIF's frames, 16-bit values and black under transparent pixels).
     """
     import torch
     from torchvision.io import ImageReadMode, decode_image
@@ -111,19 +131,22 @@ def decode_tensor(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int 
         raise ImageDecodeError("empty image")
     with _as_decode_errors():
         header = _open_checked(io.BytesIO(data), max_pixels)
-    if draft and header.format == "JPEG" and min(header.size) >= 2 * draft:
-        return _pil_tensor(open_rgb(io.BytesIO(data), max_pixels, draft=draft))
+    if header.format != "JPEG" or header.mode not in ("RGB", "L"):
+        return rgb_tensor(open_rgb(io.BytesIO(data), max_pixels))
+    if draft and min(header.size) >= 2 * draft:
+        return rgb_tensor(open_rgb(io.BytesIO(data), max_pixels, draft=draft))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torchvision warns on non-writable buffers
             raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         return decode_image(raw, mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except RuntimeError:
-        pass  # formats torchvision lacks (BMP, TIFF, ...) or odd modes: Pillow handles them
-    return _pil_tensor(open_rgb(io.BytesIO(data), max_pixels))
+        pass  # JPEGs torchvision cannot read: Pillow decodes them
+    return rgb_tensor(open_rgb(io.BytesIO(data), max_pixels))
 
 
-def _pil_tensor(img: Image.Image):
+def rgb_tensor(img: Image.Image):
+    """An RGB Pillow image as a ``uint8`` tensor of shape (3, H, W)."""
     import numpy as np
     import torch
 
