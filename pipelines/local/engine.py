@@ -454,10 +454,10 @@ def _fmt(hps: dict) -> str:
 
 def summary(result: RunResult) -> str:
     lines = [f"execution {result.execution_id}: {result.status}"]
-    lines.append(f"  {'step':<16} {'status':<10} {'seconds':>8}  note")
+    lines.append(f"  {'step':<18} {'status':<10} {'seconds':>8}  note")
     for s in result.steps:
         note = f"cache hit ({s.cached_from})" if s.cached_from else s.detail
-        lines.append(f"  {s.name:<16} {s.status:<10} {s.seconds:>8.1f}  {note}")
+        lines.append(f"  {s.name:<18} {s.status:<10} {s.seconds:>8.1f}  {note}")
     if result.best_hyperparameters:
         lines.append(f"  best hyperparameters: {_fmt(result.best_hyperparameters)}")
     for v in result.rules:
