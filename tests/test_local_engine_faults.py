@@ -225,3 +225,21 @@ def test_runs_resolving_the_sample_data_at_once_see_the_same_finished_files(tmp_
     final = inputs.fingerprint(cache / "sklearn-digits")
     assert [out.strip() for out, _ in results] == [final, final]
     assert sum(1 for _ in (cache / "sklearn-digits").rglob("*.png")) == 1797
+
+
+def test_executions_started_in_the_same_second_list_newest_first(tmp_path, monkeypatch):
+    """started_at has one-second resolution; the tie goes to insertion order, not to the
+    random part of the id."""
+    import uuid
+
+    from pipelines.local import store as store_module
+
+    suffixes = iter(["ffffff", "000000"])
+    monkeypatch.setattr(store_module.uuid, "uuid4",
+                        lambda: uuid.UUID(next(suffixes) + "00" * 13))
+    monkeypatch.setattr(store_module, "now", lambda: "2026-11-24T01:00:00+00:00")
+    store = Store(tmp_path / "home")
+    older = store.new_execution("DogBreedBuild", {})
+    newer = store.new_execution("DogBreedBuild", {})
+    assert older.endswith("ffffff") and newer.endswith("000000")
+    assert [e["id"] for e in store.executions()] == [newer, older]

@@ -117,7 +117,7 @@ class Store:
         machine restarted), and its Executing steps; return those executions."""
         with self._db() as db:
             running = db.execute("SELECT id, engine_pid FROM executions WHERE status = "
-                                 "'Executing' ORDER BY started_at").fetchall()
+                                 "'Executing' ORDER BY started_at, rowid").fetchall()
         failed = []
         for row in running:
             if self._engine_alive(row["id"]):
@@ -183,7 +183,7 @@ class Store:
     def executions(self, limit: int | None = None) -> list[dict]:
         """Newest first."""
         with self._db() as db:
-            rows = db.execute("SELECT * FROM executions ORDER BY started_at DESC, id DESC "
+            rows = db.execute("SELECT * FROM executions ORDER BY started_at DESC, rowid DESC "
                               "LIMIT ?", (-1 if limit is None else limit,)).fetchall()
         return [dict(r) for r in rows]
 
