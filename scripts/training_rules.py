@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from breedkit.contract import UserError, parse_args, run_main, setup_logging  # noqa: E402
 from breedkit.rulespec import (DEFAULT_BLOCKING, HOOK_DIR, PROFILE_DIR, REPORT_FILE,  # noqa: E402
-                               RULES_FILE, parse_blocking)
+                               RULES, RULES_FILE, parse_blocking)
 
 log = logging.getLogger("training_rules")
 ARCHIVE = "output.tar.gz"
@@ -98,8 +98,6 @@ def main(argv=None) -> int:
         try:
             from breedkit.rules import evaluate_rules
         except ImportError as exc:  # a verdict: the rules need smdebug
-            from breedkit.rulespec import RULES
-
             verdicts = [{"rule": name, "status": "Error", "step": None, "parameters": {},
                          "message": f"smdebug unavailable ({exc}): pip install -r "
                                     f"requirements/rules.txt"} for name in RULES]

@@ -92,6 +92,7 @@ class LocalPipeline:
         self.store = Store(self.home)
         self.code_version = scripts_digest(SCRIPTS_DIR)
         self.tracking_uri = tracking_uri  # MLflow: runs of the trials and TrainFinal
+        self._experiment = None  # its MLflow experiment id, looked up once
 
     # -- the pipeline --------------------------------------------------------------------------
 
@@ -106,6 +107,7 @@ class LocalPipeline:
         self.result = RunResult(execution_id, "Executing")
         self.params = params
         self._resolved_input = None  # InputDataUrl, resolved once per run
+        self._rules_report = None  # TrainingRules' rules.json, read once per run
         self.echo(f"local execution {execution_id} of {self.name} (home {self.home})")
         try:
             data = self._step(spec.STEP.PREPROCESS, self._preprocess)
@@ -204,8 +206,13 @@ class LocalPipeline:
         if name == spec.STEP.TUNE:
             self.result.best_hyperparameters = outputs["best"]
         elif name == spec.STEP.RULES:
-            self.result.rules = json.loads(Path(outputs["rules_file"]).read_text())["rules"] \
-                if self.options.training_rules else []
+            self._rules_report = json.loads(Path(outputs["rules_file"]).read_text())
+            if self.options.training_rules:
+                self.result.rules = self._rules_report["rules"]
+                for v in self.result.rules:
+                    where = f" at step {v['step']}" if v["step"] is not None else ""
+                    self.echo(f"[{spec.STEP.RULES}] {v['rule']}: {v['status']}{where}"
+                              + (f" ({v['message']})" if v["status"] == "Error" else ""))
             if self.options.profiler:
                 self.result.reports["profiler_report"] = outputs["profiler_report"]
         elif name == spec.STEP.EVALUATE:
@@ -254,15 +261,18 @@ class LocalPipeline:
         """What a training job needs to log its MLflow run (nothing without tracking)."""
         if not self.tracking_uri:
             return {}
-        from .tracking import experiment_id
-
-        if not hasattr(self, "_experiment"):
-            self._experiment = experiment_id(self.tracking_uri, self.name, self.home)
         env = {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_RUN_NAME": run_name,
-               "MLFLOW_EXPERIMENT_ID": self._experiment}
+               "MLFLOW_EXPERIMENT_ID": self._mlflow_experiment()}
         if parent:
             env["MLFLOW_PARENT_RUN_ID"] = parent
         return env
+
+    def _mlflow_experiment(self) -> str:
+        if self._experiment is None:
+            from .tracking import experiment_id
+
+            self._experiment = experiment_id(self.tracking_uri, self.name, self.home)
+        return self._experiment
 
     def _tune(self, step_dir: Path, data: dict) -> dict:
         parallel = max(1, min(int(self.params["MaxParallelTuningJobs"]),
@@ -273,8 +283,8 @@ class LocalPipeline:
         if self.tracking_uri:
             from .tracking import start_parent_run
 
-            parent = start_parent_run(self.tracking_uri, self._mlflow_env("")[
-                "MLFLOW_EXPERIMENT_ID"], f"{spec.STEP.TUNE} {self.result.execution_id}")
+            parent = start_parent_run(self.tracking_uri, self._mlflow_experiment(),
+                                      f"{spec.STEP.TUNE} {self.result.execution_id}")
 
         def run_trial(number, hps, on_line):
             return self._train_job(step_dir / f"trial-{number}", data, hps, on_line, threads,
@@ -346,25 +356,19 @@ class LocalPipeline:
         outputs = self._processing(spec.RULES_JOB, step_dir, {"training": model["output_data"]},
                                    spec.STEP.RULES)
         folder = Path(outputs["rules"])
-        result = {**outputs, "rules_file": str(folder / RULES_FILE),
-                  "profiler_report": str(folder / REPORT_FILE)}
-        for v in json.loads((folder / RULES_FILE).read_text())["rules"]:
-            if self.options.training_rules:
-                where = f" at step {v['step']}" if v["step"] is not None else ""
-                self.echo(f"[{spec.STEP.RULES}] {v['rule']}: {v['status']}{where}"
-                          + (f" ({v['message']})" if v["status"] == "Error" else ""))
-        return result
+        return {**outputs, "rules_file": str(folder / RULES_FILE),
+                "profiler_report": str(folder / REPORT_FILE)}
 
     def _check_rules(self, step_dir: Path, rules: dict) -> bool:
         """No finding of a blocking rule (BlockingRules), as the cloud ConditionStep."""
-        blocking = json.loads(Path(rules["rules_file"]).read_text())["blocking"]
+        blocking = self._rules_report["blocking"]
         self.echo(f"[{spec.STEP.CHECK_RULES}] blocking rules fired: "
                   f"{blocking['fired'] or 'none'} (BlockingRules: "
                   f"{','.join(blocking['rules']) or 'none'})")
         return blocking["count"] == 0
 
     def _rules_fired(self, step_dir: Path, rules: dict):
-        blocking = json.loads(Path(rules["rules_file"]).read_text())["blocking"]
+        blocking = self._rules_report["blocking"]
         raise PipelineFailed(
             f"Training rule(s) {blocking['fired']} found issues in TrainFinal (they are in "
             f"BlockingRules) - the model was not registered. See {rules['rules_file']} and "
@@ -420,7 +424,7 @@ class LocalPipeline:
         metadata = {"validation_accuracy": _accuracy(evaluation["validation"]),
                     "test_accuracy": _accuracy(evaluation["report"])}
         if rules is not None:
-            report = json.loads(Path(rules["rules_file"]).read_text())
+            report = self._rules_report
             if self.options.training_rules:
                 metadata.update({spec.rule_metadata_key(v["rule"]): v["status"]
                                  for v in report["rules"]})
