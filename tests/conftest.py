@@ -170,3 +170,11 @@ def fake_endpoints(monkeypatch):
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(autouse=True)
+def no_mlflow_server(monkeypatch):
+    """Tests never log to a tracking server the developer's environment names: train.py and
+    the local engine log MLflow runs whenever MLFLOW_TRACKING_URI is set."""
+    for name in [n for n in os.environ if n.startswith("MLFLOW_")]:
+        monkeypatch.delenv(name)

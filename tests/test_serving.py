@@ -137,6 +137,14 @@ def test_ping_reports_a_model_that_failed_to_load(tmp_path):
         proc.wait(timeout=10)
 
 
+def handler_model_dir(tmp_path, handlers: str):
+    """A model folder whose code/inference.py is ``handlers`` (a stand-in for the model)."""
+    model = tmp_path / "model"
+    (model / "code").mkdir(parents=True)
+    (model / "code/inference.py").write_text(handlers)
+    return model
+
+
 FLAKY_MODEL = '''
 import json, time
 
@@ -158,9 +166,7 @@ def output_fn(prediction, accept):
 
 
 def test_a_request_the_model_fails_on_fails_alone_not_its_batch(tmp_path):
-    model = tmp_path / "model"
-    (model / "code").mkdir(parents=True)
-    (model / "code/inference.py").write_text(FLAKY_MODEL)
+    model = handler_model_dir(tmp_path, FLAKY_MODEL)
     proc, url = start_server(model, tmp_path, "--max-wait-ms", "300")
 
     def call(body):
@@ -244,9 +250,7 @@ def test_decode_threads_run_torch_on_one_core_and_the_forward_pass_on_all(tmp_pa
     """Decode threads must not bring OpenMP teams of their own to fight the forward pass's."""
     import torch
 
-    model = tmp_path / "model"
-    (model / "code").mkdir(parents=True)
-    (model / "code/inference.py").write_text(THREAD_REPORTING_MODEL)
+    model = handler_model_dir(tmp_path, THREAD_REPORTING_MODEL)
     proc, url = start_server(model, tmp_path)
     big = b"x" * (1024 * 1024)  # over the inline-decode size: decoded in a worker thread
     try:
