@@ -268,9 +268,12 @@ def _run_local(args) -> int:
     from pipelines.local.tracking import tracking_uri
 
     home = home_dir(args.home)
+    try:
+        uri = tracking_uri(home, args.mlflow)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     engine = LocalPipeline(home, args.pipeline_name, args.model_package_group, options,
-                           echo=lambda line: print(line, flush=True),
-                           tracking_uri=tracking_uri(home, args.mlflow))
+                           echo=lambda line: print(line, flush=True), tracking_uri=uri)
     result = engine.run(params)
     print(summary(result), flush=True)
     return 0 if result.status == "Succeeded" else 130 if result.status == "Stopped" else 1

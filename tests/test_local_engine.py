@@ -270,3 +270,21 @@ def test_the_home_is_absolute_whatever_the_working_directory(tmp_path, monkeypat
     monkeypatch.setenv("DOGBREED_HOME", "from-env")
     assert home_dir() == tmp_path / "from-env"
     assert LocalPipeline("relative-home").home == tmp_path / "relative-home"
+
+
+def test_mlflow_without_mlflow_installed_is_one_line_before_anything_runs(tmp_path, capsys,
+                                                                         monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as on an install without the extra
+    code = run.main(["--local", "--mlflow", "--home", str(tmp_path / "h"),
+                     f"--param=InputDataUrl={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install -e '.[mlflow]'" in err and "Traceback" not in err
+    assert not (tmp_path / "h" / "engine.sqlite").exists()  # no execution was started
+    # a tracking URI from the environment alone is not a request: a warning, no tracking
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'm.db'}")
+    from pipelines.local.tracking import tracking_uri
+
+    assert tracking_uri(tmp_path / "h", enabled=False) is None
+    assert "MLflow cannot be imported" in capsys.readouterr().err

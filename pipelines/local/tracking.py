@@ -4,21 +4,43 @@ step's parent run. Imported only when tracking is on; training jobs log their ow
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 MLFLOW_DIR = "mlflow"  # under the engine's home
 
 
 def tracking_uri(home: Path, enabled: bool) -> str | None:
-    """$MLFLOW_TRACKING_URI if set, else with ``enabled`` a SQLite store under the home."""
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
-    if not enabled:
+    """Where the engine's MLflow runs go, or None for no tracking.
+
+    ``enabled`` (``--mlflow``): $MLFLOW_TRACKING_URI, else a SQLite store under the home; MLflow
+    must be installed (ValueError says how). Without it, a tracking URI in the environment
+    alone turns tracking on only where MLflow can be imported (else a warning).
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not (enabled or uri):
         return None
+    if not _mlflow_installed():
+        message = ("MLflow tracking needs MLflow, which is not installed: "
+                   "pip install -e '.[mlflow]'")
+        if enabled:
+            raise ValueError(f"--mlflow: {message}")
+        print(f"warning: MLFLOW_TRACKING_URI is set but MLflow cannot be imported; runs are not "
+              f"tracked ({message})", file=sys.stderr)
+        return None
+    if uri:
+        return uri
     folder = home / MLFLOW_DIR
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def _mlflow_installed() -> bool:
+    if "mlflow" in sys.modules:  # None there means an import that failed (or was blocked)
+        return sys.modules["mlflow"] is not None
+    return importlib.util.find_spec("mlflow") is not None
 
 
 def _client(uri: str):
