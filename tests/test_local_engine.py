@@ -176,7 +176,7 @@ def test_a_blocking_rule_finding_keeps_the_model_out_of_the_registry(home, monke
     code = run.main(["--local", "--home", str(home["home"]),
                      *[f"--param={k}={v}" for k, v in SMALL.items() if k != "Epochs"],
                      "--param=Epochs=1", f"--param=InputDataUrl={home['data']}",
-                     "--param=BlockingRules=VanishingGradient"])
+                     "--param=BlockingRules=VanishingGradient", "--param=AccuracyThreshold=0"])
     out = capsys.readouterr().out
     assert code == 0, out
     package = LocalRegistry(home["home"]).list("DogBreedModels")[0]
@@ -194,7 +194,9 @@ def test_mlflow_runs_of_trials_under_the_tuning_run_and_of_train_final(home, cap
     code = run.main(["--local", "--home", str(home["home"]), "--mlflow", "--no-profiler",
                      "--pipeline-name", "Tracked", "--model-package-group", "Tracked",
                      *[f"--param={k}={v}" for k, v in SMALL.items() if k != "Epochs"],
-                     "--param=Epochs=1", f"--param=InputDataUrl={home['data']}"])
+                     "--param=Epochs=1", f"--param=InputDataUrl={home['data']}",
+                     # what one epoch learns varies with the CPU (bf16 or not): not tested here
+                     "--param=AccuracyThreshold=0"])
     out = capsys.readouterr().out
     assert code == 0, out
     client = MlflowClient(f"sqlite:///{home['home'] / 'mlflow' / 'mlflow.db'}")
