@@ -122,3 +122,17 @@ def test_metrics_on_a_known_case():
     perfect = compute_metrics(y_true, np.eye(3)[y_true], names, rounds=20)
     assert perfect["multiclass_classification_metrics"]["accuracy"] == {
         "value": 1.0, "standard_deviation": 0.0}
+
+
+def test_bootstrap_scores_are_sklearns_scores():
+    """The bootstrap's numpy metrics equal sklearn's, classes missing from a resample too."""
+    from breedkit.evaluation import _scores, bootstrap_scores
+
+    rng = np.random.default_rng(1)
+    for classes, images in ((3, 30), (10, 50), (133, 400)):
+        y_true = rng.integers(0, classes - 1, images)  # the last class is never the true one
+        probs = rng.random((images, classes)) ** 4
+        probs /= probs.sum(1, keepdims=True)
+        y_pred = probs.argmax(1)
+        expected = _scores(y_true, y_pred, probs, list(range(classes)), 5)
+        assert bootstrap_scores(y_true, y_pred, probs, classes, 5) == pytest.approx(expected)
