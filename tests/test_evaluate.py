@@ -124,9 +124,28 @@ def test_metrics_on_a_known_case():
         "value": 1.0, "standard_deviation": 0.0}
 
 
-def test_bootstrap_scores_are_sklearns_scores():
-    """The bootstrap's numpy metrics equal sklearn's, classes missing from a resample too."""
-    from breedkit.evaluation import _scores, bootstrap_scores
+def sklearn_scores(y_true, y_pred, probs, labels, k) -> dict:
+    from sklearn.metrics import (accuracy_score, f1_score, log_loss, precision_score,
+                                 recall_score, top_k_accuracy_score)
+
+    weighted = {"labels": labels, "average": "weighted", "zero_division": 0}
+    return {
+        "accuracy": accuracy_score(y_true, y_pred),
+        "weighted_f1": f1_score(y_true, y_pred, **weighted),
+        "weighted_precision": precision_score(y_true, y_pred, **weighted),
+        "weighted_recall": recall_score(y_true, y_pred, **weighted),
+        "macro_f1": f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0),
+        "log_loss": log_loss(y_true, probs, labels=labels),
+        f"top_{k}_accuracy": (top_k_accuracy_score(y_true, probs, k=k, labels=labels)
+                              if k < len(labels) else 1.0),
+    }
+
+
+def test_scores_are_sklearns_scores():
+    """Our numpy metrics equal scikit-learn's, with a class missing from the labels too."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from breedkit.evaluation import _per_class, confusion, scores
 
     rng = np.random.default_rng(1)
     for classes, images in ((3, 30), (10, 50), (133, 400)):
@@ -134,5 +153,10 @@ def test_bootstrap_scores_are_sklearns_scores():
         probs = rng.random((images, classes)) ** 4
         probs /= probs.sum(1, keepdims=True)
         y_pred = probs.argmax(1)
-        expected = _scores(y_true, y_pred, probs, list(range(classes)), 5)
-        assert bootstrap_scores(y_true, y_pred, probs, classes, 5) == pytest.approx(expected)
+        labels = list(range(classes))
+        assert scores(y_true, y_pred, probs, classes, 5) == pytest.approx(
+            sklearn_scores(y_true, y_pred, probs, labels, 5))
+        ours = _per_class(confusion(y_true, y_pred, classes))
+        theirs = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+        for a, b in zip(ours, theirs):
+            assert a == pytest.approx(b)
