@@ -1,6 +1,9 @@
-"""Fine-tune a torchvision ResNet on an image folder (SageMaker training contract).
+"""Fine-tune a torchvision ResNet on an image folder (SageMaker training contract), or train
+only its new head on cached features (``--mode linear-probe``: a tuning trial, breedkit.probe).
 
 Data:        SM_CHANNEL_TRAIN, SM_CHANNEL_VALID  (<class>/<image> folders, e.g. from preprocess.py)
+             SM_CHANNEL_FEATURES  (--mode linear-probe: the Features step's output)
+             SM_CHANNEL_HEAD  (optional: a probed head, from a linear-probe trial, to start from)
 Model:       SM_MODEL_DIR  (weights, classes, config and code/inference.py: see breedkit.model)
 Extras:      SM_OUTPUT_DATA_DIR  (history.json, training_summary.json)
 Checkpoints: --checkpoint-dir (default: the folder SageMaker syncs to S3, for jobs that have a
@@ -38,6 +41,9 @@ log = logging.getLogger("train")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     hp = p.add_argument_group("hyperparameters")
+    hp.add_argument("--mode", default="fine-tune", choices=("fine-tune", "linear-probe"),
+                    help="fine-tune: train the network on images; linear-probe: train only the "
+                         "head on the cached features of --features-dir (a tuning trial)")
     hp.add_argument("--lr", type=float, default=1e-3,
                     help="peak learning rate of the new head, for one process (scaled with the "
                          "number of processes: breedkit.training.scale_lr)")
@@ -91,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     loc = p.add_argument_group("locations (SageMaker sets these)")
     loc.add_argument("--train-dir", default=env_path("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train"))
     loc.add_argument("--valid-dir", default=env_path("SM_CHANNEL_VALID", "/opt/ml/input/data/valid"))
+    loc.add_argument("--features-dir",
+                     default=env_path("SM_CHANNEL_FEATURES", "/opt/ml/input/data/features"),
+                     help="cached features (--mode linear-probe)")
+    loc.add_argument("--head-dir", default=env_path("SM_CHANNEL_HEAD", ""),
+                     help="start from the probed head in this folder (or its model.tar.gz); a "
+                          "folder holding no probed head is ignored")
     loc.add_argument("--model-dir", default=env_path("SM_MODEL_DIR", "/opt/ml/model"))
     loc.add_argument("--output-data-dir",
                      default=env_path("SM_OUTPUT_DATA_DIR", "/opt/ml/output/data"))
@@ -131,6 +143,26 @@ def resolve_defaults(args):
     return args
 
 
+def start_from_probed_head(args, model, class_names) -> dict | None:
+    """LP-FT: the best linear-probe trial's head in ``model.fc`` (its head.json), or None."""
+    args.probed_head = ""
+    if not args.head_dir:
+        return None
+    from breedkit import features
+    from breedkit.probe import load_head
+
+    expected = features.signature(args.arch, args.pretrained, args.image_size, args.seed,
+                                  features.backbone_checksum(model.backbone))
+    probed = load_head(args.head_dir, model, class_names, expected)
+    if probed is None:
+        log.info("%s holds no probed head: starting from a new head", args.head_dir)
+        return None
+    args.probed_head = f"{probed['signature']['backbone_checksum']}:{probed['valid_accuracy']}"
+    log.info("starting from the probed head in %s (valid accuracy %.4f on cached features)",
+             args.head_dir, probed["valid_accuracy"])
+    return probed
+
+
 def default_workers(env) -> int:
     """Leave most cores to the math on small machines; use more where there are many."""
     per_process = cpu_count() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -145,10 +177,29 @@ def signature(args, class_names, env) -> dict:
     keys = ("lr", "backbone_lr_mult", "batch_size", "epochs", "weight_decay", "arch",
             "pretrained", "image_size", "eval_image_size", "seed", "optimizer", "momentum",
             "label_smoothing", "fine_tune", "warmup_epochs", "min_scale", "hflip",
-            "max_steps_per_epoch")
+            "max_steps_per_epoch", "probed_head")
     sig = {k: getattr(args, k) for k in keys}
     sig.update(class_names=list(class_names), world_size=env.world_size)
     return sig
+
+
+def train_head(args) -> int:
+    """--mode linear-probe: the head alone, on cached features (no images, no torchvision)."""
+    from breedkit.probe import train_probe
+    from breedkit.tracking import Tracker
+
+    tracker = Tracker(args.tensorboard_dir)
+    failed = True
+    try:
+        tracker.params({k: getattr(args, k) for k in ("mode", "lr", "batch_size", "epochs",
+                                                      "weight_decay", "label_smoothing", "arch",
+                                                      "pretrained", "image_size", "seed")})
+        summary = train_probe(args, tracker)
+        tracker.finish(summary, args.model_dir, args.output_data_dir)
+        failed = False
+    finally:
+        tracker.close(failed)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -156,6 +207,8 @@ def main(argv=None) -> int:
     setup_logging()
     validate(args)
     resolve_defaults(args)
+    if args.mode == "linear-probe":
+        return train_head(args)
 
     import torch
     import torch.nn as nn
@@ -198,7 +251,9 @@ def main(argv=None) -> int:
                      "%d loader worker(s) each, device %s", len(train_set), len(valid_set),
                      len(class_names), env.world_size, workers, env.device)
 
+        torch.manual_seed(args.seed)  # the backbone the Features step built (breedkit.probe)
         model = build_model(args.arch, len(class_names), args.pretrained, args.fine_tune)
+        probed = start_from_probed_head(args, model, class_names)
         configure_backends(env.device)
         # the resume point comes from rank 0, and is loaded before DDP copies rank 0's weights
         ckpt = Checkpoints(args.checkpoint_dir or None)
@@ -218,8 +273,10 @@ def main(argv=None) -> int:
                 model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
 
         head_lr = scale_lr(args.lr, env.world_size, args.optimizer)
+        if probed:  # LP-FT: the trained head joins the backbone's lower rate
+            head_lr *= args.backbone_lr_mult
         optimizer = make_optimizer(parameter_groups(model, head_lr, args.weight_decay,
-                                                    args.backbone_lr_mult),
+                                                    1.0 if probed else args.backbone_lr_mult),
                                    args.optimizer, head_lr, args.momentum)
         steps = len(train_loader)
         if args.max_steps_per_epoch:
@@ -250,7 +307,8 @@ def main(argv=None) -> int:
                      "warm-up %.2f epoch(s); weight decay %.3g",
                      "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
                      args.arch, args.optimizer, args.pretrained, args.fine_tune, head_lr,
-                     args.lr, env.world_size, head_lr * args.backbone_lr_mult,
+                     args.lr, env.world_size, head_lr * (1.0 if probed else
+                                                          args.backbone_lr_mult),
                      args.warmup_epochs, args.weight_decay)
 
         from breedkit.profiling import NullProfiler, Profiler
@@ -322,6 +380,8 @@ def main(argv=None) -> int:
                 "precision": "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
                 "device": str(env.device), "world_size": env.world_size, "head_lr": head_lr,
                 "torch_version": torch.__version__, "hyperparameters": hyperparameters,
+                "probed_head": ({k: probed[k] for k in ("valid_accuracy", "best_epoch")}
+                                if probed else None),
             }
             save_model_dir(args.model_dir, model, arch=args.arch, class_names=class_names,
                            image_size=args.image_size, resize=resize,

@@ -1,0 +1,122 @@
+"""LP-FT: the Features step's cache, linear-probe trials on it, and TrainFinal from the head.
+
+features.py and the probe run in this process (their main() with arguments, as the scripts'
+own entry points call them): the subprocess start would cost more than the work."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+
+from conftest import SMALL_TRAINING, run_script, train_env
+
+import features as features_script
+import train as train_script
+from breedkit import features
+from breedkit.contract import UserError
+from breedkit.logformat import parse_metrics
+from breedkit.probe import load_head
+
+SIZE = ("--arch", "resnet18", "--pretrained", "false", "--image-size", "32")
+
+
+@pytest.fixture(scope="module")
+def cached(tmp_path_factory, split_data):
+    """Features with 3 views, and one probe trial's model on them."""
+    tmp = tmp_path_factory.mktemp("features")
+    assert features_script.main(["--train-dir", str(split_data / "train"), "--valid-dir",
+                                 str(split_data / "valid"), "--output-dir", str(tmp / "features"),
+                                 *SIZE, "--views", "3"]) == 0
+    return {"dir": tmp, "features": tmp / "features", "data": split_data}
+
+
+def probe(cached, out, *extra):
+    return train_script.main(["--mode", "linear-probe", "--features-dir", str(cached["features"]),
+                              *SIZE, "--lr", "0.003", "--epochs", "4", "--batch-size", "32",
+                              "--model-dir", str(out / "model"), "--output-data-dir",
+                              str(out / "output"), *extra])
+
+
+def test_features_are_float16_views_with_their_signature(cached):
+    feats = features.load(cached["features"])
+    assert feats.train.shape == (3, 90, 512) and feats.train.dtype == np.float16
+    assert feats.valid.shape == (1, 30, 512)
+    assert list(feats.train_labels) == [0] * 30 + [1] * 30 + [2] * 30
+    assert feats.signature["arch"] == "resnet18" and feats.signature["image_size"] == 32
+    # view 1 is view 0's mirror image: different vectors; the random crops differ again
+    assert not np.array_equal(feats.train[0], feats.train[1])
+    assert not np.array_equal(feats.train[1], feats.train[2])
+
+
+def test_a_probe_trial_prints_the_tuning_metrics_and_writes_a_head(cached, tmp_path, capsys):
+    assert probe(cached, tmp_path) == 0
+    out = capsys.readouterr().out
+    metrics = parse_metrics(out)
+    assert len(metrics["valid:best_accuracy"]) == 4  # one line per epoch, as a fine-tune trial
+    meta = json.loads((tmp_path / "model" / "head.json").read_text())
+    assert meta["valid_accuracy"] == max(metrics["valid:accuracy"]) > 0.6  # colours: learnable
+    assert meta["signature"] == features.load(cached["features"]).signature
+    assert (tmp_path / "model" / "head.pt").is_file()
+
+
+def test_features_of_another_size_or_damaged_files_are_refused(cached, tmp_path):
+    with pytest.raises(UserError, match=r"image_size 32 \(expected 64\)"):
+        train_script.main(["--mode", "linear-probe", "--features-dir", str(cached["features"]),
+                           "--arch", "resnet18", "--pretrained", "false", "--image-size", "64",
+                           "--model-dir", str(tmp_path / "m")])
+    damaged = tmp_path / "damaged"
+    shutil.copytree(cached["features"], damaged)
+    data = (damaged / "train.npy").read_bytes()
+    (damaged / "train.npy").write_bytes(data[: len(data) // 2])  # a copy cut short
+    with pytest.raises(UserError, match=r"train\.npy is truncated or corrupt"):
+        features.load(damaged)
+    (damaged / "features.json").unlink()
+    with pytest.raises(UserError, match="not the output of a finished Features step"):
+        features.load(damaged)
+    # TuningMode=fine-tune: the step extracts nothing, and says so to a probe
+    assert features_script.main(["--output-dir", str(tmp_path / "skipped"),
+                                 "--tuning-mode", "fine-tune"]) == 0
+    with pytest.raises(UserError, match="extracted nothing"):
+        features.load(tmp_path / "skipped")
+
+
+def test_train_final_starts_from_the_probed_head_in_the_trials_archive(cached, tmp_path):
+    trial = tmp_path / "trial"
+    assert probe(cached, trial) == 0
+    channel = tmp_path / "head"  # as SageMaker delivers the best trial's model: its archive
+    channel.mkdir()
+    with tarfile.open(channel / "model.tar.gz", "w:gz") as tar:
+        for item in (trial / "model").iterdir():
+            tar.add(item, arcname=item.name)
+    proc = run_script("train.py", *SMALL_TRAINING, "--epochs", "1", "--checkpoint-dir", "",
+                      "--max-steps-per-epoch", "2", env={**train_env(tmp_path, cached["data"]),
+                                                         "SM_CHANNEL_HEAD": str(channel)})
+    assert proc.returncode == 0, proc.stderr
+    assert "starting from the probed head" in proc.stderr
+    config = json.loads((tmp_path / "model" / "model_config.json").read_text())
+    head = json.loads((trial / "model" / "head.json").read_text())
+    assert config["training"]["probed_head"]["valid_accuracy"] == head["valid_accuracy"]
+    # the head joins the backbone's rate (1x from scratch): one lr for every group
+    assert "lr 0.003 for the head" in proc.stderr and "0.003 for the backbone" in proc.stderr
+
+
+def test_a_head_of_another_backbone_or_classes_is_refused_and_a_whole_model_ignored(
+        cached, tmp_path, trained):
+    from breedkit.model import build_model
+
+    assert probe(cached, tmp_path) == 0
+    model = build_model("resnet18", 3, pretrained=False)
+    sig = features.load(cached["features"]).signature
+    names = features.load(cached["features"]).class_names
+    other_seed = {**sig, "seed": 7, "backbone_checksum": sig["backbone_checksum"] + 1.0}
+    with pytest.raises(UserError, match="features of another backbone: seed 42"):
+        load_head(str(tmp_path / "model"), model, names, other_seed)
+    with pytest.raises(UserError, match="knows other classes"):
+        load_head(str(tmp_path / "model"), model, ["a", "b", "c"], sig)
+    assert load_head(str(tmp_path / "model"), model, names, sig)["valid_accuracy"] > 0
+    # a fine-tune trial's model (TuningMode=fine-tune) is no probed head: ignored
+    assert load_head(str(trained["model"]), model, names, sig) is None
