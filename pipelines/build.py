@@ -1,5 +1,6 @@
-"""The build pipeline: Preprocess -> HPTuning -> TrainFinal -> TrainingRules and Evaluate ->
-CheckTrainingRules -> CheckAccuracy -> RegisterModel (or TrainingRulesFired, AccuracyTooLow).
+"""The build pipeline: Preprocess -> Features -> HPTuning -> TrainFinal -> TrainingRules and
+Evaluate -> CheckTrainingRules -> CheckAccuracy -> RegisterModel (or TrainingRulesFired,
+AccuracyTooLow).
 Each step is defined in its own module of ``steps/``."""
 
 from __future__ import annotations
@@ -7,13 +8,14 @@ from __future__ import annotations
 from sagemaker.workflow.pipeline import Pipeline
 from sagemaker.workflow.pipeline_definition_config import PipelineDefinitionConfig
 
-from steps import condition, evaluate, preprocess, register, rules, train, tune
+from steps import condition, evaluate, features, preprocess, register, rules, train, tune
 from steps.context import BuildContext
 
 
 def build_pipeline(ctx: BuildContext) -> Pipeline:
     step_preprocess = preprocess.make_step(ctx)
-    step_tune = tune.make_step(ctx, step_preprocess)
+    step_features = features.make_step(ctx, step_preprocess)
+    step_tune = tune.make_step(ctx, step_preprocess, step_features)
     step_train = train.make_step(ctx, step_tune, tune.training_inputs(step_preprocess))
     step_evaluate, reports = evaluate.make_step(ctx, step_preprocess, step_train)
     options = ctx.options
@@ -23,9 +25,9 @@ def build_pipeline(ctx: BuildContext) -> Pipeline:
     step_fail = condition.make_fail_step(ctx, step_evaluate, reports)
     step_check = condition.make_step(ctx, step_evaluate, reports, if_steps=[step_register],
                                      else_steps=[step_fail])
-    jobs = [step_preprocess, step_tune, step_train, step_evaluate]
+    jobs = [step_preprocess, step_features, step_tune, step_train, step_evaluate]
     if step_rules is not None:
-        jobs.insert(3, step_rules[0])
+        jobs.insert(4, step_rules[0])
     gate = step_check
     if options.training_rules:  # the rules' gate first, then the accuracy's
         gate = rules.make_check_step(ctx, *step_rules, if_steps=[step_check])

@@ -32,6 +32,7 @@ class STEP:
     """Step names: the same in SageMaker Studio and in the local engine's records."""
 
     PREPROCESS = "Preprocess"
+    FEATURES = "Features"
     TUNE = "HPTuning"
     TRAIN = "TrainFinal"
     RULES = "TrainingRules"
@@ -59,15 +60,30 @@ PARAMETERS: tuple[Parameter, ...] = (
               "pipelines.data.stage); empty: s3://<bucket>/<prefix>/data/"),
     Parameter("ProcessingInstanceType", "String", "ml.m5.xlarge",
               "instance for Preprocess and Evaluate"),
-    Parameter("TrainingInstanceType", "String", "ml.g4dn.xlarge",
-              "instance for tuning trials and TrainFinal"),
+    Parameter("TrainingInstanceType", "String", "ml.g4dn.xlarge", "instance for TrainFinal"),
+    Parameter("TuningInstanceType", "String", "ml.m5.large",
+              "instance for the tuning trials: a CPU type suits linear-probe trials; give a GPU "
+              "type (e.g. ml.g4dn.xlarge) with TuningMode=fine-tune"),
     Parameter("ImageSize", "Integer", 224, "training crop size in pixels", minimum=16),
     Parameter("PreprocessImageSize", "Integer", 256,
               "shorter side of the preprocessed images", minimum=16),
     Parameter("BaseModel", "String", "resnet50", "ResNet architecture", choices=ARCHS),
     Parameter("Pretrained", "String", "true", "start from ImageNet weights",
               choices=("true", "false")),
-    Parameter("TuningEpochs", "Integer", 4, "most epochs a tuning trial may train", minimum=1),
+    Parameter("TuningMode", "String", "linear-probe",
+              "linear-probe: the trials train only the new head on the Features step's cached "
+              "backbone features and TrainFinal fine-tunes from the best head (LP-FT); "
+              "fine-tune: every trial fine-tunes the whole network on images",
+              choices=("linear-probe", "fine-tune")),
+    Parameter("FeatureViews", "Integer", 2,
+              "views of each training image the Features step caches: 1 the center crop, 2 "
+              "adds its mirror, more add random crops", minimum=1),
+    Parameter("FineTuneLayers", "String", "all",
+              "layers TrainFinal trains: all, or layer3 / layer4 and the head",
+              choices=("all", "layer3", "layer4")),
+    Parameter("TuningEpochs", "Integer", 4,
+              "most epochs a tuning trial may train (linear-probe: passes over every cached "
+              "view)", minimum=1),
     Parameter("Epochs", "Integer", 10, "epochs of TrainFinal", minimum=1),
     Parameter("MaxTuningJobs", "Integer", 8, "tuning trials in all", minimum=1),
     Parameter("MaxParallelTuningJobs", "Integer", 2, "tuning trials at once", minimum=1),
@@ -120,10 +136,27 @@ def coerce_parameter(name: str, value: str):
         rulespec.parse_blocking(result)  # ValueError names the unknown rule
     if spec.name == "AccuracyThreshold" and result > 1:
         raise ValueError(f"AccuracyThreshold is a fraction in [0, 1], got {value!r}")
+    if spec.name == "FeatureViews" and result > MAX_FEATURE_VIEWS:
+        raise ValueError(f"FeatureViews must be <= {MAX_FEATURE_VIEWS}, got {value!r}")
     if spec.name.endswith("InstanceType") and not str(result).startswith("ml."):
         raise ValueError(f"{name} must be a SageMaker instance type such as ml.m5.xlarge, "
                          f"got {value!r}")
     return result
+
+
+MAX_FEATURE_VIEWS = 16  # every view is one more pass of the backbone over the training set
+
+
+def tuning_advice(params: dict) -> str:
+    """A note when the tuning trials would train whole networks without a GPU ('' if none)."""
+    mode = params.get("TuningMode", parameter("TuningMode").default)
+    instance = str(params.get("TuningInstanceType", parameter("TuningInstanceType").default))
+    family = instance.split(".")[1] if instance.count(".") >= 2 else ""
+    if mode == "fine-tune" and not family.startswith(("g", "p")):
+        return (f"note: TuningMode=fine-tune trains every trial on images, and "
+                f"TuningInstanceType {instance} has no GPU: add --param "
+                f"TuningInstanceType=ml.g4dn.xlarge (or another GPU type)")
+    return ""
 
 
 class Param(str):
@@ -142,6 +175,17 @@ PREPROCESS_JOB = {
     "arguments": ["--input-dir", f"{PROCESSING_ROOT}/input", "--output-dir", PROCESSING_ROOT,
                   "--image-size", Param("PreprocessImageSize")],
 }
+FEATURES_JOB = {
+    "script": "features.py",
+    "inputs": {"train": f"{PROCESSING_ROOT}/train", "valid": f"{PROCESSING_ROOT}/valid"},
+    "outputs": {"features": f"{PROCESSING_ROOT}/features"},
+    "arguments": ["--train-dir", f"{PROCESSING_ROOT}/train",
+                  "--valid-dir", f"{PROCESSING_ROOT}/valid",
+                  "--output-dir", f"{PROCESSING_ROOT}/features",
+                  "--arch", Param("BaseModel"), "--pretrained", Param("Pretrained"),
+                  "--image-size", Param("ImageSize"), "--views", Param("FeatureViews"),
+                  "--tuning-mode", Param("TuningMode")],
+}
 EVALUATE_JOB = {
     "script": "evaluate.py",
     "inputs": {"model": f"{PROCESSING_ROOT}/model", "valid": f"{PROCESSING_ROOT}/valid",
@@ -153,6 +197,10 @@ EVALUATE_JOB = {
                   "--output-dir", f"{PROCESSING_ROOT}/evaluation"],
 }
 TRAINING_CHANNELS = ("train", "valid")  # never the test split
+# the tuning trials also get the Features step's output; TrainFinal the best trial's model
+# (a probed head in linear-probe mode, which train.py starts from: breedkit.probe)
+FEATURES_CHANNEL = "features"
+HEAD_CHANNEL = "head"
 
 # TrainFinal writes what its rules and report are made of into its output data (uploaded as the
 # job's output.tar.gz) and TensorBoard events where the job's TensorBoardOutputConfig syncs them
@@ -186,11 +234,16 @@ def rule_metadata_key(rule: str) -> str:
 # follow at train.py's --backbone-lr-mult (0.1) times it, so 1e-4..3e-3 puts the backbone at
 # 1e-5..3e-4, AdamW's usual fine-tuning range. AdamW's decoupled weight decay acts as
 # lr * weight_decay per step: 0.01..0.1 (default 0.05) is the range where it regularizes at all.
+# The same ranges serve both TuningModes (SageMaker fixes a tuning job's ranges when the pipeline
+# is built). With linear-probe trials, "lr" is the head's rate on the cached features, and
+# TrainFinal fine-tunes the whole network from the probed head at lr * --backbone-lr-mult
+# (the head joins the backbone's lower rate: it is trained already; breedkit.probe).
 HYPERPARAMETER_RANGES: dict[str, dict] = {
     "lr": {"type": "Continuous", "min": 1e-4, "max": 3e-3, "scaling": "Logarithmic"},
     "batch-size": {"type": "Categorical", "values": [16, 32, 64]},
     "epochs": {"type": "Integer", "min": 1, "max": "TuningEpochs", "scaling": "Auto"},
     "weight-decay": {"type": "Continuous", "min": 0.01, "max": 0.1, "scaling": "Logarithmic"},
+    "label-smoothing": {"type": "Continuous", "min": 0.0, "max": 0.2, "scaling": "Linear"},
 }
 TUNING_STRATEGY = "Bayesian"
 EARLY_STOPPING = "Auto"
@@ -201,6 +254,8 @@ STATIC_HYPERPARAMETERS: dict[str, str] = {
     "pretrained": "Pretrained",
     "image-size": "ImageSize",
 }
+TUNING_HYPERPARAMETERS = {"mode": "TuningMode"}  # what a trial trains: the head, or it all
+TRAIN_FINAL_HYPERPARAMETERS = {"fine-tune": "FineTuneLayers"}
 
 # The rules the TrainingRules step evaluates (scripts/breedkit/rules.py), by SageMaker
 # Debugger's built-in names; with the opt-in SageMaker Debugger build option, the built-in rules
@@ -251,7 +306,7 @@ RETRY_SERVICE = {"exceptions": ("THROTTLING", "SERVICE_FAULT"), "interval_second
 
 # What each job installs into its PyTorch container: a file of scripts/requirements/ that becomes
 # the job's own requirements.txt, or None for nothing (see scripts/requirements/README.md).
-JOB_REQUIREMENTS = {"preprocess": None, "tuning": None, "train": "train.txt",
+JOB_REQUIREMENTS = {"preprocess": None, "features": None, "tuning": None, "train": "train.txt",
                     "train-mlflow": "train-mlflow.txt", "rules": "rules.txt",
                     "evaluate": "evaluate.txt"}
 REQUIREMENTS_DIR = "requirements"  # under SCRIPTS_DIR; never uploaded itself

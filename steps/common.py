@@ -53,7 +53,8 @@ def pytorch_processor(ctx: BuildContext, base_job_name: str, source: str) -> Fra
 
 
 def pytorch_estimator(ctx: BuildContext, hyperparameters: dict, job: str, *,
-                      instance_count: int = 1, checkpoints: bool = False, **kwargs) -> PyTorch:
+                      instance_count: int = 1, checkpoints: bool = False,
+                      instance_type=None, **kwargs) -> PyTorch:
     """The training job shared by the tuning trials and TrainFinal.
 
     With spot training, checkpoints go to S3 so an interrupted job resumes (train.py reads
@@ -72,7 +73,7 @@ def pytorch_estimator(ctx: BuildContext, hyperparameters: dict, job: str, *,
         framework_version=spec.FRAMEWORK_VERSION,
         py_version=spec.PY_VERSION,
         role=ctx.role_arn,
-        instance_type=ctx.p("TrainingInstanceType"),
+        instance_type=instance_type or ctx.p("TrainingInstanceType"),
         instance_count=instance_count,
         hyperparameters={**static, **hyperparameters},
         metric_definitions=list(spec.METRIC_DEFINITIONS),

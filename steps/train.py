@@ -1,7 +1,9 @@
 """TrainFinal: train with the tuning job's best hyperparameters, writing what the rules read.
 
 Best values come from ``HPTuning``'s BestTrainingJob.TunedHyperParameters; the epochs are the
-``Epochs`` parameter. train.py writes its hook output and profiling data into the job's output
+``Epochs`` parameter, the trained layers ``FineTuneLayers``. The best trial's model.tar.gz is
+the ``head`` channel: with TuningMode=linear-probe it is a probed head and train.py fine-tunes
+from it (LP-FT); a fine-tune trial's whole model is ignored there. train.py writes its hook output and profiling data into the job's output
 data (spec.TRAIN_FINAL_MONITORING) for the TrainingRules step, and TensorBoard events that the
 job's TensorBoardOutputConfig syncs to S3 (SageMaker's managed TensorBoard reads them). With a
 managed MLflow server (``--mlflow-arn``) the job logs its run there (MlflowConfig).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from sagemaker.debugger import (CollectionConfig, DebuggerHookConfig, ProfilerConfig,
                                 ProfilerRule, Rule, TensorBoardOutputConfig, rule_configs)
+from sagemaker.inputs import TrainingInput
 from sagemaker.workflow.execution_variables import ExecutionVariables
 from sagemaker.workflow.functions import Join
 from sagemaker.workflow.steps import TrainingStep, TuningStep
@@ -26,7 +29,7 @@ from pipelines import spec
 
 from .common import cache_config, job_retry_policies, pytorch_estimator
 from .context import BuildContext
-from .tune import best_hyperparameter
+from .tune import best_hyperparameter, best_model
 
 # Collections saved more often than the rules' default of every 500 steps: an epoch of
 # dogImages is ~200 steps, so loss-based rules would otherwise see a handful of points.
@@ -116,11 +119,13 @@ def make_step(ctx: BuildContext, tuning: TuningStep, inputs: dict) -> TrainingSt
         kwargs["environment"] = {"MLFLOW_TRACKING_URI": ctx.options.mlflow_arn,
                                  "MLFLOW_EXPERIMENT_NAME": ctx.pipeline_name,
                                  "MLFLOW_RUN_NAME": mlflow_run_name(ctx)}
+    fixed = {hp: ctx.p(param) for hp, param in spec.TRAIN_FINAL_HYPERPARAMETERS.items()}
     estimator = pytorch_estimator(
-        ctx, {**tuned, "epochs": ctx.p("Epochs"), **monitoring_hyperparameters(ctx)},
+        ctx, {**tuned, "epochs": ctx.p("Epochs"), **fixed, **monitoring_hyperparameters(ctx)},
         "train-mlflow" if mlflow else "train",
         instance_count=ctx.options.training_instance_count, checkpoints=True,
         rules=rules or None, **kwargs)
+    inputs = {**inputs, spec.HEAD_CHANNEL: TrainingInput(best_model(ctx, tuning))}
     step_args = estimator.fit(inputs=inputs, job_name="dogbreed-train")
     return MlflowTrainingStep(name=spec.STEP.TRAIN, step_args=step_args,
                               cache_config=cache_config(ctx),

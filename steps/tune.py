@@ -1,15 +1,24 @@
-"""HPTuning: Bayesian search over learning rate, batch size, epochs and weight decay.
+"""HPTuning: Bayesian search over learning rate, batch size, epochs, weight decay and label
+smoothing.
 
-Each trial is scripts/train.py on the train and valid splits (never test); the objective is
-valid:best_accuracy, read from the training log by breedkit.logformat's regex. Early stopping
-Auto lets SageMaker stop trials whose per-epoch objective lags.
+Each trial is scripts/train.py with ``--mode`` TuningMode: linear-probe trials train the head
+on the Features step's cached features (seconds on a CPU instance: TuningInstanceType),
+fine-tune trials the whole network on the train and valid splits (never test). The objective
+is valid:best_accuracy, read from the training log by breedkit.logformat's regex. Early
+stopping Auto lets SageMaker stop trials whose per-epoch objective lags.
+
+The trials' image is the GPU one whatever TuningInstanceType is: SageMaker fixes the image when
+the pipeline is built, and the GPU image also runs on CPU instances (without CUDA), while the
+CPU image would leave a GPU idle when TuningMode=fine-tune runs on ml.g4dn.
 """
 
 from __future__ import annotations
 
+from sagemaker import image_uris
 from sagemaker.inputs import TrainingInput
 from sagemaker.tuner import (CategoricalParameter, ContinuousParameter, HyperparameterTuner,
                              IntegerParameter)
+from sagemaker.workflow.functions import Join
 from sagemaker.workflow.steps import ProcessingStep, TuningStep
 
 from pipelines import spec
@@ -40,8 +49,18 @@ def training_inputs(preprocess: ProcessingStep) -> dict:
             for channel in spec.TRAINING_CHANNELS}
 
 
-def make_step(ctx: BuildContext, preprocess: ProcessingStep) -> TuningStep:
-    estimator = pytorch_estimator(ctx, {}, "tuning")
+def trial_image(ctx: BuildContext) -> str:
+    return image_uris.retrieve("pytorch", region=ctx.session.boto_region_name,
+                               version=spec.FRAMEWORK_VERSION, py_version=spec.PY_VERSION,
+                               instance_type=spec.parameter("TrainingInstanceType").default,
+                               image_scope="training")
+
+
+def make_step(ctx: BuildContext, preprocess: ProcessingStep,
+              features: ProcessingStep) -> TuningStep:
+    fixed = {hp: ctx.p(param) for hp, param in spec.TUNING_HYPERPARAMETERS.items()}
+    estimator = pytorch_estimator(ctx, fixed, "tuning", instance_type=ctx.p("TuningInstanceType"),
+                                  image_uri=trial_image(ctx))
     tuner = HyperparameterTuner(
         estimator,
         objective_metric_name=spec.OBJECTIVE_METRIC,
@@ -56,10 +75,20 @@ def make_step(ctx: BuildContext, preprocess: ProcessingStep) -> TuningStep:
         tags=ctx.tags or None,
     )
     # a fixed job name keeps the definition (and its code path) free of timestamps
-    step_args = tuner.fit(inputs=training_inputs(preprocess), job_name="dogbreed-hpo")
+    inputs = {**training_inputs(preprocess), spec.FEATURES_CHANNEL: TrainingInput(
+        features.properties.ProcessingOutputConfig.Outputs["features"].S3Output.S3Uri)}
+    step_args = tuner.fit(inputs=inputs, job_name="dogbreed-hpo")
     return TuningStep(name=spec.STEP.TUNE, step_args=step_args, cache_config=cache_config(ctx),
                       retry_policies=job_retry_policies())
 
 
 def best_hyperparameter(step: TuningStep, name: str):
     return step.properties.BestTrainingJob.TunedHyperParameters[name]
+
+
+def best_model(ctx: BuildContext, step: TuningStep) -> Join:
+    """The best trial's model.tar.gz (a probed head in linear-probe mode), where the trials'
+    estimator writes it: <output_path>/<training job name>/output/model.tar.gz."""
+    return Join(on="/", values=[ctx.s3("training"),
+                                step.properties.BestTrainingJob.TrainingJobName,
+                                "output", "model.tar.gz"])

@@ -48,7 +48,7 @@ MLFLOW_ARN = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/te
 def test_our_definition_matches_the_request_shapes(build, options):
     definition = build(*options)
     checked = {name: operation for name, operation, _ in job_steps(definition)}
-    expected = {"Preprocess": "CreateProcessingJob",
+    expected = {"Preprocess": "CreateProcessingJob", "Features": "CreateProcessingJob",
                 "HPTuning": "CreateHyperParameterTuningJob",
                 "TrainFinal": "CreateTrainingJob",
                 "TrainingRules": "CreateProcessingJob",

@@ -20,7 +20,7 @@ from pipelines.spec import BuildOptions
 SMALL = {"BaseModel": "resnet18", "Pretrained": "false", "ImageSize": 32,
          "PreprocessImageSize": 36, "TuningEpochs": 1, "MaxTuningJobs": 2,
          "MaxParallelTuningJobs": 2, "Epochs": 6, "AccuracyThreshold": 0.3}
-STEPS = ["Preprocess", "HPTuning", "TrainFinal", "TrainingRules", "Evaluate",
+STEPS = ["Preprocess", "Features", "HPTuning", "TrainFinal", "TrainingRules", "Evaluate",
          "CheckTrainingRules", "CheckAccuracy", "RegisterModel"]
 
 
@@ -58,7 +58,7 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
     assert record["status"] == "Failed"
     assert len(record["trials"]) == 2 and all(t["state"] == "Completed" for t in record["trials"])
     assert all(json.loads(t["hyperparameters"]).keys() == {"lr", "batch-size", "epochs",
-                                                           "weight-decay"}
+                                                           "weight-decay", "label-smoothing"}
                for t in record["trials"])
 
     monkeypatch.undo()
@@ -67,10 +67,18 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
     assert second.status == "Succeeded", second.error
     assert [s.name for s in second.steps] == STEPS
     cached = {s.name: s.cached_from for s in second.steps}
-    assert cached["Preprocess"] == cached["HPTuning"] == first.execution_id  # resumed
+    assert cached["Preprocess"] == cached["Features"] == cached["HPTuning"] == \
+        first.execution_id  # resumed
     assert cached["TrainFinal"] is None
     assert any("cache hit" in line for line in lines)
     assert any(line.startswith("[TrainFinal] epoch=6 ") for line in lines)
+    # LP-FT: the trials probed heads on cached features; TrainFinal started from the best one
+    assert any(line.startswith("[Features] 84 training images x 2 view(s)") for line in lines)
+    config = json.loads((home["home"] / "pipelines" / "DogBreedBuild" / second.execution_id /
+                         "TrainFinal" / "model" / "model_config.json").read_text())
+    best = max((t for t in record["trials"] if t["state"] == "Completed"),
+               key=lambda t: t["value"])
+    assert config["training"]["probed_head"]["valid_accuracy"] == pytest.approx(best["value"])
     assert second.registered_version == 1
     assert 0.3 <= second.accuracy < 1.0 and 0.3 <= second.test_accuracy < 1.0
     assert second.best_hyperparameters["epochs"] == 1
@@ -115,7 +123,7 @@ def test_rerun_hits_the_cache_and_registers_a_new_version(home):
     lines: list[str] = []
     result = pipeline(home, lines).run({**SMALL, "InputDataUrl": str(home["data"])})
     assert result.status == "Succeeded"
-    assert all(s.cached_from for s in result.steps[:5])
+    assert all(s.cached_from for s in result.steps[:6])
     assert len(result.rules) == 6  # the verdicts come back with the cached step
     assert set(result.reports) == {"evaluation", "confusion_matrix", "profiler_report"}
     assert all(os.path.exists(path) for path in result.reports.values())
@@ -187,7 +195,8 @@ def test_a_blocking_rule_finding_keeps_the_model_out_of_the_registry(home, monke
 def test_mlflow_runs_of_trials_under_the_tuning_run_and_of_train_final(home, capsys,
                                                                       monkeypatch):
     """--local --mlflow: a store under the home, trials as children of the tuning run, and the
-    registered version names TrainFinal's run."""
+    registered version names TrainFinal's run. With TuningMode=fine-tune (the old path): the
+    trials train whole networks, with the same metrics, and TrainFinal starts from a new head."""
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -196,9 +205,10 @@ def test_mlflow_runs_of_trials_under_the_tuning_run_and_of_train_final(home, cap
                      *[f"--param={k}={v}" for k, v in SMALL.items() if k != "Epochs"],
                      "--param=Epochs=1", f"--param=InputDataUrl={home['data']}",
                      # what one epoch learns varies with the CPU (bf16 or not): not tested here
-                     "--param=AccuracyThreshold=0"])
+                     "--param=AccuracyThreshold=0", "--param=TuningMode=fine-tune"])
     out = capsys.readouterr().out
     assert code == 0, out
+    assert "[Features] nothing to extract (TuningMode=fine-tune)" in out
     client = MlflowClient(f"sqlite:///{home['home'] / 'mlflow' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("Tracked")
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
@@ -207,9 +217,12 @@ def test_mlflow_runs_of_trials_under_the_tuning_run_and_of_train_final(home, cap
     assert len(trials) == 2
     assert all(t.data.tags["mlflow.parentRunId"] == tuning.info.run_id for t in trials)
     assert all("valid_accuracy" in t.data.metrics and t.data.params["arch"] == "resnet18"
-               for t in trials)
+               and t.data.params["mode"] == "fine-tune" for t in trials)
     (final,) = [r for name, r in runs.items() if name.startswith("TrainFinal ")]
     assert final.info.status == "FINISHED" and "mlflow.parentRunId" not in final.data.tags
+    (config,) = (home["home"] / "pipelines" / "Tracked").glob("*/TrainFinal/model/"
+                                                             "model_config.json")
+    assert json.loads(config.read_text())["training"]["probed_head"] is None  # a new head
     assert {a.path for a in client.list_artifacts(final.info.run_id, "model")} >= {
         "model/model.pth"}
     package = LocalRegistry(home["home"]).list("Tracked")[0]

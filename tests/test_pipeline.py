@@ -95,10 +95,12 @@ def test_definition_in_detail(aws, tmp_path):
     assert params["Epochs"]["Type"] == "Integer"
 
     steps = steps_by_name(d)
-    assert [s["Name"] for s in d["Steps"]] == ["Preprocess", "HPTuning", "TrainFinal",
-                                               "TrainingRules", "Evaluate", "CheckTrainingRules"]
+    assert [s["Name"] for s in d["Steps"]] == ["Preprocess", "Features", "HPTuning",
+                                               "TrainFinal", "TrainingRules", "Evaluate",
+                                               "CheckTrainingRules"]
     types = {name: s["Type"] for name, s in steps.items()}
-    assert types == {"Preprocess": "Processing", "HPTuning": "Tuning", "TrainFinal": "Training",
+    assert types == {"Preprocess": "Processing", "Features": "Processing", "HPTuning": "Tuning",
+                     "TrainFinal": "Training",
                      "TrainingRules": "Processing", "Evaluate": "Processing",
                      "CheckTrainingRules": "Condition", "TrainingRulesFired": "Fail",
                      "CheckAccuracy": "Condition", "RegisterModel-RegisterModel": "RegisterModel",
@@ -113,6 +115,17 @@ def test_definition_in_detail(aws, tmp_path):
     assert pre_args["ProcessingResources"]["ClusterConfig"]["InstanceType"] == {
         "Get": "Parameters.ProcessingInstanceType"}
     assert "preprocess.py" in entrypoint_script(pre_args)
+
+    # Features: the backbone once over train and valid, by the same parameters as training
+    features = steps["Features"]["Arguments"]
+    assert "features.py" in entrypoint_script(features)
+    assert {i["InputName"]: json.dumps(i["S3Input"]["S3Uri"]) for i in features[
+        "ProcessingInputs"] if i["InputName"] != "entrypoint" and i["InputName"] != "code"} == {
+        "train": '{"Get": "Steps.Preprocess.ProcessingOutputConfig.Outputs[\'train\'].S3Output.S3Uri"}',
+        "valid": '{"Get": "Steps.Preprocess.ProcessingOutputConfig.Outputs[\'valid\'].S3Output.S3Uri"}'}
+    container_args = json.dumps(features["AppSpecification"]["ContainerArguments"])
+    for name in ("BaseModel", "Pretrained", "ImageSize", "FeatureViews", "TuningMode"):
+        assert f"Parameters.{name}" in container_args
 
     tuning = steps["HPTuning"]["Arguments"]
     config = tuning["HyperParameterTuningJobConfig"]
@@ -137,7 +150,14 @@ def test_definition_in_detail(aws, tmp_path):
     job = tuning["TrainingJobDefinition"]
     assert job["AlgorithmSpecification"]["MetricDefinitions"] == spec.METRIC_DEFINITIONS
     channels = {c["ChannelName"]: c for c in job["InputDataConfig"]}
-    assert set(channels) == {"train", "valid"}  # never the test split
+    assert set(channels) == {"train", "valid", "features"}  # never the test split
+    assert "Steps.Features.ProcessingOutputConfig.Outputs['features']" in json.dumps(
+        channels["features"])
+    assert job["StaticHyperParameters"]["mode"] == {"Get": "Parameters.TuningMode"}
+    # trials on their own (CPU by default) instance type, in the image that runs on both
+    assert job["HyperParameterTuningResourceConfig"]["InstanceType"] == {
+        "Get": "Parameters.TuningInstanceType"}
+    assert "-gpu-" in job["AlgorithmSpecification"]["TrainingImage"]
     assert "Steps.Preprocess.ProcessingOutputConfig.Outputs['train']" in json.dumps(
         channels["train"])
     assert job["StaticHyperParameters"]["arch"] == {"Get": "Parameters.BaseModel"}
@@ -148,6 +168,16 @@ def test_definition_in_detail(aws, tmp_path):
     for name in ("lr", "batch-size", "weight-decay"):
         assert f"Steps.HPTuning.BestTrainingJob.TunedHyperParameters['{name}']" in hp
     assert "Parameters.Epochs" in json.dumps(train["HyperParameters"]["epochs"])
+    assert train["HyperParameters"]["fine-tune"] == {"Get": "Parameters.FineTuneLayers"}
+    assert train["ResourceConfig"]["InstanceType"] == {"Get": "Parameters.TrainingInstanceType"}
+    # LP-FT: the best trial's model.tar.gz (its probed head) is TrainFinal's head channel
+    train_channels = {c["ChannelName"]: c for c in train["InputDataConfig"]}
+    assert set(train_channels) == {"train", "valid", "head"}
+    assert train_channels["head"]["DataSource"]["S3DataSource"]["S3Uri"] == {"Std:Join": {
+        "On": "/", "Values": [f"s3://{BUCKET}/dogbreed/training",
+                              {"Get": "Steps.HPTuning.BestTrainingJob.TrainingJobName"},
+                              "output", "model.tar.gz"]}}
+    assert job["OutputDataConfig"]["S3OutputPath"] == f"s3://{BUCKET}/dogbreed/training"
     assert "CheckpointConfig" not in train  # only spot jobs resume; a retry starts afresh
     # no SageMaker Debugger by default (closed to new accounts): our hook writes into the
     # job's output data, TensorBoard events go to S3
@@ -165,6 +195,7 @@ def test_definition_in_detail(aws, tmp_path):
 
     # job names kept as prefixes (PipelineDefinitionConfig(use_custom_job_prefix=True))
     names = {"Preprocess": ("ProcessingJobName", "dogbreed-preprocess"),
+             "Features": ("ProcessingJobName", "dogbreed-features"),
              "HPTuning": ("HyperParameterTuningJobName", "dogbreed-hpo"),
              "TrainFinal": ("TrainingJobName", "dogbreed-train"),
              "TrainingRules": ("ProcessingJobName", "dogbreed-rules"),
@@ -393,6 +424,12 @@ def test_start_passes_parameters(aws, capsys):
         PipelineExecutionArn=execution["PipelineExecutionArn"])["PipelineParameters"]
     assert {p["Name"]: p["Value"] for p in params} == {
         "Epochs": "3", "BaseModel": "resnet18", "AccuracyThreshold": "0.5"}
+    # the old tuning path on the default (CPU) trial instance: a note says to give it a GPU
+    assert cli("--start", "--param", "TuningMode=fine-tune") == 0
+    assert "TuningInstanceType=ml.g4dn.xlarge" in capsys.readouterr().err
+    assert cli("--start", "--param", "TuningMode=fine-tune",
+               "--param", "TuningInstanceType=ml.g5.xlarge") == 0
+    assert "note:" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -403,6 +440,8 @@ def test_start_passes_parameters(aws, capsys):
     (["--start", "--param", "Epochs"], "must look like NAME=VALUE"),
     (["--start", "--param", "InputDataUrl=./data"], "must be an s3:// URI"),
     (["--start", "--param", "TrainingInstanceType=g4dn.xlarge"], "SageMaker instance type"),
+    (["--start", "--param", "TuningMode=full"], "TuningMode must be one of"),
+    (["--start", "--param", "FeatureViews=40"], "FeatureViews must be <= 16"),
     (["--upsert", "--param", "Epochs=3"], "add --start"),
     (["--start"], "does not exist"),
     ([], "nothing to do"),
@@ -544,11 +583,13 @@ def test_each_job_installs_only_what_it_needs(aws, tmp_path):
     """The PyTorch DLCs have torch, torchvision, Pillow, numpy, scikit-learn, tqdm and psutil;
     smdebug (and its protobuf<=3.20.3 pin) goes only where the hook runs or is read."""
     sources = uploaded_sources(definition(tmp_path))
-    assert set(sources) == {"Preprocess", "HPTuning", "TrainFinal", "TrainingRules", "Evaluate"}
+    assert set(sources) == {"Preprocess", "Features", "HPTuning", "TrainFinal", "TrainingRules",
+                            "Evaluate"}
     for files in sources.values():
         assert "train.py" in files and "breedkit/model.py" in files  # the scripts, whole
         assert not any(name.startswith("requirements/") for name in files)
     assert requirement_names(sources["Preprocess"]) == set()
+    assert requirement_names(sources["Features"]) == set()
     assert requirement_names(sources["HPTuning"]) == set()  # every trial: nothing to install
     assert requirement_names(sources["TrainFinal"]) == {"smdebug", "tensorboard"}
     assert requirement_names(sources["TrainingRules"]) == {"smdebug", "pandas", "matplotlib"}

@@ -1,6 +1,6 @@
-"""Run the build pipeline locally: Preprocess -> HPTuning -> TrainFinal -> TrainingRules ->
-Evaluate -> CheckTrainingRules -> CheckAccuracy -> RegisterModel | AccuracyTooLow (or
-TrainingRulesFired), as pipelines/spec.py defines it.
+"""Run the build pipeline locally: Preprocess -> Features -> HPTuning -> TrainFinal ->
+TrainingRules -> Evaluate -> CheckTrainingRules -> CheckAccuracy -> RegisterModel | AccuracyTooLow
+(or TrainingRulesFired), as pipelines/spec.py defines it.
 
 Layout under the home folder::
 
@@ -38,9 +38,10 @@ from .store import Store
 # Which parameters each step's result depends on (its cache key), besides its inputs.
 STEP_PARAMETERS = {
     spec.STEP.PREPROCESS: ("PreprocessImageSize",),
+    spec.STEP.FEATURES: ("ImageSize", "BaseModel", "Pretrained", "FeatureViews", "TuningMode"),
     spec.STEP.TUNE: ("ImageSize", "BaseModel", "Pretrained", "TuningEpochs", "MaxTuningJobs",
-                     "MaxParallelTuningJobs"),
-    spec.STEP.TRAIN: ("ImageSize", "BaseModel", "Pretrained", "Epochs"),
+                     "MaxParallelTuningJobs", "TuningMode"),
+    spec.STEP.TRAIN: ("ImageSize", "BaseModel", "Pretrained", "Epochs", "FineTuneLayers"),
     spec.STEP.RULES: ("BlockingRules",),
     spec.STEP.EVALUATE: (),
 }
@@ -111,7 +112,8 @@ class LocalPipeline:
         self.echo(f"local execution {execution_id} of {self.name} (home {self.home})")
         try:
             data = self._step(spec.STEP.PREPROCESS, self._preprocess)
-            tuned = self._step(spec.STEP.TUNE, self._tune, data)
+            features = self._step(spec.STEP.FEATURES, self._features, data)
+            tuned = self._step(spec.STEP.TUNE, self._tune, data, features)
             model = self._step(spec.STEP.TRAIN, self._train, data, tuned)
             rules = (self._step(spec.STEP.RULES, self._rules, model)
                      if self.options.training_rules or self.options.profiler else None)
@@ -244,12 +246,28 @@ class LocalPipeline:
                   f"{len(manifest['skipped'])} skipped")
         return outputs
 
+    def _features(self, step_dir: Path, data: dict) -> dict:
+        """scripts/features.py: the backbone's features of train and valid, once."""
+        outputs = self._processing(spec.FEATURES_JOB, step_dir,
+                                   {"train": data["train"], "valid": data["valid"]},
+                                   spec.STEP.FEATURES)
+        meta = json.loads((Path(outputs["features"]) / "features.json").read_text())
+        if meta.get("skipped"):
+            self.echo(f"[{spec.STEP.FEATURES}] nothing to extract ({meta['skipped']})")
+        else:
+            shape = meta["arrays"]["train"]["shape"]
+            self.echo(f"[{spec.STEP.FEATURES}] {shape[1]} training images x {shape[0]} view(s) "
+                      f"and {meta['arrays']['valid']['shape'][1]} validation images, dim "
+                      f"{meta['feature_dim']}, in {meta['seconds']}s ({meta['precision']})")
+        return outputs
+
     def _static_hyperparameters(self) -> dict:
         return {hp: self.params[p] for hp, p in spec.STATIC_HYPERPARAMETERS.items()}
 
     def _train_job(self, job_dir: Path, data: dict, hps: dict, on_line=None, threads=None,
-                   extra_args=(), mlflow_env: dict | None = None):
-        channels = {c: Path(data[c]) for c in spec.TRAINING_CHANNELS}
+                   extra_args=(), mlflow_env: dict | None = None, channels: dict | None = None):
+        channels = {**{c: Path(data[c]) for c in spec.TRAINING_CHANNELS},
+                    **{c: Path(p) for c, p in (channels or {}).items()}}
         env, args = training_contract(channels, job_dir / "model", job_dir / "output",
                                       {**self._static_hyperparameters(), **hps})
         env.update(mlflow_env or {})
@@ -274,7 +292,7 @@ class LocalPipeline:
             self._experiment = experiment_id(self.tracking_uri, self.name, self.home)
         return self._experiment
 
-    def _tune(self, step_dir: Path, data: dict) -> dict:
+    def _tune(self, step_dir: Path, data: dict, features: dict) -> dict:
         parallel = max(1, min(int(self.params["MaxParallelTuningJobs"]),
                               int(self.params["MaxTuningJobs"])))
         threads = max(1, cpu_count() // parallel)
@@ -286,10 +304,13 @@ class LocalPipeline:
             parent = start_parent_run(self.tracking_uri, self._mlflow_experiment(),
                                       f"{spec.STEP.TUNE} {self.result.execution_id}")
 
+        fixed = {hp: self.params[p] for hp, p in spec.TUNING_HYPERPARAMETERS.items()}
+
         def run_trial(number, hps, on_line):
-            return self._train_job(step_dir / f"trial-{number}", data, hps, on_line, threads,
-                                   ("--checkpoint-dir", ""),
-                                   self._mlflow_env(f"trial-{number}", parent))
+            return self._train_job(step_dir / f"trial-{number}", data, {**fixed, **hps},
+                                   on_line, threads, ("--checkpoint-dir", ""),
+                                   self._mlflow_env(f"trial-{number}", parent),
+                                   channels={spec.FEATURES_CHANNEL: features["features"]})
 
         def on_trial(outcome):
             outcome.log_path = str(step_dir / f"trial-{outcome.number}" / "train.log")
@@ -317,11 +338,13 @@ class LocalPipeline:
                              f"logs in {step_dir}")
         self.echo(f"[{spec.STEP.TUNE}] best trial {best.number}: {spec.OBJECTIVE_METRIC}="
                   f"{best.value:.4f}, {_fmt(best.hyperparameters)}")
-        return {"best": best.hyperparameters, "best_value": best.value, "trials": str(step_dir)}
+        return {"best": best.hyperparameters, "best_value": best.value, "trials": str(step_dir),
+                "best_model": str(step_dir / f"trial-{best.number}" / "model")}
 
     def _train(self, step_dir: Path, data: dict, tuned: dict) -> dict:
         hps = {k: v for k, v in tuned["best"].items() if k != "epochs"}
         hps["epochs"] = self.params["Epochs"]
+        hps.update({hp: self.params[p] for hp, p in spec.TRAIN_FINAL_HYPERPARAMETERS.items()})
         extra = ["--checkpoint-dir", str(step_dir / "checkpoints")]
         output_data = step_dir / "output" / "data"  # SM_OUTPUT_DATA_DIR: output.tar.gz in AWS
         for name, path in spec.TRAIN_FINAL_MONITORING.items():
@@ -337,7 +360,8 @@ class LocalPipeline:
 
         result = self._train_job(step_dir, data, hps, on_line, extra_args=extra,
                                  mlflow_env=self._mlflow_env(
-                                     f"{spec.STEP.TRAIN} {self.result.execution_id}"))
+                                     f"{spec.STEP.TRAIN} {self.result.execution_id}"),
+                                 channels={spec.HEAD_CHANNEL: tuned["best_model"]})
         if result.returncode != 0:
             raise StepFailed(spec.STEP.TRAIN, f"{result.failure_reason} (log: {result.log_path})")
         archive = step_dir / "output" / "model.tar.gz"  # what SageMaker uploads
@@ -446,8 +470,8 @@ def _accuracy(report_path: str) -> float:
 
 
 def _paths(outputs: dict) -> list[str]:
-    keys = ("train", "valid", "test", "manifest", "model_data", "evaluation", "report",
-            "validation", "rules_file", "output_data")
+    keys = ("train", "valid", "test", "manifest", "features", "best_model", "model_data",
+            "evaluation", "report", "validation", "rules_file", "output_data")
     return [outputs[k] for k in keys if k in outputs and outputs[k]]
 
 
