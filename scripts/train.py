@@ -318,6 +318,7 @@ def main(argv=None) -> int:
         tracker = Tracker(args.tensorboard_dir, enabled=env.is_main,
                           norm_interval=args.debugger_save_interval)
         tracker.params({**{k: getattr(args, k) for k in sig if hasattr(args, k)},
+                        "mode": args.mode,
                         "world_size": env.world_size, "classes": len(class_names)})
         started = time.perf_counter()
         for epoch in range(start_epoch, args.epochs + 1):

@@ -55,10 +55,12 @@ def test_features_are_float16_views_with_their_signature(cached):
 def test_a_probe_trial_prints_the_tuning_metrics_and_writes_a_head(cached, tmp_path, capsys):
     assert probe(cached, tmp_path) == 0
     out = capsys.readouterr().out
-    metrics = parse_metrics(out)
-    assert len(metrics["valid:best_accuracy"]) == 4  # one line per epoch, as a fine-tune trial
+    epochs = [line for line in out.splitlines() if line.startswith("epoch=")]
+    assert len(epochs) == 4  # one line per epoch, as a fine-tune trial
+    metrics = parse_metrics("\n".join(epochs))
     meta = json.loads((tmp_path / "model" / "head.json").read_text())
-    assert meta["valid_accuracy"] == max(metrics["valid:accuracy"]) > 0.6  # colours: learnable
+    assert meta["valid_accuracy"] == pytest.approx(max(metrics["valid:accuracy"]), abs=1e-4)
+    assert meta["valid_accuracy"] > 0.6  # colours: learnable from random features too
     assert meta["signature"] == features.load(cached["features"]).signature
     assert (tmp_path / "model" / "head.pt").is_file()
 
@@ -96,12 +98,13 @@ def test_train_final_starts_from_the_probed_head_in_the_trials_archive(cached, t
                       "--max-steps-per-epoch", "2", env={**train_env(tmp_path, cached["data"]),
                                                          "SM_CHANNEL_HEAD": str(channel)})
     assert proc.returncode == 0, proc.stderr
-    assert "starting from the probed head" in proc.stderr
+    log = proc.stdout + proc.stderr
+    assert "starting from the probed head" in log
     config = json.loads((tmp_path / "model" / "model_config.json").read_text())
     head = json.loads((trial / "model" / "head.json").read_text())
     assert config["training"]["probed_head"]["valid_accuracy"] == head["valid_accuracy"]
     # the head joins the backbone's rate (1x from scratch): one lr for every group
-    assert "lr 0.003 for the head" in proc.stderr and "0.003 for the backbone" in proc.stderr
+    assert "lr 0.003 for the head" in log and "0.003 for the backbone" in log
 
 
 def test_a_head_of_another_backbone_or_classes_is_refused_and_a_whole_model_ignored(

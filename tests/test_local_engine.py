@@ -53,13 +53,16 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
     first = pipeline(home, lines).run(params)
     assert first.status == "Failed" and "simulated crash" in first.error
     assert [(s.name, s.status) for s in first.steps] == [
-        ("Preprocess", "Succeeded"), ("HPTuning", "Succeeded"), ("TrainFinal", "Failed")]
+        ("Preprocess", "Succeeded"), ("Features", "Succeeded"), ("HPTuning", "Succeeded"),
+        ("TrainFinal", "Failed")]
     record = pipeline(home, []).store.execution(first.execution_id)
     assert record["status"] == "Failed"
     assert len(record["trials"]) == 2 and all(t["state"] == "Completed" for t in record["trials"])
     assert all(json.loads(t["hyperparameters"]).keys() == {"lr", "batch-size", "epochs",
                                                            "weight-decay", "label-smoothing"}
                for t in record["trials"])
+
+    assert any(line.startswith("[Features] 84 training images x 2 view(s)") for line in lines)
 
     monkeypatch.undo()
     lines.clear()
@@ -73,7 +76,6 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
     assert any("cache hit" in line for line in lines)
     assert any(line.startswith("[TrainFinal] epoch=6 ") for line in lines)
     # LP-FT: the trials probed heads on cached features; TrainFinal started from the best one
-    assert any(line.startswith("[Features] 84 training images x 2 view(s)") for line in lines)
     config = json.loads((home["home"] / "pipelines" / "DogBreedBuild" / second.execution_id /
                          "TrainFinal" / "model" / "model_config.json").read_text())
     best = max((t for t in record["trials"] if t["state"] == "Completed"),
@@ -256,7 +258,8 @@ def test_pretrained_weights_offline_surface_in_the_summary(home, capsys, tmp_pat
                      "--param=Pretrained=true", f"--param=InputDataUrl={home['data']}"])
     out = capsys.readouterr().out
     assert code == 1
-    assert "HPTuning failed: no tuning trial completed" in out
+    # the first step that needs the weights (Features) stops the run, saying what to do
+    assert "[Features] failed" in out and "Features failed:" in out
     assert "pretrained ImageNet weights" in out and "--pretrained false" in out
 
 

@@ -73,10 +73,11 @@ def test_kill_9_of_the_engine_takes_its_jobs_and_the_next_run_marks_it_failed(tm
     data = make_image_folder(tmp_path / "data", 40)
     home = tmp_path / "home"
     engine_log = open(tmp_path / "engine.log", "w")
-    # slow epochs (a trial writes to the engine's pipe, and dies of it, only once an epoch ends)
+    # slow epochs (a trial writes to the engine's pipe, and dies of it, only once an epoch ends):
+    # trials that fine-tune whole networks at 256 px
     engine = subprocess.Popen(engine_command(home, data, ImageSize=256, PreprocessImageSize=256,
                                              TuningEpochs=50, MaxTuningJobs=2,
-                                             MaxParallelTuningJobs=2),
+                                             MaxParallelTuningJobs=2, TuningMode="fine-tune"),
                               stdout=engine_log, stderr=subprocess.STDOUT, env=engine_env())
     try:
         wait_for(lambda: any("precision:" in f.read_text() for f in

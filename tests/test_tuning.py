@@ -45,7 +45,8 @@ def test_trials_are_read_recorded_pruned_and_the_best_is_chosen():
     assert outcomes[0].intermediate == [0.5, 0.8, 0.9]  # only epoch lines count
     best = tuning.best(outcomes)
     assert best.number == 4 and best.value == 0.97
-    assert set(best.hyperparameters) == {"lr", "batch-size", "epochs", "weight-decay"}
+    assert set(best.hyperparameters) == {"lr", "batch-size", "epochs", "weight-decay",
+                                         "label-smoothing"}
     assert 1 <= best.hyperparameters["epochs"] <= 3  # bound by the TuningEpochs parameter
     assert best.hyperparameters["batch-size"] in (16, 32, 64)
 
