@@ -35,6 +35,7 @@ MLFLOW_REQUIRES = ["mlflow-skinny>=3.17,<3.18", "sqlalchemy>=2,<3", "alembic>=1.
 DEV_REQUIRES = [*MLFLOW_REQUIRES,
     "pytest>=8",
     "pytest-timeout>=2.3",
+    "pytest-xdist>=3.6,<4",  # two test workers (pytest.ini)
     "sagemaker-inference==1.10.1",  # the serving toolkit, to check our errors map to 4xx
     "moto[s3,sagemaker,sts,server]==5.2.5",  # AWS emulation
     "cfn-lint>=1.0",  # lints infra/template.yaml offline

@@ -66,7 +66,7 @@ def test_aws_tests_pass_under_codebuild_credentials_and_region(tmp_path):
         assert probe.stdout.strip() == "ASIACODEBUILDROLE", probe.stderr
         hits.clear()
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                               *RELEVANT], cwd=ROOT, env=env, capture_output=True, text=True,
+                               "-n", "0", *RELEVANT], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=600)
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
         assert f"{len(RELEVANT)} passed" in proc.stdout
