@@ -3,13 +3,13 @@ the same estimator, Preprocess and Evaluate the same processor)."""
 
 from __future__ import annotations
 
-from sagemaker.processing import FrameworkProcessor
+from sagemaker.processing import FrameworkProcessor, ProcessingInput, ProcessingOutput
 from sagemaker.pytorch import PyTorch
 from sagemaker.workflow.execution_variables import ExecutionVariables
 from sagemaker.workflow.functions import Join
 from sagemaker.workflow.retry import (SageMakerJobExceptionTypeEnum, SageMakerJobStepRetryPolicy,
                                       StepExceptionTypeEnum, StepRetryPolicy)
-from sagemaker.workflow.steps import CacheConfig
+from sagemaker.workflow.steps import CacheConfig, ProcessingStep
 
 from pipelines import spec
 
@@ -50,6 +50,26 @@ def pytorch_processor(ctx: BuildContext, base_job_name: str, source: str) -> Fra
         sagemaker_session=ctx.session,
         tags=ctx.tags or None,
     )
+
+
+def processing_step(ctx: BuildContext, name: str, job: dict, requirements: str, job_name: str,
+                    sources: dict, property_files: list | None = None) -> ProcessingStep:
+    """A cached, retried ProcessingStep that runs ``job`` (a container contract of
+    pipelines/spec.py) with the scripts and ``requirements``' packages: ``sources`` gives each
+    of the job's inputs its S3 source, in order; every output of the job is uploaded."""
+    source = ctx.source(requirements)
+    step_args = pytorch_processor(ctx, job_name, source).run(
+        code=job["script"],
+        source_dir=source,
+        inputs=[ProcessingInput(source=uri, destination=job["inputs"][input_name],
+                                input_name=input_name) for input_name, uri in sources.items()],
+        outputs=[ProcessingOutput(output_name=output_name, source=path)
+                 for output_name, path in job["outputs"].items()],
+        arguments=ctx.arguments(job["arguments"]),
+        job_name=job_name,
+    )
+    return ProcessingStep(name=name, step_args=step_args, property_files=property_files,
+                          cache_config=cache_config(ctx), retry_policies=job_retry_policies())
 
 
 def pytorch_estimator(ctx: BuildContext, hyperparameters: dict, job: str, *,

@@ -7,14 +7,13 @@ Both are PropertyFiles: RegisterModel also records both accuracies on the versio
 
 from __future__ import annotations
 
-from sagemaker.processing import ProcessingInput, ProcessingOutput
 from sagemaker.workflow.functions import Join
 from sagemaker.workflow.properties import PropertyFile
 from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
 from pipelines import spec
 
-from .common import cache_config, job_retry_policies, pytorch_processor
+from .common import processing_step
 from .context import BuildContext
 from .preprocess import output_uri
 from .train import model_artifact
@@ -29,26 +28,10 @@ def make_step(ctx: BuildContext, preprocess: ProcessingStep, train: TrainingStep
     reports = {name: PropertyFile(name=name, output_name=OUTPUT_NAME, path=path)
                for name, path in ((spec.VALIDATION_REPORT, spec.VALIDATION_FILE),
                                   (spec.EVALUATION_REPORT, spec.EVALUATION_FILE))}
-    source = ctx.source("evaluate")
-    processor = pytorch_processor(ctx, "dogbreed-evaluate", source)
-    step_args = processor.run(
-        code=JOB["script"],
-        source_dir=source,
-        inputs=[
-            ProcessingInput(source=model_artifact(train), destination=JOB["inputs"]["model"],
-                            input_name="model"),
-            *[ProcessingInput(source=output_uri(preprocess, split),
-                              destination=JOB["inputs"][split], input_name=split)
-              for split in ("valid", "test")],
-        ],
-        outputs=[ProcessingOutput(output_name=OUTPUT_NAME,
-                                  source=JOB["outputs"][OUTPUT_NAME])],
-        arguments=ctx.arguments(JOB["arguments"]),
-        job_name="dogbreed-evaluate",
-    )
-    step = ProcessingStep(name=spec.STEP.EVALUATE, step_args=step_args,
-                          property_files=list(reports.values()), cache_config=cache_config(ctx),
-                          retry_policies=job_retry_policies())
+    step = processing_step(ctx, spec.STEP.EVALUATE, JOB, "evaluate", "dogbreed-evaluate",
+                           {"model": model_artifact(train),
+                            **{split: output_uri(preprocess, split) for split in ("valid", "test")}},
+                           list(reports.values()))
     return step, reports
 
 

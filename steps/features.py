@@ -9,12 +9,11 @@ same data, backbone, size and views reuse the last run's features.
 
 from __future__ import annotations
 
-from sagemaker.processing import ProcessingInput, ProcessingOutput
 from sagemaker.workflow.steps import ProcessingStep
 
 from pipelines import spec
 
-from .common import cache_config, job_retry_policies, pytorch_processor
+from .common import processing_step
 from .context import BuildContext
 from .preprocess import output_uri
 
@@ -22,18 +21,5 @@ JOB = spec.FEATURES_JOB
 
 
 def make_step(ctx: BuildContext, preprocess: ProcessingStep) -> ProcessingStep:
-    source = ctx.source("features")
-    processor = pytorch_processor(ctx, "dogbreed-features", source)
-    step_args = processor.run(
-        code=JOB["script"],
-        source_dir=source,
-        inputs=[ProcessingInput(source=output_uri(preprocess, split),
-                                destination=JOB["inputs"][split], input_name=split)
-                for split in ("train", "valid")],
-        outputs=[ProcessingOutput(output_name=name, source=path)
-                 for name, path in JOB["outputs"].items()],
-        arguments=ctx.arguments(JOB["arguments"]),
-        job_name="dogbreed-features",
-    )
-    return ProcessingStep(name=spec.STEP.FEATURES, step_args=step_args,
-                          cache_config=cache_config(ctx), retry_policies=job_retry_policies())
+    return processing_step(ctx, spec.STEP.FEATURES, JOB, "features", "dogbreed-features",
+                           {split: output_uri(preprocess, split) for split in ("train", "valid")})

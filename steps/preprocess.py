@@ -7,32 +7,19 @@ Cached: the same data and arguments reuse the last run's outputs.
 
 from __future__ import annotations
 
-from sagemaker.processing import ProcessingInput, ProcessingOutput
 from sagemaker.workflow.steps import ProcessingStep
 
 from pipelines import spec
 
-from .common import cache_config, job_retry_policies, pytorch_processor
+from .common import processing_step
 from .context import BuildContext
 
 JOB = spec.PREPROCESS_JOB
 
 
 def make_step(ctx: BuildContext) -> ProcessingStep:
-    source = ctx.source("preprocess")
-    processor = pytorch_processor(ctx, "dogbreed-preprocess", source)
-    step_args = processor.run(
-        code=JOB["script"],
-        source_dir=source,
-        inputs=[ProcessingInput(source=ctx.p("InputDataUrl"), destination=JOB["inputs"]["data"],
-                                input_name="data")],
-        outputs=[ProcessingOutput(output_name=name, source=path)
-                 for name, path in JOB["outputs"].items()],
-        arguments=ctx.arguments(JOB["arguments"]),
-        job_name="dogbreed-preprocess",
-    )
-    return ProcessingStep(name=spec.STEP.PREPROCESS, step_args=step_args,
-                          cache_config=cache_config(ctx), retry_policies=job_retry_policies())
+    return processing_step(ctx, spec.STEP.PREPROCESS, JOB, "preprocess", "dogbreed-preprocess",
+                           {"data": ctx.p("InputDataUrl")})
 
 
 def output_uri(step: ProcessingStep, name: str):

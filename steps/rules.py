@@ -12,7 +12,6 @@ CheckTrainingRules: no finding of a rule named in the BlockingRules parameter (r
 
 from __future__ import annotations
 
-from sagemaker.processing import ProcessingInput, ProcessingOutput
 from sagemaker.workflow.condition_step import ConditionStep
 from sagemaker.workflow.conditions import ConditionEquals
 from sagemaker.workflow.fail_step import FailStep
@@ -23,7 +22,7 @@ from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 from breedkit.rulespec import BLOCKING_COUNT_PATH, BLOCKING_NAMES_PATH, REPORT_FILE, RULES_FILE
 from pipelines import spec
 
-from .common import cache_config, job_retry_policies, pytorch_processor
+from .common import processing_step
 from .context import BuildContext
 from .preprocess import output_uri
 
@@ -39,19 +38,8 @@ def training_output_archive(train: TrainingStep) -> Join:
 
 def make_step(ctx: BuildContext, train: TrainingStep) -> tuple[ProcessingStep, PropertyFile]:
     report = PropertyFile(name=spec.RULES_REPORT, output_name=OUTPUT_NAME, path=RULES_FILE)
-    source = ctx.source("rules")
-    processor = pytorch_processor(ctx, "dogbreed-rules", source)
-    step_args = processor.run(
-        code=JOB["script"],
-        source_dir=source,
-        inputs=[ProcessingInput(source=training_output_archive(train),
-                                destination=JOB["inputs"]["training"], input_name="training")],
-        outputs=[ProcessingOutput(output_name=OUTPUT_NAME, source=JOB["outputs"][OUTPUT_NAME])],
-        arguments=ctx.arguments(JOB["arguments"]),
-        job_name="dogbreed-rules",
-    )
-    step = ProcessingStep(name=spec.STEP.RULES, step_args=step_args, property_files=[report],
-                          cache_config=cache_config(ctx), retry_policies=job_retry_policies())
+    step = processing_step(ctx, spec.STEP.RULES, JOB, "rules", "dogbreed-rules",
+                           {"training": training_output_archive(train)}, [report])
     return step, report
 
 
