@@ -28,10 +28,10 @@ def make_step(ctx: BuildContext, preprocess: ProcessingStep, train: TrainingStep
     reports = {name: PropertyFile(name=name, output_name=OUTPUT_NAME, path=path)
                for name, path in ((spec.VALIDATION_REPORT, spec.VALIDATION_FILE),
                                   (spec.EVALUATION_REPORT, spec.EVALUATION_FILE))}
+    inputs = {"model": model_artifact(train), "valid": output_uri(preprocess, "valid"),
+              "test": output_uri(preprocess, "test")}
     step = processing_step(ctx, spec.STEP.EVALUATE, JOB, "evaluate", "dogbreed-evaluate",
-                           {"model": model_artifact(train),
-                            **{split: output_uri(preprocess, split) for split in ("valid", "test")}},
-                           list(reports.values()))
+                           inputs, list(reports.values()))
     return step, reports
 
 
