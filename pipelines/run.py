@@ -195,8 +195,9 @@ def _run(args) -> int:
                        f"python -m pipelines.data.stage), got {url!r}")
     if params and not args.start:
         raise CliError("--param sets parameters of an execution: add --start")
-    if args.start and spec.tuning_advice(params):
-        print(spec.tuning_advice(params), file=sys.stderr)
+    advice = spec.tuning_advice(params) if args.start else ""
+    if advice:
+        print(advice, file=sys.stderr)
     tags = [{"Key": k, "Value": v} for k, v in parse_pairs(args.tag, "--tag").items()]
 
     from pipelines.aws import boto_session, describe_aws_error, resolve_bucket, resolve_role

@@ -16,6 +16,7 @@ from typing import Any
 
 from breedkit import rulespec
 from breedkit.archs import ARCHS
+from breedkit.features import MAX_VIEWS
 from breedkit.logformat import METRIC_DEFINITIONS, OBJECTIVE_METRIC, OBJECTIVE_TYPE
 
 __all__ = ["METRIC_DEFINITIONS", "OBJECTIVE_METRIC", "OBJECTIVE_TYPE", "PARAMETERS", "STEP",
@@ -136,15 +137,12 @@ def coerce_parameter(name: str, value: str):
         rulespec.parse_blocking(result)  # ValueError names the unknown rule
     if spec.name == "AccuracyThreshold" and result > 1:
         raise ValueError(f"AccuracyThreshold is a fraction in [0, 1], got {value!r}")
-    if spec.name == "FeatureViews" and result > MAX_FEATURE_VIEWS:
-        raise ValueError(f"FeatureViews must be <= {MAX_FEATURE_VIEWS}, got {value!r}")
+    if spec.name == "FeatureViews" and result > MAX_VIEWS:
+        raise ValueError(f"FeatureViews must be <= {MAX_VIEWS}, got {value!r}")
     if spec.name.endswith("InstanceType") and not str(result).startswith("ml."):
         raise ValueError(f"{name} must be a SageMaker instance type such as ml.m5.xlarge, "
                          f"got {value!r}")
     return result
-
-
-MAX_FEATURE_VIEWS = 16  # every view is one more pass of the backbone over the training set
 
 
 def tuning_advice(params: dict) -> str:

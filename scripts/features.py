@@ -95,9 +95,10 @@ def extract(model, dataset, batch_size: int, workers: int, device, amp_dtype):
 def main(argv=None) -> int:
     args = parse_args(build_parser(), argv)
     setup_logging()
-    if not 1 <= args.views <= 16:
-        raise UserError(f"--views must be between 1 and 16, got {args.views}")
     from breedkit import features
+
+    if not 1 <= args.views <= features.MAX_VIEWS:
+        raise UserError(f"--views must be between 1 and {features.MAX_VIEWS}, got {args.views}")
 
     if args.tuning_mode == "fine-tune":  # the trials train on images: nothing to extract
         os.makedirs(args.output_dir, exist_ok=True)

@@ -22,12 +22,15 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .contract import UserError
 
+if TYPE_CHECKING:  # numpy is imported where arrays are read or written: pipelines.spec reads
+    import numpy as np  # MAX_VIEWS from here, and every command reads pipelines.spec
+
 FORMAT_VERSION = 1
+MAX_VIEWS = 16  # every view is one more pass of the backbone over the training set
 META_FILE = "features.json"
 SPLITS = ("train", "valid")
 CHECKED = ("arch", "pretrained", "image_size")  # what a trial's own arguments must match
@@ -68,6 +71,8 @@ def _sha256(path: Path) -> str:
 def write(out_dir: str | os.PathLike, sig: dict, class_names: list[str],
           arrays: dict[str, np.ndarray], views: int, extra: dict | None = None) -> Path:
     """Save the arrays (``<split>`` and ``<split>_labels``), then features.json."""
+    import numpy as np
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / META_FILE).unlink(missing_ok=True)  # unfinished until written again
@@ -135,6 +140,8 @@ def read_meta(folder: str | os.PathLike) -> dict:
 def load(folder: str | os.PathLike, expected: dict | None = None) -> FeatureSet:
     """The cached features, checked: signature (against ``expected``), every file's size and
     sha256, shapes and dtypes. Any problem is a UserError that names the file."""
+    import numpy as np
+
     folder = Path(folder)
     meta = read_meta(folder)
     if meta.get("skipped"):
