@@ -37,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="follow the execution until it ends; exit 1 if it fails")
     act.add_argument("--definition-out", metavar="FILE", help="write the definition JSON here")
     act.add_argument("--local", action="store_true",
-                     help="run the whole pipeline on this machine (no AWS, no Docker)")
+                     help="build the definition --upsert sends and run it on this machine (no "
+                          "AWS, no Docker); with --definition-out, also write it")
+    act.add_argument("--definition", metavar="FILE",
+                     help="with --local: run this definition JSON as given (e.g. from aws "
+                          "sagemaker describe-pipeline-definition-for-execution)")
     act.add_argument("--list", action="store_true",
                      help="with --local: list past local executions, newest first")
     act.add_argument("--describe", metavar="EXECUTION",
@@ -180,8 +184,9 @@ def _run(args) -> int:
 
     if args.local:
         return _run_local(args)
-    if args.list or args.describe:
-        raise CliError("--list and --describe show the local engine's executions: add --local")
+    if args.list or args.describe or args.definition:
+        raise CliError("--list, --describe and --definition are for the local engine: add "
+                       "--local")
     if not (args.upsert or args.start or args.definition_out or args.wait):
         raise CliError("nothing to do: pass --upsert, --start, --wait or --definition-out")
     if args.wait and not args.start:
@@ -255,29 +260,36 @@ def _run(args) -> int:
 
 
 def _run_local(args) -> int:
-    if args.upsert or args.start or args.wait or args.definition_out:
+    if args.upsert or args.start or args.wait:
         raise CliError("--local runs the pipeline here; it does not combine with --upsert, "
-                       "--start, --wait or --definition-out")
+                       "--start or --wait")
     from pipelines.registry import home_dir
 
     if args.list or args.describe:
         return _show_local(args, home_dir(args.home))
-    params = parse_params(args.param)
-    from pipelines.local.engine import LocalPipeline, summary
-    from pipelines.spec import BuildOptions
-
-    options = BuildOptions(training_rules=not args.no_training_rules,
-                           profiler=not args.no_profiler)
+    if args.training_instance_count != 1:
+        raise CliError("--local trains on this machine: --training-instance-count is for "
+                       "SageMaker")
+    # a definition of ours: our parameters, checked here; another one's: its own types
+    params = (parse_pairs(args.param, "--param") if args.definition else
+              parse_params(args.param))
+    advice = spec.tuning_advice(params)
+    if advice and not args.definition:
+        print(advice, file=sys.stderr)
+    from pipelines.local.engine import DefinitionError, summary
     from pipelines.local.tracking import tracking_uri
+    from pipelines.localrun import run_local
 
     home = home_dir(args.home)
     try:
         uri = tracking_uri(home, args.mlflow)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    engine = LocalPipeline(home, args.pipeline_name, args.model_package_group, options,
-                           echo=lambda line: print(line, flush=True), tracking_uri=uri)
-    result = engine.run(params)
+    try:
+        result = run_local(args, home, params, echo=lambda line: print(line, flush=True),
+                           tracking_uri=uri)
+    except DefinitionError as exc:
+        raise CliError(str(exc)) from None
     print(summary(result), flush=True)
     return 0 if result.status == "Succeeded" else 130 if result.status == "Stopped" else 1
 

@@ -13,7 +13,7 @@ import boto3
 import pytest
 
 from pipelines import run
-from shapes import SKIPPED_PATTERNS, job_steps, validate_definition
+from pipelines.shapes import SKIPPED_PATTERNS, job_steps, validate_definition
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
 BUCKET = "dogbreed-test-bucket"

@@ -1,14 +1,31 @@
-"""Run the build pipeline locally: Preprocess -> Features -> HPTuning -> TrainFinal ->
-TrainingRules -> Evaluate -> CheckTrainingRules -> CheckAccuracy -> RegisterModel | AccuracyTooLow
-(or TrainingRulesFired), as pipelines/spec.py defines it.
+"""Run a SageMaker Pipelines definition (its JSON) on this machine, without Docker or AWS.
+
+The engine takes everything from the definition: the steps, their order (the steps each one's
+arguments reference, and ``DependsOn``), their requests, the conditions and the branches they
+choose. For each job step it resolves the step's ``Arguments`` into the request SageMaker would
+receive (CreateProcessingJob, CreateTrainingJob, CreateHyperParameterTuningJob and each trial's
+CreateTrainingJob, CreateModelPackage), validates it against botocore's input shape
+(:mod:`pipelines.shapes`: a request the API would refuse fails the step with that message),
+saves it as ``request.json`` in the step's folder, and runs it (:mod:`.jobs`, :mod:`.tuning`,
+the local registry). Properties (``Steps.X.…``) come from the Describe* response of what ran,
+lists keyed by name as the SDK writes them. Objects live in the local object store
+(``s3://BUCKET/KEY`` is ``<home>/s3/BUCKET/KEY``).
+
+Caching follows SageMaker's rule: a step with ``CacheConfig.Enabled`` hits when the attributes
+SageMaker keys its cache on are the same in the resolved request (:data:`CACHE_ATTRIBUTES`),
+within ``ExpireAfter``; and, since local data changes under the same S3 URI, when the content
+of its S3 inputs is the same too.
+
+The engine knows no step of ours by name; :mod:`.presentation` adds the lines of the summary
+that read our steps' reports.
 
 Layout under the home folder::
 
     <home>/engine.sqlite                 executions, steps, trials, step cache
     <home>/registry.sqlite               the local model registry
+    <home>/s3/<bucket>/<key>             the object store
     <home>/cache/                        downloads and rendered sample data
-    <home>/pipelines/<name>/<execution>/<step>/   each step's files and log (TensorBoard
-                                         events under TrainFinal/ and HPTuning/trial-N/)
+    <home>/pipelines/<name>/<execution>/<step>/   each step's request.json, job folders, log
     <home>/mlflow/                       MLflow runs, with --mlflow (mlflow.db, artifacts/)
 """
 
@@ -17,34 +34,36 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
-import tarfile
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from breedkit.contract import cpu_count
-from pipelines import spec
+from pipelines import shapes
 from pipelines.registry import LocalRegistry
-from pipelines.spec import SCRIPTS_DIR, BuildOptions, scripts_digest
 
-from breedkit.rulespec import RULES_FILE, REPORT_FILE
-from breedkit.tracking import RUN_ID_FILE
-
-from . import inputs, tuning
-from .jobs import map_paths, run_script, training_contract
+from . import jobs, presentation, tuning
+from .expressions import ResolveError, Resolver, Unsupported, is_expression
+from .objectstore import LOCAL_ACCOUNT, LOCAL_REGION, ObjectStore, StoreError
 from .store import Store
 
-# Which parameters each step's result depends on (its cache key), besides its inputs.
-STEP_PARAMETERS = {
-    spec.STEP.PREPROCESS: ("PreprocessImageSize",),
-    spec.STEP.FEATURES: ("ImageSize", "BaseModel", "Pretrained", "FeatureViews", "TuningMode"),
-    spec.STEP.TUNE: ("ImageSize", "BaseModel", "Pretrained", "TuningEpochs", "MaxTuningJobs",
-                     "MaxParallelTuningJobs", "TuningMode"),
-    spec.STEP.TRAIN: ("ImageSize", "BaseModel", "Pretrained", "Epochs", "FineTuneLayers"),
-    spec.STEP.RULES: ("BlockingRules",),
-    spec.STEP.EVALUATE: (),
+STEP_TYPES = ("Processing", "Training", "Tuning", "Condition", "RegisterModel", "Fail")
+# what SageMaker keys each step type's cache on (Pipelines' "Caching pipeline steps")
+CACHE_ATTRIBUTES = {
+    "Processing": ("AppSpecification", "Environment", "ProcessingInputs"),
+    "Training": ("AlgorithmSpecification", "CheckpointConfig", "DebugHookConfig",
+                 "DebugRuleConfigurations", "Environment", "HyperParameters",
+                 "InputDataConfig"),
+    "Tuning": ("HyperParameterTuningJobConfig", "TrainingJobDefinition",
+               "TrainingJobDefinitions", "WarmStartConfig"),
 }
+JOB_NAMES = {"Processing": ("ProcessingJobName", 63, "processing-job"),
+             "Training": ("TrainingJobName", 63, "training-job"),
+             "Tuning": ("HyperParameterTuningJobName", 32, "hyper-parameter-tuning-job")}
+PARAMETER_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool}
 
 
 class StepFailed(Exception):
@@ -55,6 +74,10 @@ class StepFailed(Exception):
 
 class PipelineFailed(Exception):
     """The Fail step: the execution ends as Failed with this message."""
+
+
+class DefinitionError(Exception):
+    """The definition holds what the engine cannot run, or is not a definition."""
 
 
 @dataclass
@@ -80,52 +103,119 @@ class RunResult:
     error: str | None = None
 
 
-class LocalPipeline:
-    def __init__(self, home: str | os.PathLike, pipeline_name: str = spec.DEFAULT_PIPELINE_NAME,
-                 model_package_group: str = spec.DEFAULT_MODEL_PACKAGE_GROUP,
-                 options: BuildOptions | None = None, echo=print,
-                 tracking_uri: str | None = None):
+def all_steps(steps: list) -> list[dict]:
+    """Every step, those in Condition steps' branches included."""
+    found = []
+    for step in steps:
+        found.append(step)
+        if step.get("Type") == "Condition":
+            for branch in ("IfSteps", "ElseSteps"):
+                found += all_steps(step.get("Arguments", {}).get(branch) or [])
+    return found
+
+
+def check_definition(definition: dict) -> None:
+    """DefinitionError naming the first step type or expression the engine cannot run."""
+    if not isinstance(definition, dict) or not isinstance(definition.get("Steps"), list):
+        raise DefinitionError("not a pipeline definition (no Steps list)")
+    names = set()
+    for step in all_steps(definition["Steps"]):
+        kind, name = step.get("Type"), step.get("Name")
+        if kind not in STEP_TYPES:
+            raise DefinitionError(f"step {name}: type {kind} is not supported by the local "
+                                  f"engine (supported: {', '.join(STEP_TYPES)})")
+        if name in names:
+            raise DefinitionError(f"two steps are named {name}")
+        names.add(name)
+        try:
+            _check_functions(step.get("Arguments"))
+        except Unsupported as exc:
+            raise DefinitionError(f"step {name}: {exc} is not supported by the local engine"
+                                  ) from None
+    for step in all_steps(definition["Steps"]):
+        for ref in _references(step):
+            if ref not in names:
+                raise DefinitionError(f"step {step['Name']} refers to step {ref}, which the "
+                                      f"definition does not have")
+
+
+def _check_functions(value) -> None:
+    if isinstance(value, dict):
+        if len(value) == 1 and str(next(iter(value))).startswith("Std:") and \
+                not is_expression(value):
+            raise Unsupported(f"pipeline function {next(iter(value))}")
+        if value.get("Type") in ("Steps",):  # (never emitted: kept simple)
+            raise Unsupported("nested step lists")
+        for item in value.values():
+            _check_functions(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_functions(item)
+
+
+def _references(step: dict) -> set[str]:
+    """The steps a step needs first: the ones its arguments read, and its DependsOn."""
+    found = set(step.get("DependsOn") or [])
+
+    def visit(value, nested=False):
+        if isinstance(value, dict):
+            ref = value.get("Get")
+            if isinstance(ref, str) and ref.startswith("Steps.") and len(value) == 1:
+                found.add(ref.split(".")[1])
+            for key, item in value.items():
+                if key not in ("IfSteps", "ElseSteps"):  # the branches' own needs are theirs
+                    visit(item)
+        elif isinstance(value, list):
+            for item in value:
+                visit(item)
+
+    visit(step.get("Arguments"))
+    return found
+
+
+class LocalEngine:
+    def __init__(self, home: str | os.PathLike, echo=print, tracking_uri: str | None = None):
         self.home = Path(home).expanduser().resolve()  # steps run in other folders
-        self.name = pipeline_name
-        self.group = model_package_group
-        self.options = options or BuildOptions()
         self.echo = echo
         self.store = Store(self.home)
-        self.code_version = scripts_digest(SCRIPTS_DIR)
-        self.tracking_uri = tracking_uri  # MLflow: runs of the trials and TrainFinal
-        self._experiment = None  # its MLflow experiment id, looked up once
+        self.objects = ObjectStore(self.home / "s3")
+        self.tracking_uri = tracking_uri  # MLflow: runs of training jobs and tuning steps
+        self._experiment = None
 
-    # -- the pipeline --------------------------------------------------------------------------
+    # -- the execution --------------------------------------------------------------------
 
-    def run(self, params: dict) -> RunResult:
-        params = {**{p.name: p.default for p in spec.PARAMETERS}, **params}
-        if not params["InputDataUrl"]:
-            params["InputDataUrl"] = "sklearn-digits"
+    def run(self, definition: dict, overrides: dict | None = None, *, pipeline_name: str,
+            lineage: dict | None = None) -> RunResult:
+        """Run ``definition`` with ``overrides`` of its parameters; ``lineage`` is recorded
+        with a registered version (the input, its fingerprint, the code version)."""
+        check_definition(definition)
+        params = resolve_parameters(definition, overrides or {})
         for orphan in self.store.fail_orphans():
             self.echo(f"execution {orphan['id']} marked Failed: {orphan['error']}")
-        execution_id = self.store.new_execution(self.name, params)
-        self.root = self.home / "pipelines" / self.name / execution_id
+        self.name = pipeline_name
+        self.lineage = lineage or {}
+        execution_id = self.store.new_execution(pipeline_name, params)
+        self.root = self.home / "pipelines" / pipeline_name / execution_id
         self.result = RunResult(execution_id, "Executing")
-        self.params = params
-        self._resolved_input = None  # InputDataUrl, resolved once per run
-        self._rules_report = None  # TrainingRules' rules.json, read once per run
-        self.echo(f"local execution {execution_id} of {self.name} (home {self.home})")
+        self.described: dict[str, dict] = {}  # step name -> its Describe* response
+        self.local: dict[str, dict] = {}  # step name -> what the engine knows besides
+        self.step_types = {s["Name"]: s["Type"] for s in all_steps(definition["Steps"])}
+        self.property_files = {s["Name"]: {p["PropertyFileName"]: p for p in
+                                           s.get("PropertyFiles") or []}
+                               for s in all_steps(definition["Steps"])}
+        self._files: dict[tuple, object] = {}
+        started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        arn = (f"arn:aws:sagemaker:{LOCAL_REGION}:{LOCAL_ACCOUNT}:pipeline/"
+               f"{pipeline_name.lower()}")
+        self.resolver = Resolver(params, {
+            "PipelineExecutionId": execution_id, "PipelineName": pipeline_name,
+            "PipelineArn": arn, "PipelineExecutionArn": f"{arn}/execution/{execution_id}",
+            "StartDateTime": started, "CurrentDateTime": started}, self._properties,
+            self._property_file)
+        self.presenter = presentation.Presenter(self)
+        self.echo(f"local execution {execution_id} of {pipeline_name} (home {self.home})")
         try:
-            data = self._step(spec.STEP.PREPROCESS, self._preprocess)
-            features = self._step(spec.STEP.FEATURES, self._features, data)
-            tuned = self._step(spec.STEP.TUNE, self._tune, data, features)
-            model = self._step(spec.STEP.TRAIN, self._train, data, tuned)
-            rules = (self._step(spec.STEP.RULES, self._rules, model)
-                     if self.options.training_rules or self.options.profiler else None)
-            evaluation = self._step(spec.STEP.EVALUATE, self._evaluate, data, model)
-            if self.options.training_rules and not self._step(spec.STEP.CHECK_RULES,
-                                                              self._check_rules, rules):
-                self._step(spec.STEP.RULES_FIRED, self._rules_fired, rules)
-            elif self._step(spec.STEP.CHECK, self._check, evaluation):
-                self._step(spec.STEP.REGISTER, self._register, data, tuned, model, evaluation,
-                           rules)
-            else:
-                self._step(spec.STEP.FAIL, self._fail)
+            self._run_steps(list(definition["Steps"]))
             self.result.status = "Succeeded"
         except KeyboardInterrupt:
             self.result.status, self.result.error = "Stopped", "stopped by the user (Ctrl-C)"
@@ -138,39 +228,73 @@ class LocalPipeline:
         self.store.end_execution(execution_id, self.result.status, self.result.error)
         return self.result
 
-    def _step(self, name: str, fn, *args):
-        """Run one step: record it, reuse the cache where the step allows, print progress."""
+    def _run_steps(self, pending: list[dict]) -> None:
+        """One step at a time, each once all the steps it needs have succeeded; a Condition
+        step's chosen branch joins the queue."""
+        done: set[str] = set()
+        while pending:
+            ready = next((s for s in pending if _references(s) <= done), None)
+            if ready is None:
+                waiting = {s["Name"]: sorted(_references(s) - done) for s in pending}
+                raise StepFailed(pending[0]["Name"], f"waits for steps that never ran: "
+                                 f"{waiting[pending[0]['Name']]}")
+            pending.remove(ready)
+            branch = self._step(ready)
+            done.add(ready["Name"])
+            pending = [*branch, *pending]
+
+    def _step(self, step: dict) -> list[dict]:
+        """Run one step: record it, resolve and validate its request, reuse the cache where
+        the step allows, print progress. Returns the steps of a chosen branch."""
+        name, kind = step["Name"], step["Type"]
         step_dir = self.root / name
         step_dir.mkdir(parents=True, exist_ok=True)
         log_path = step_dir / "step.log"
         self.store.start_step(self.result.execution_id, name, str(log_path))
         self.echo(f"[{name}] started")
         start = time.perf_counter()
-        key = None
-        try:  # the key reads the input (Preprocess): its errors are this step's failure
-            key = self._cache_key(name, args) if name in STEP_PARAMETERS else None
-            hit = self.store.cached(self.name, name, key) if key else None
-            if hit and all(Path(p).exists() for p in _paths(hit["outputs"])):
-                outputs, cached_from = hit["outputs"], hit["execution_id"]
-                self.echo(f"[{name}] cache hit: reusing the outputs of execution {cached_from}")
+        key = cached_from = None
+        outputs: dict = {}
+        branch: list[dict] = []
+        try:
+            if kind in ("Condition", "Fail"):
+                branch = self._condition(step, step_dir) if kind == "Condition" else \
+                    self._fail(step)
+                outputs = {"properties": self.described.get(name, {})}
             else:
-                outputs, cached_from = fn(step_dir, *args), None
-                if key:
-                    outputs["cache_key"] = key  # what downstream steps' keys build on
-                    self.store.remember(self.name, name, key, self.result.execution_id, outputs)
-            if isinstance(outputs, dict):
-                self._replay(name, outputs)
+                request = self._request(step, step_dir)
+                outputs["request"] = str(step_dir / "request.json")
+                key = self._cache_key(step, request)
+                hit = self._cached(step, key)
+                if hit:
+                    cached_from = hit["execution_id"]
+                    self.described[name] = hit["outputs"]["properties"]
+                    self.local[name] = hit["outputs"].get("local", {})
+                    self.echo(f"[{name}] cache hit: reusing the outputs of execution "
+                              f"{cached_from}")
+                else:
+                    runner = {"Processing": self._processing, "Training": self._training,
+                              "Tuning": self._tuning, "RegisterModel": self._register}[kind]
+                    self.described[name] = runner(step, request, step_dir)
+                outputs.update(properties=self.described[name], local=self.local.get(name, {}))
+                if key and not hit:
+                    self.store.remember(self.name, name, key, self.result.execution_id,
+                                        outputs)
+            self.presenter.after(step)
         except KeyboardInterrupt:
             self._end(name, "Stopped", start, error="stopped by the user")
             raise
-        except Exception as exc:
-            known = isinstance(exc, (StepFailed, PipelineFailed))
-            self._end(name, "Failed", start,
-                      error=str(exc) if known else f"{type(exc).__name__}: {exc}")
+        except (StepFailed, PipelineFailed) as exc:
+            self._end(name, "Failed", start, error=str(exc))
             raise
-        self._end(name, "Succeeded", start, outputs=outputs if isinstance(outputs, dict) else
-                  {"value": outputs}, key=key, cached_from=cached_from)
-        return outputs
+        except (ResolveError, Unsupported, StoreError, jobs.JobSetupError) as exc:
+            self._end(name, "Failed", start, error=str(exc))
+            raise StepFailed(name, str(exc)) from None
+        except Exception as exc:
+            self._end(name, "Failed", start, error=f"{type(exc).__name__}: {exc}")
+            raise
+        self._end(name, "Succeeded", start, outputs=outputs, key=key, cached_from=cached_from)
+        return branch
 
     def _end(self, name, status, start, *, outputs=None, key=None, cached_from=None,
              error=None):
@@ -180,100 +304,260 @@ class LocalPipeline:
         self.result.steps.append(StepRecord(name, status, seconds, cached_from, error or ""))
         self.echo(f"[{name}] {status.lower()} in {seconds:.1f}s" + (f": {error}" if error else ""))
 
-    def _cache_key(self, name: str, args) -> str:
-        upstream = [a.get("cache_key", "") if isinstance(a, dict) else str(a) for a in args]
-        if name == spec.STEP.PREPROCESS:
-            upstream.append(self._input_fingerprint())
-        material = {"step": name, "code": self.code_version, "upstream": upstream,
-                    "params": {p: self.params[p] for p in STEP_PARAMETERS[name]},
-                    "options": [self.options.training_rules, self.options.profiler]
-                    if name in (spec.STEP.TRAIN, spec.STEP.RULES) else []}
-        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+    # -- requests -------------------------------------------------------------------------
 
-    def _input_fingerprint(self) -> str:
-        path = self._input_path()
-        return f"{path}:{inputs.fingerprint(path)}"
+    def _request(self, step: dict, step_dir: Path) -> dict:
+        """The step's Arguments resolved into its API request, named as Pipelines names its
+        jobs, validated against botocore's input shape and saved as request.json."""
+        kind, name = step["Type"], step["Name"]
+        request = self.resolver.resolve(step.get("Arguments") or {})
+        if kind in JOB_NAMES:
+            member, limit, _ = JOB_NAMES[kind]
+            request[member] = self._job_name(request.get(member) or "pipelines", name, limit)
+        validate(shapes.OPERATIONS[kind], request, name, step_dir / "request.json")
+        return request
 
-    def _input_path(self) -> Path:
-        if self._resolved_input is None:
-            try:
-                self._resolved_input = inputs.resolve(self.params["InputDataUrl"],
-                                                      self.home / "cache")
-            except inputs.InputError as exc:
-                raise StepFailed(spec.STEP.PREPROCESS, str(exc)) from None
-        return self._resolved_input
+    def _job_name(self, prefix: str, step: str, limit: int) -> str:
+        digest = hashlib.sha256(f"{self.result.execution_id}/{step}".encode()).hexdigest()[:12]
+        return f"{prefix[:limit - 13].rstrip('-')}-{digest}"
 
-    def _replay(self, name: str, outputs: dict) -> None:
-        """What a step, run or taken from the cache, contributes to the run's summary."""
-        if name == spec.STEP.TUNE:
-            self.result.best_hyperparameters = outputs["best"]
-        elif name == spec.STEP.RULES:
-            self._rules_report = json.loads(Path(outputs["rules_file"]).read_text())
-            if self.options.training_rules:
-                self.result.rules = self._rules_report["rules"]
-                for v in self.result.rules:
-                    where = f" at step {v['step']}" if v["step"] is not None else ""
-                    self.echo(f"[{spec.STEP.RULES}] {v['rule']}: {v['status']}{where}"
-                              + (f" ({v['message']})" if v["status"] == "Error" else ""))
-            if self.options.profiler:
-                self.result.reports["profiler_report"] = outputs["profiler_report"]
-        elif name == spec.STEP.EVALUATE:
-            self.result.test_accuracy = _accuracy(outputs["report"])
-            self.result.reports["evaluation"] = outputs["report"]
-            self.result.reports["confusion_matrix"] = str(Path(outputs["evaluation"]) /
-                                                          "confusion_matrix.png")
+    def _arn(self, kind: str, name: str) -> str:
+        return f"arn:aws:sagemaker:{LOCAL_REGION}:{LOCAL_ACCOUNT}:{kind}/{name.lower()}"
 
-    # -- steps ---------------------------------------------------------------------------------
+    # -- the cache ------------------------------------------------------------------------
 
-    def _processing(self, job: dict, step_dir: Path, input_paths: dict, name: str) -> dict:
-        outputs = {out: step_dir / out for out in job["outputs"]}
-        mapping = {job["inputs"][k]: Path(v) for k, v in input_paths.items()}
-        mapping.update({path: outputs[out] for out, path in job["outputs"].items()})
-        mapping[spec.PROCESSING_ROOT] = step_dir
-        args = [str(self.params[a]) if isinstance(a, spec.Param) else a for a in job["arguments"]]
-        result = run_script(job["script"], map_paths(args, mapping), step_dir / "step.log",
-                            env={"SM_OUTPUT_DIR": str(step_dir / "job-output")})
+    def _cache_key(self, step: dict, request: dict) -> str | None:
+        config = step.get("CacheConfig") or {}
+        if not config.get("Enabled") or step["Type"] not in CACHE_ATTRIBUTES:
+            return None
+        keyed = {a: request.get(a) for a in CACHE_ATTRIBUTES[step["Type"]] if a in request}
+        content = {uri: self.objects.fingerprint(uri) for uri in sorted(_s3_inputs(request))}
+        material = {"type": step["Type"], "name": step["Name"], "request": keyed,
+                    "content": content}
+        return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()
+                              ).hexdigest()
+
+    def _cached(self, step: dict, key: str | None) -> dict | None:
+        if not key:
+            return None
+        hit = self.store.cached(self.name, step["Name"], key)
+        if not hit or "properties" not in hit["outputs"]:
+            return None
+        expire = _duration((step.get("CacheConfig") or {}).get("ExpireAfter"))
+        if expire and hit.get("created_at"):
+            if datetime.now(timezone.utc) - datetime.fromisoformat(hit["created_at"]) > expire:
+                return None
+        produced = _produced(step["Type"], hit["outputs"]["properties"])
+        if not all(self.objects.objects(uri) for uri in produced):
+            return None  # its outputs were removed from the store
+        return hit
+
+    # -- properties -----------------------------------------------------------------------
+
+    def _properties(self, step: str) -> dict:
+        if step not in self.described:
+            raise ResolveError(f"step {step} has not run in this execution")
+        return self.described[step]
+
+    def _property_file(self, step: str, name: str):
+        if (step, name) in self._files:
+            return self._files[(step, name)]
+        spec = self.property_files.get(step, {}).get(name)
+        if spec is None:
+            raise ResolveError(f"step {step} has no property file {name}")
+        outputs = self._properties(step).get("ProcessingOutputConfig", {}).get("Outputs", [])
+        found = [o for o in outputs if o.get("OutputName") == spec["OutputName"]]
+        if not found:
+            raise ResolveError(f"property file {name}: step {step} has no output "
+                               f"{spec['OutputName']}")
+        uri = f"{found[0]['S3Output']['S3Uri'].rstrip('/')}/{spec['FilePath']}"
+        path = self.objects.path(uri)
+        try:
+            document = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ResolveError(f"property file {name} of {step} ({uri}) cannot be read: "
+                               f"{exc}") from None
+        self._files[(step, name)] = document
+        return document
+
+    def property_file_path(self, step: str, name: str) -> Path | None:
+        """Where a property file lies in the store (for the summary), None if unknown."""
+        spec = self.property_files.get(step, {}).get(name)
+        outputs = self.described.get(step, {}).get("ProcessingOutputConfig", {}).get(
+            "Outputs", [])
+        found = [o for o in outputs if spec and o.get("OutputName") == spec["OutputName"]]
+        if not found:
+            return None
+        return self.objects.path(f"{found[0]['S3Output']['S3Uri'].rstrip('/')}/"
+                                 f"{spec['FilePath']}")
+
+    # -- step types -----------------------------------------------------------------------
+
+    def _processing(self, step: dict, request: dict, step_dir: Path) -> dict:
+        result = jobs.run_processing(request, step_dir / "job", self.objects,
+                                     step_dir / "step.log")
         if result.returncode != 0:
-            raise StepFailed(name, f"{result.failure_reason} (log: {result.log_path})")
-        return {k: str(v) for k, v in outputs.items()}
+            raise StepFailed(step["Name"], f"{result.failure_reason} (log: {result.log_path})")
+        return {**request, "ProcessingJobArn": self._arn("processing-job",
+                                                         request["ProcessingJobName"]),
+                "ProcessingJobStatus": "Completed", "ExitMessage": ""}
 
-    def _preprocess(self, step_dir: Path) -> dict:
-        outputs = self._processing(spec.PREPROCESS_JOB, step_dir,
-                                   {"data": self._input_path()}, spec.STEP.PREPROCESS)
-        manifest = json.loads((Path(outputs["manifest"]) / "manifest.json").read_text())
-        counts = {s: manifest["counts"][s]["total"] for s in ("train", "valid", "test")}
-        self.echo(f"[{spec.STEP.PREPROCESS}] {len(manifest['classes'])} classes, {counts}, "
-                  f"{len(manifest['skipped'])} skipped")
-        return outputs
+    def _training_job(self, request: dict, root: Path, log_path: Path, *, run_name: str,
+                      parent: str | None = None, threads=None, on_line=None):
+        result, artifacts = jobs.run_training(request, root, self.objects, log_path,
+                                              env=self._mlflow_env(run_name, parent),
+                                              threads=threads, on_line=on_line)
+        described = {**request, **artifacts,
+                     "TrainingJobArn": self._arn("training-job", request["TrainingJobName"]),
+                     "TrainingJobStatus": "Completed" if result.returncode == 0 else "Failed",
+                     "SecondaryStatus": "Completed" if result.returncode == 0 else "Failed",
+                     "FinalMetricDataList": jobs.metrics_from_log(
+                         log_path, request["AlgorithmSpecification"].get("MetricDefinitions"))}
+        if result.failure_reason:
+            described["FailureReason"] = result.failure_reason
+        return result, described
 
-    def _features(self, step_dir: Path, data: dict) -> dict:
-        """scripts/features.py: the backbone's features of train and valid, once."""
-        outputs = self._processing(spec.FEATURES_JOB, step_dir,
-                                   {"train": data["train"], "valid": data["valid"]},
-                                   spec.STEP.FEATURES)
-        meta = json.loads((Path(outputs["features"]) / "features.json").read_text())
-        if meta.get("skipped"):
-            self.echo(f"[{spec.STEP.FEATURES}] nothing to extract ({meta['skipped']})")
-        else:
-            shape = meta["arrays"]["train"]["shape"]
-            self.echo(f"[{spec.STEP.FEATURES}] {shape[1]} training images x {shape[0]} view(s) "
-                      f"and {meta['arrays']['valid']['shape'][1]} validation images, dim "
-                      f"{meta['feature_dim']}, in {meta['seconds']}s ({meta['precision']})")
-        return outputs
+    def _training(self, step: dict, request: dict, step_dir: Path) -> dict:
+        def on_line(line: str):
+            self.presenter.training_line(step["Name"], line)
 
-    def _static_hyperparameters(self) -> dict:
-        return {hp: self.params[p] for hp, p in spec.STATIC_HYPERPARAMETERS.items()}
+        result, described = self._training_job(
+            request, step_dir / "job", step_dir / "step.log", on_line=on_line,
+            run_name=f"{step['Name']} {self.result.execution_id}")
+        if result.returncode != 0:
+            raise StepFailed(step["Name"], f"{result.failure_reason} (log: {result.log_path})")
+        run = _mlflow_run(step_dir / "job")
+        if run:
+            self.local[step["Name"]] = {"mlflow_run": run}
+        return described
 
-    def _train_job(self, job_dir: Path, data: dict, hps: dict, on_line=None, threads=None,
-                   extra_args=(), mlflow_env: dict | None = None, channels: dict | None = None):
-        channels = {**{c: Path(data[c]) for c in spec.TRAINING_CHANNELS},
-                    **{c: Path(p) for c, p in (channels or {}).items()}}
-        env, args = training_contract(channels, job_dir / "model", job_dir / "output",
-                                      {**self._static_hyperparameters(), **hps})
-        env.update(mlflow_env or {})
-        extra_args = [*extra_args, "--tensorboard-dir", str(job_dir / "tensorboard")]
-        return run_script("train.py", [*args, *extra_args], job_dir / "train.log", env=env,
-                          threads=threads, on_line=on_line)
+    def _tuning(self, step: dict, request: dict, step_dir: Path) -> dict:
+        name, config = step["Name"], request["HyperParameterTuningJobConfig"]
+        definition = request.get("TrainingJobDefinition")
+        if definition is None:
+            raise Unsupported("tuning with TrainingJobDefinitions (several algorithms)")
+        tuning_name = request["HyperParameterTuningJobName"]
+        limits = config.get("ResourceLimits") or {}
+        parallel = max(1, min(int(limits.get("MaxParallelTrainingJobs", 1)),
+                              int(limits.get("MaxNumberOfTrainingJobs", 1))))
+        threads = max(1, cpu_count() // parallel)
+        metric = config["HyperParameterTuningJobObjective"]["MetricName"]
+        parent = self._start_parent_run(f"{name} {self.result.execution_id}")
+        jobs_by_number: dict[int, dict] = {}
+
+        def run_trial(number, hps, on_line):
+            trial_dir = step_dir / f"trial-{number}"
+            trial = trial_request(definition, hps, metric,
+                                  f"{tuning_name}-{number + 1:03d}-"
+                                  f"{hashlib.sha256(f'{tuning_name}{number}'.encode()).hexdigest()[:8]}")
+            validate("CreateTrainingJob", trial, f"{name} trial {number}",
+                     trial_dir / "request.json")
+            result, described = self._training_job(
+                trial, trial_dir, trial_dir / "train.log", run_name=f"trial-{number}",
+                parent=parent, threads=threads, on_line=on_line)
+            jobs_by_number[number] = described
+            return result
+
+        def on_trial(outcome):
+            outcome.log_path = str(step_dir / f"trial-{outcome.number}" / "train.log")
+            shown = _shown(outcome.hyperparameters)
+            self.store.record_trial(self.result.execution_id, outcome.number, outcome.state,
+                                    shown, outcome.value, outcome.intermediate,
+                                    outcome.log_path)
+            value = f"{outcome.value:.4f}" if outcome.value is not None else "-"
+            self.echo(f"[{name}] trial {outcome.number}: {outcome.state}, {metric}={value}, "
+                      f"{presentation.fmt(shown)}")
+
+        try:
+            outcomes = tuning.tune(config, definition["AlgorithmSpecification"].get(
+                "MetricDefinitions"), run_trial, on_trial=on_trial)
+        finally:
+            self._end_parent_run(parent)
+        direction = config["HyperParameterTuningJobObjective"].get("Type", "Maximize")
+        best = tuning.best(outcomes, direction)
+        if best is None:
+            errors = [o.error for o in outcomes if o.error]
+            reason = f" (first error: {errors[0]})" if errors else ""
+            raise StepFailed(name, f"no tuning trial completed{reason}; see the trial logs in "
+                             f"{step_dir}")
+        best_job = jobs_by_number[best.number]
+        self.echo(f"[{name}] best trial {best.number}: {metric}={best.value:.4f}, "
+                  f"{presentation.fmt(_shown(best.hyperparameters))}")
+        counts = {"Completed": 0, "InProgress": 0, "RetryableError": 0, "NonRetryableError": 0,
+                  "Stopped": 0}
+        for o in outcomes:
+            counts[{"Failed": "NonRetryableError"}.get(o.state, o.state)] += 1
+        return {**request,
+                "HyperParameterTuningJobArn": self._arn("hyper-parameter-tuning-job",
+                                                        tuning_name),
+                "HyperParameterTuningJobStatus": "Completed",
+                "TrainingJobStatusCounters": counts,
+                "BestTrainingJob": {
+                    "TrainingJobName": best_job["TrainingJobName"],
+                    "TrainingJobArn": best_job["TrainingJobArn"],
+                    "TunedHyperParameters": dict(best.hyperparameters),
+                    "TrainingJobStatus": "Completed", "ObjectiveStatus": "Succeeded",
+                    "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": metric,
+                                                                    "Value": best.value}}}
+
+    def _condition(self, step: dict, step_dir: Path) -> list[dict]:
+        arguments = step.get("Arguments") or {}
+        results = [self.resolver.condition(c) for c in arguments.get("Conditions") or []]
+        outcome = all(held for held, _ in results)
+        self.described[step["Name"]] = {"Outcome": str(outcome).lower()}
+        for held, text in results:
+            self.echo(f"[{step['Name']}] {text}: {str(held).lower()}")
+        return list(arguments.get("IfSteps" if outcome else "ElseSteps") or [])
+
+    def _fail(self, step: dict) -> list:
+        message = self.resolver.resolve((step.get("Arguments") or {}).get("ErrorMessage", ""))
+        self.described[step["Name"]] = {"ErrorMessage": message}
+        raise PipelineFailed(str(message))
+
+    def _register(self, step: dict, request: dict, step_dir: Path) -> dict:
+        """CreateModelPackage into the local registry: the model's archive is copied out of
+        the execution (it must outlive it), with the version's metrics and metadata."""
+        (container, *_) = request["InferenceSpecification"]["Containers"]
+        model_uri = container["ModelDataUrl"]
+        group = request["ModelPackageGroupName"]
+        artifact = self.home / "models" / group / f"{self.result.execution_id}.tar.gz"
+        artifact.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(self.objects.path(model_uri), artifact)
+        quality = request.get("ModelMetrics", {}).get("ModelQuality", {}).get("Statistics")
+        metrics = json.loads(self.objects.path(quality["S3Uri"]).read_text()) if quality else {}
+        training = self._trained(model_uri)
+        local = self.local.get(training, {}) if training else {}
+        metadata = dict(request.get("CustomerMetadataProperties") or {})
+        lineage = {"pipeline": self.name, "execution": self.result.execution_id,
+                   "model_data_url": model_uri, **self.lineage}
+        if training:
+            lineage["training_job"] = self.described[training]["TrainingJobName"]
+        if local.get("mlflow_run"):
+            lineage["mlflow_run_id"] = local["mlflow_run"]["run_id"]
+            metadata.setdefault("mlflow_run", local["mlflow_run"]["run_id"])
+        package = LocalRegistry(self.home).register(
+            group, str(artifact), metrics=metrics,
+            hyperparameters=_natural(self.described[training].get("HyperParameters", {}))
+            if training else {},
+            lineage=lineage, approval_status=request.get("ModelApprovalStatus",
+                                                         "PendingManualApproval"),
+            metadata=metadata, description=request.get("ModelPackageDescription", ""))
+        self.result.registered_version = package.version
+        self.echo(f"[{step['Name']}] {group} version {package.version} "
+                  f"({package.approval_status})")
+        return {"ModelPackageArn": self._arn("model-package", f"{group}/{package.version}"),
+                "ModelPackageGroupName": group, "ModelPackageVersion": package.version,
+                "ModelApprovalStatus": package.approval_status, "ModelPackageStatus":
+                    "Completed", "ModelDataUrl": str(artifact)}
+
+    def _trained(self, model_uri: str) -> str | None:
+        """The training step of this execution whose model is ``model_uri``."""
+        for name, described in self.described.items():
+            if described.get("ModelArtifacts", {}).get("S3ModelArtifacts") == model_uri:
+                return name
+        return None
+
+    # -- MLflow ---------------------------------------------------------------------------
 
     def _mlflow_env(self, run_name: str, parent: str | None = None) -> dict:
         """What a training job needs to log its MLflow run (nothing without tracking)."""
@@ -292,213 +576,145 @@ class LocalPipeline:
             self._experiment = experiment_id(self.tracking_uri, self.name, self.home)
         return self._experiment
 
-    def _tune(self, step_dir: Path, data: dict, features: dict) -> dict:
-        parallel = max(1, min(int(self.params["MaxParallelTuningJobs"]),
-                              int(self.params["MaxTuningJobs"])))
-        threads = max(1, cpu_count() // parallel)
+    def _start_parent_run(self, name: str) -> str | None:
+        if not self.tracking_uri:
+            return None
+        from .tracking import start_parent_run
 
-        parent = None
-        if self.tracking_uri:
-            from .tracking import start_parent_run
+        return start_parent_run(self.tracking_uri, self._mlflow_experiment(), name)
 
-            parent = start_parent_run(self.tracking_uri, self._mlflow_experiment(),
-                                      f"{spec.STEP.TUNE} {self.result.execution_id}")
+    def _end_parent_run(self, parent: str | None) -> None:
+        if parent:
+            from .tracking import end_parent_run
 
-        fixed = {hp: self.params[p] for hp, p in spec.TUNING_HYPERPARAMETERS.items()}
+            end_parent_run(self.tracking_uri, parent)
 
-        def run_trial(number, hps, on_line):
-            return self._train_job(step_dir / f"trial-{number}", data, {**fixed, **hps},
-                                   on_line, threads, ("--checkpoint-dir", ""),
-                                   self._mlflow_env(f"trial-{number}", parent),
-                                   channels={spec.FEATURES_CHANNEL: features["features"]})
 
-        def on_trial(outcome):
-            outcome.log_path = str(step_dir / f"trial-{outcome.number}" / "train.log")
-            self.store.record_trial(self.result.execution_id, outcome.number, outcome.state,
-                                    outcome.hyperparameters, outcome.value, outcome.intermediate,
-                                    outcome.log_path)
-            value = f"{outcome.value:.4f}" if outcome.value is not None else "-"
-            self.echo(f"[{spec.STEP.TUNE}] trial {outcome.number}: {outcome.state}, "
-                      f"{spec.OBJECTIVE_METRIC}={value}, {_fmt(outcome.hyperparameters)}")
+# -- helpers --------------------------------------------------------------------------------
 
+def resolve_parameters(definition: dict, overrides: dict) -> dict:
+    """The execution's parameter values: the definition's defaults, then ``overrides``,
+    each of its parameter's Type."""
+    declared = {p["Name"]: p for p in definition.get("Parameters") or []}
+    unknown = sorted(set(overrides) - set(declared))
+    if unknown:
+        raise DefinitionError(f"the definition has no parameter {', '.join(unknown)} (it has: "
+                              f"{', '.join(declared) or 'none'})")
+    values = {}
+    for name, p in declared.items():
+        value = overrides.get(name, p.get("DefaultValue"))
+        if value is None:
+            raise DefinitionError(f"parameter {name} has no default: give it with --param "
+                                  f"{name}=VALUE")
+        kind = PARAMETER_TYPES.get(p.get("Type", "String"))
+        if kind is None:
+            raise DefinitionError(f"parameter {name}: type {p.get('Type')} is not supported")
         try:
-            outcomes = tuning.tune(self.params, run_trial,
-                                   n_trials=int(self.params["MaxTuningJobs"]),
-                                   parallel=parallel, on_trial=on_trial)
-        finally:
-            if parent:
-                from .tracking import end_parent_run
-
-                end_parent_run(self.tracking_uri, parent)
-        best = tuning.best(outcomes)
-        if best is None:
-            errors = [o.error for o in outcomes if o.error]
-            reason = f" (first error: {errors[0]})" if errors else ""
-            raise StepFailed(spec.STEP.TUNE, f"no tuning trial completed{reason}; see the trial "
-                             f"logs in {step_dir}")
-        self.echo(f"[{spec.STEP.TUNE}] best trial {best.number}: {spec.OBJECTIVE_METRIC}="
-                  f"{best.value:.4f}, {_fmt(best.hyperparameters)}")
-        return {"best": best.hyperparameters, "best_value": best.value, "trials": str(step_dir),
-                "best_model": str(step_dir / f"trial-{best.number}" / "model")}
-
-    def _train(self, step_dir: Path, data: dict, tuned: dict) -> dict:
-        hps = {k: v for k, v in tuned["best"].items() if k != "epochs"}
-        hps["epochs"] = self.params["Epochs"]
-        hps.update({hp: self.params[p] for hp, p in spec.TRAIN_FINAL_HYPERPARAMETERS.items()})
-        extra = ["--checkpoint-dir", str(step_dir / "checkpoints")]
-        output_data = step_dir / "output" / "data"  # SM_OUTPUT_DATA_DIR: output.tar.gz in AWS
-        for name, path in spec.TRAIN_FINAL_MONITORING.items():
-            wanted = {"debugger-out": self.options.training_rules,
-                      "profile-out": self.options.profiler}.get(name, False)
-            if wanted:  # the same folders as in SageMaker, under this job's output data
-                extra += [f"--{name}",
-                          *map_paths([path], {spec.TRAINING_OUTPUT_DATA: output_data})]
-
-        def on_line(line: str):
-            if line.startswith("epoch="):
-                self.echo(f"[{spec.STEP.TRAIN}] {line}")
-
-        result = self._train_job(step_dir, data, hps, on_line, extra_args=extra,
-                                 mlflow_env=self._mlflow_env(
-                                     f"{spec.STEP.TRAIN} {self.result.execution_id}"),
-                                 channels={spec.HEAD_CHANNEL: tuned["best_model"]})
-        if result.returncode != 0:
-            raise StepFailed(spec.STEP.TRAIN, f"{result.failure_reason} (log: {result.log_path})")
-        archive = step_dir / "output" / "model.tar.gz"  # what SageMaker uploads
-        with tarfile.open(archive, "w:gz") as tar:
-            for item in sorted((step_dir / "model").iterdir()):
-                tar.add(item, arcname=item.name)
-        outputs = {"model_data": str(archive), "hyperparameters": hps,
-                   "output_data": str(output_data)}
-        run_file = output_data / RUN_ID_FILE
-        if run_file.is_file():
-            outputs["mlflow_run"] = json.loads(run_file.read_text())
-        return outputs
-
-    def _rules(self, step_dir: Path, model: dict) -> dict:
-        """scripts/training_rules.py on TrainFinal's output data, as the cloud step runs it."""
-        outputs = self._processing(spec.RULES_JOB, step_dir, {"training": model["output_data"]},
-                                   spec.STEP.RULES)
-        folder = Path(outputs["rules"])
-        return {**outputs, "rules_file": str(folder / RULES_FILE),
-                "profiler_report": str(folder / REPORT_FILE)}
-
-    def _check_rules(self, step_dir: Path, rules: dict) -> bool:
-        """No finding of a blocking rule (BlockingRules), as the cloud ConditionStep."""
-        blocking = self._rules_report["blocking"]
-        self.echo(f"[{spec.STEP.CHECK_RULES}] blocking rules fired: "
-                  f"{blocking['fired'] or 'none'} (BlockingRules: "
-                  f"{','.join(blocking['rules']) or 'none'})")
-        return blocking["count"] == 0
-
-    def _rules_fired(self, step_dir: Path, rules: dict):
-        blocking = self._rules_report["blocking"]
-        raise PipelineFailed(
-            f"Training rule(s) {blocking['fired']} found issues in TrainFinal (they are in "
-            f"BlockingRules) - the model was not registered. See {rules['rules_file']} and "
-            f"TrainFinal's log.")
-
-    def _evaluate(self, step_dir: Path, data: dict, model: dict) -> dict:
-        outputs = self._processing(spec.EVALUATE_JOB, step_dir,
-                                   {"model": model["model_data"], "valid": data["valid"],
-                                    "test": data["test"]},
-                                   spec.STEP.EVALUATE)
-        folder = Path(outputs["evaluation"])
-        return {**outputs, "report": str(folder / spec.EVALUATION_FILE),
-                "validation": str(folder / spec.VALIDATION_FILE)}
-
-    def _check(self, step_dir: Path, evaluation: dict) -> bool:
-        """Validation accuracy >= AccuracyThreshold, as the cloud ConditionStep."""
-        self.result.accuracy = _accuracy(evaluation["validation"])
-        threshold = float(self.params["AccuracyThreshold"])
-        passed = self.result.accuracy >= threshold
-        self.echo(f"[{spec.STEP.CHECK}] validation accuracy {self.result.accuracy:.4f} "
-                  f"{'>=' if passed else '<'} AccuracyThreshold {threshold}")
-        return passed
-
-    def _register(self, step_dir: Path, data: dict, tuned: dict, model: dict,
-                  evaluation: dict, rules: dict | None) -> dict:
-        manifest = json.loads((Path(data["manifest"]) / "manifest.json").read_text())
-        # the registered artifact must outlive the execution's folder
-        artifact = self.home / "models" / self.group / f"{self.result.execution_id}.tar.gz"
-        artifact.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(model["model_data"], artifact)
-        package = LocalRegistry(self.home).register(
-            self.group, str(artifact),
-            metrics={**json.loads(Path(evaluation["report"]).read_text()),
-                     "validation": json.loads(Path(evaluation["validation"]).read_text())},
-            hyperparameters={**self._static_hyperparameters(), **model["hyperparameters"]},
-            lineage={"pipeline": self.name, "execution": self.result.execution_id,
-                     **({"mlflow_run_id": model["mlflow_run"]["run_id"]}
-                        if model.get("mlflow_run") else {}),
-                     "input": self.params["InputDataUrl"],
-                     "data_fingerprint": manifest["fingerprint"],
-                     "code_version": self.code_version},
-            approval_status=self.params["ModelApprovalStatus"],
-            metadata=self._version_metadata(evaluation, rules, model),
-            description=f"{self.params['BaseModel']} from local execution "
-                        f"{self.result.execution_id}")
-        self.result.registered_version = package.version
-        self.echo(f"[{spec.STEP.REGISTER}] {self.group} version {package.version} "
-                  f"({package.approval_status})")
-        return {"version": package.version, "model_data": str(artifact)}
-
-    def _version_metadata(self, evaluation: dict, rules: dict | None, model: dict) -> dict:
-        """What the cloud RegisterModel records as CustomerMetadataProperties, here too."""
-        metadata = {"validation_accuracy": _accuracy(evaluation["validation"]),
-                    "test_accuracy": _accuracy(evaluation["report"])}
-        if rules is not None:
-            report = self._rules_report
-            if self.options.training_rules:
-                metadata.update({spec.rule_metadata_key(v["rule"]): v["status"]
-                                 for v in report["rules"]})
-                metadata[spec.BLOCKING_FIRED_METADATA] = report["blocking"]["fired"] or "none"
-            if self.options.profiler:
-                metadata[spec.PROFILER_REPORT_METADATA] = rules["profiler_report"]
-        if model.get("mlflow_run"):
-            metadata[spec.MLFLOW_RUN_METADATA] = model["mlflow_run"]["run_id"]
-        return metadata
-
-    def _fail(self, step_dir: Path):
-        raise PipelineFailed(
-            f"Validation accuracy {self.result.accuracy} is below the AccuracyThreshold of "
-            f"{self.params['AccuracyThreshold']} - the model was not registered.")
+            if kind is bool and isinstance(value, str):
+                value = {"true": True, "false": False}[value.strip().lower()]
+            values[name] = kind(value)
+        except (KeyError, TypeError, ValueError):
+            raise DefinitionError(f"parameter {name} must be {p.get('Type')}, got {value!r}"
+                                  ) from None
+    return values
 
 
-def _accuracy(report_path: str) -> float:
-    return spec.accuracy_of(json.loads(Path(report_path).read_text()))
+def validate(operation: str, request: dict, step: str, path: Path) -> None:
+    """Save the request; StepFailed with botocore's findings if the API would refuse it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(request, indent=1, sort_keys=True, default=str) + "\n")
+    problems = shapes.validate_arguments(operation, request)
+    if problems:
+        raise StepFailed(step, f"SageMaker would refuse its {operation} request ({path}): "
+                         + "; ".join(problems))
 
 
-def _paths(outputs: dict) -> list[str]:
-    keys = ("train", "valid", "test", "manifest", "features", "best_model", "model_data",
-            "evaluation", "report", "validation", "rules_file", "output_data")
-    return [outputs[k] for k in keys if k in outputs and outputs[k]]
+def trial_request(definition: dict, hyperparameters: dict, metric: str, name: str) -> dict:
+    """One tuning trial's CreateTrainingJob request, as the tuning job makes it."""
+    request = {key: definition[key] for key in (
+        "AlgorithmSpecification", "RoleArn", "InputDataConfig", "OutputDataConfig",
+        "StoppingCondition", "VpcConfig", "EnableNetworkIsolation",
+        "EnableInterContainerTrafficEncryption", "EnableManagedSpotTraining",
+        "CheckpointConfig", "Environment", "RetryStrategy") if key in definition}
+    resources = definition.get("ResourceConfig") or definition.get(
+        "HyperParameterTuningResourceConfig") or {}
+    request["ResourceConfig"] = {k: v for k, v in resources.items()
+                                 if k in ("InstanceType", "InstanceCount", "VolumeSizeInGB",
+                                          "VolumeKmsKeyId")}
+    request["HyperParameters"] = {**(definition.get("StaticHyperParameters") or {}),
+                                  **hyperparameters, "_tuning_objective_metric": metric}
+    request["TrainingJobName"] = name
+    return request
 
 
-def _fmt(hps: dict) -> str:
-    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in hps.items())
+def _s3_inputs(request: dict) -> set[str]:
+    found = set()
+    for item in request.get("ProcessingInputs") or []:
+        if "S3Input" in item:
+            found.add(item["S3Input"]["S3Uri"])
+    definition = request.get("TrainingJobDefinition") or request
+    for channel in definition.get("InputDataConfig") or []:
+        source = channel.get("DataSource", {}).get("S3DataSource")
+        if source:
+            found.add(source["S3Uri"])
+    return found
+
+
+def _produced(kind: str, described: dict) -> list[str]:
+    """What a cached step's outputs are, to check they are still in the store."""
+    if kind == "Processing":
+        return [o["S3Output"]["S3Uri"] for o in
+                described.get("ProcessingOutputConfig", {}).get("Outputs", [])]
+    if kind == "Training":
+        return [described["ModelArtifacts"]["S3ModelArtifacts"]]
+    if kind == "Tuning":
+        path = described["TrainingJobDefinition"]["OutputDataConfig"]["S3OutputPath"]
+        return [f"{path.rstrip('/')}/{described['BestTrainingJob']['TrainingJobName']}/output/"
+                f"model.tar.gz"]
+    return []
+
+
+def _mlflow_run(job_root: Path) -> dict | None:
+    from breedkit.tracking import RUN_ID_FILE
+
+    path = job_root / "opt" / "ml" / "output" / "data" / RUN_ID_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _shown(hyperparameters: dict) -> dict:
+    """Tuned values as the job sees them (the training toolkit JSON-decodes them)."""
+    return {k: _decode(v) for k, v in hyperparameters.items()}
+
+
+def _decode(value):
+    try:
+        return json.loads(value)
+    except (TypeError, ValueError):
+        return value
+
+
+def _natural(hyperparameters: dict) -> dict:
+    """A training job's own hyperparameters (not the SDK's), JSON-decoded twice where the SDK
+    encoded a tuned categorical value ("\\"16\\"")."""
+    out = {}
+    for key, value in hyperparameters.items():
+        if key.startswith(("sagemaker_", "_")):
+            continue
+        value = _decode(value)
+        if isinstance(value, str):
+            value = _decode(value) if re.fullmatch(r"-?[0-9.eE+-]+", value) else value
+        out[key] = value
+    return out
+
+
+def _duration(text: str | None) -> timedelta | None:
+    """An ISO 8601 duration of days/hours/minutes/seconds (P30D, PT12H), None if other."""
+    match = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?", text or "")
+    if not text or not match:
+        return None
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
 
 
 def summary(result: RunResult) -> str:
-    lines = [f"execution {result.execution_id}: {result.status}"]
-    lines.append(f"  {'step':<18} {'status':<10} {'seconds':>8}  note")
-    for s in result.steps:
-        note = f"cache hit ({s.cached_from})" if s.cached_from else s.detail
-        lines.append(f"  {s.name:<18} {s.status:<10} {s.seconds:>8.1f}  {note}")
-    if result.best_hyperparameters:
-        lines.append(f"  best hyperparameters: {_fmt(result.best_hyperparameters)}")
-    for v in result.rules:
-        where = f" at step {v['step']}" if v["step"] is not None else ""
-        lines.append(f"  rule {v['rule']:<26} {v['status']}{where}")
-    if result.accuracy is not None:
-        lines.append(f"  validation accuracy: {result.accuracy:.4f} (the gate)")
-    if result.test_accuracy is not None:
-        lines.append(f"  test accuracy: {result.test_accuracy:.4f} (registered)")
-    if result.registered_version is not None:
-        lines.append(f"  registered: version {result.registered_version}")
-    for name, path in result.reports.items():
-        lines.append(f"  {name}: {path}")
-    if result.error:
-        lines.append(f"  error: {result.error}")
-    return "\n".join(lines)
+    return presentation.summary(result)

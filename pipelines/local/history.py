@@ -42,6 +42,9 @@ def describe_execution(store: Store, execution_id: str) -> str:
         seconds = f"{s['seconds']:.1f}" if s["seconds"] is not None else "-"
         log = s["log_path"] if s["log_path"] and Path(s["log_path"]).exists() else "-"
         lines.append(f"  {s['name']:<16} {s['status']:<10} {seconds:>8}  {cache:<32} {log}")
+        request = json.loads(s["outputs"] or "{}").get("request")
+        if request and Path(request).exists():
+            lines.append(f"  {'':<16} request: {request}")
         if s["error"]:
             lines.append(f"  {'':<16} error: {s['error']}")
     for t in e["trials"]:

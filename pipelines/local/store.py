@@ -167,12 +167,14 @@ class Store:
 
     def cached(self, pipeline: str, step: str, cache_key: str) -> dict | None:
         with self._db() as db:
-            row = db.execute("SELECT execution_id, outputs FROM step_cache WHERE pipeline = ? "
+            row = db.execute("SELECT execution_id, outputs, created_at FROM step_cache WHERE "
+                             "pipeline = ? "
                              "AND step = ? AND cache_key = ?", (pipeline, step, cache_key)
                              ).fetchone()
         if row is None:
             return None
-        return {"execution_id": row["execution_id"], "outputs": json.loads(row["outputs"])}
+        return {"execution_id": row["execution_id"], "outputs": json.loads(row["outputs"]),
+                "created_at": row["created_at"]}
 
     def remember(self, pipeline: str, step: str, cache_key: str, execution_id: str,
                  outputs: dict) -> None:

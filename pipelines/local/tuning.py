@@ -1,80 +1,144 @@
-"""HPTuning locally: Optuna over the same ranges and objective as the SageMaker tuning job.
+"""A hyperparameter tuning job locally, from its CreateHyperParameterTuningJob request.
 
-TPE sampling stands in for SageMaker's Bayesian strategy and a median pruner for its early
-stopping: each trial is scripts/train.py in a subprocess whose log is read line by line with
-the same metric regexes; the objective's per-epoch values are reported to Optuna, and a trial
-that falls below the median of earlier trials at the same epoch (from its second epoch
-on) is stopped.
+The request's ``HyperParameterTuningJobConfig`` decides: its ranges and scaling, its strategy
+(Bayesian -> Optuna's TPE sampler, Random -> random sampling, Grid -> every combination of
+categorical and integer ranges), its limits (MaxNumberOfTrainingJobs,
+MaxParallelTrainingJobs) and early stopping (Auto -> a median pruner: a trial below the median
+of earlier trials at the same epoch is stopped). The objective is read from each trial's log,
+line by line, with the regex of the request's MetricDefinitions that bears the objective's
+name; each match is one intermediate value, the last one the trial's result.
+
+Hyperparameters are passed as SageMaker passes them: the range's text (a categorical value as
+written in the request, continuous and integer values as numbers in text); the best trial's
+values are reported as ``TunedHyperParameters`` in the same form.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
 import optuna
 
-from breedkit.logformat import parse_metrics
-from pipelines import spec
-
+from .expressions import Unsupported
 from .jobs import JobStopped
+
+STRATEGIES = ("Bayesian", "Random", "Grid")
 
 
 @dataclass
 class TrialOutcome:
     number: int
-    hyperparameters: dict
-    state: str
+    hyperparameters: dict  # name -> the text passed to the job
+    state: str  # Completed, Failed, Stopped
     value: float | None
     intermediate: list = field(default_factory=list)
     log_path: str = ""
     error: str = ""
+    job_name: str = ""
 
 
 class TrialFailed(Exception):
     pass
 
 
-def suggest(trial: optuna.Trial, params: dict) -> dict:
-    """Hyperparameters for one trial from spec.HYPERPARAMETER_RANGES."""
-    bound = lambda v: params[v] if isinstance(v, str) else v  # noqa: E731
-    chosen = {}
-    for name, r in spec.HYPERPARAMETER_RANGES.items():
-        if r["type"] == "Categorical":
-            chosen[name] = trial.suggest_categorical(name, list(r["values"]))
-        elif r["type"] == "Integer":
-            chosen[name] = trial.suggest_int(name, int(bound(r["min"])), int(bound(r["max"])))
-        else:
-            chosen[name] = trial.suggest_float(name, float(bound(r["min"])),
-                                               float(bound(r["max"])),
-                                               log=r.get("scaling") == "Logarithmic")
-    return chosen
+@dataclass
+class Ranges:
+    continuous: list
+    integer: list
+    categorical: list
+
+    @classmethod
+    def of(cls, config: dict) -> "Ranges":
+        ranges = config.get("ParameterRanges") or {}
+        return cls(ranges.get("ContinuousParameterRanges") or [],
+                   ranges.get("IntegerParameterRanges") or [],
+                   ranges.get("CategoricalParameterRanges") or [])
+
+    def suggest(self, trial: optuna.Trial) -> dict:
+        chosen = {}
+        for r in self.continuous:
+            log = r.get("ScalingType") in ("Logarithmic", "ReverseLogarithmic")
+            if r.get("ScalingType") == "ReverseLogarithmic":
+                raise Unsupported(f"range {r['Name']}: ReverseLogarithmic scaling")
+            value = trial.suggest_float(r["Name"], float(r["MinValue"]), float(r["MaxValue"]),
+                                        log=log and float(r["MinValue"]) > 0)
+            chosen[r["Name"]] = repr(value)
+        for r in self.integer:
+            log = r.get("ScalingType") == "Logarithmic" and int(r["MinValue"]) > 0
+            chosen[r["Name"]] = str(trial.suggest_int(r["Name"], int(r["MinValue"]),
+                                                      int(r["MaxValue"]), log=log))
+        for r in self.categorical:
+            chosen[r["Name"]] = trial.suggest_categorical(r["Name"], list(r["Values"]))
+        return chosen
+
+    def grid(self) -> dict:
+        if self.continuous:
+            raise Unsupported("the Grid strategy with continuous ranges (SageMaker allows "
+                              "only categorical and integer ranges with Grid)")
+        space = {r["Name"]: list(range(int(r["MinValue"]), int(r["MaxValue"]) + 1))
+                 for r in self.integer}
+        space.update({r["Name"]: list(r["Values"]) for r in self.categorical})
+        return space
 
 
-def tune(params: dict, run_trial: Callable, *, n_trials: int, parallel: int, seed: int = 0,
+def sampler(strategy: str, ranges: Ranges, n_trials: int, seed: int = 0):
+    if strategy == "Bayesian":
+        # the random start-up fits the budget: with 8 trials, 10 random ones would be all
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(1, min(10,
+                                                                               n_trials // 2)))
+    if strategy == "Random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if strategy == "Grid":
+        return optuna.samplers.GridSampler(ranges.grid(), seed=seed)
+    raise Unsupported(f"tuning strategy {strategy} (supported: {', '.join(STRATEGIES)})")
+
+
+def objective_regex(config: dict, metric_definitions: list) -> tuple[str, re.Pattern, str]:
+    objective = config["HyperParameterTuningJobObjective"]
+    name = objective["MetricName"]
+    found = [d["Regex"] for d in metric_definitions or [] if d["Name"] == name]
+    if not found:
+        raise Unsupported(f"objective {name} has no regex in the training job definition's "
+                          f"MetricDefinitions (built-in algorithm metrics are not known here)")
+    return name, re.compile(found[0]), objective.get("Type", "Maximize")
+
+
+def tune(config: dict, metric_definitions: list, run_trial: Callable, *, seed: int = 0,
          on_trial: Callable[[TrialOutcome], None] | None = None) -> list[TrialOutcome]:
-    """Run the study. ``run_trial(number, hyperparameters, on_line)`` runs train.py and returns
-    a JobResult; ``on_line`` returns True when the trial should be stopped (pruned)."""
+    """Run the study. ``run_trial(number, hyperparameters, on_line)`` runs one training job
+    and returns its JobResult; ``on_line`` returns True when the trial should stop."""
+    ranges = Ranges.of(config)
+    limits = config.get("ResourceLimits") or {}
+    n_trials = int(limits.get("MaxNumberOfTrainingJobs", 1))
+    parallel = max(1, min(int(limits.get("MaxParallelTrainingJobs", 1)), n_trials))
+    strategy = config.get("Strategy", "Bayesian")
+    if strategy == "Grid":
+        n_trials = min(n_trials, len(list(itertools.product(*ranges.grid().values()))) or 1)
+    metric, regex, direction = objective_regex(config, metric_definitions)
+    early = config.get("TrainingJobEarlyStoppingType", "Off")
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=max(2, parallel), n_warmup_steps=2)
+              if early == "Auto" else optuna.pruners.NopPruner())
     optuna.logging.set_verbosity(logging.ERROR)  # trials are reported by on_trial
-    study = optuna.create_study(
-        direction="maximize" if spec.OBJECTIVE_TYPE == "Maximize" else "minimize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=max(2, parallel),
-                                           n_warmup_steps=2))
+    study = optuna.create_study(direction="maximize" if direction == "Maximize" else "minimize",
+                                sampler=sampler(strategy, ranges, n_trials, seed), pruner=pruner)
     outcomes: list[TrialOutcome] = []
     lock = threading.Lock()
 
     def objective(trial: optuna.Trial) -> float:
-        hps = suggest(trial, params)
+        hps = ranges.suggest(trial)
         values: list[float] = []
 
         def on_line(line: str) -> bool:
-            found = parse_metrics(line).get(spec.OBJECTIVE_METRIC)
-            if found and line.startswith("epoch="):
-                values.append(found[-1])
-                trial.report(found[-1], step=len(values))
+            matches = regex.findall(line)
+            if matches:
+                value = float(matches[-1] if isinstance(matches[-1], str) else matches[-1][0])
+                values.append(value)
+                trial.report(value, step=len(values))
                 return trial.should_prune()
             return False
 
@@ -86,7 +150,7 @@ def tune(params: dict, run_trial: Callable, *, n_trials: int, parallel: int, see
                 outcome.error = result.failure_reason or f"exit code {result.returncode}"
                 raise TrialFailed(outcome.error)
             if not values:
-                raise TrialFailed(f"no {spec.OBJECTIVE_METRIC} in the trial's log")
+                raise TrialFailed(f"no {metric} in the trial's log")
             outcome.state, outcome.value = "Completed", values[-1]
             return values[-1]
         except JobStopped:
@@ -102,6 +166,9 @@ def tune(params: dict, run_trial: Callable, *, n_trials: int, parallel: int, see
     return sorted(outcomes, key=lambda o: o.number)
 
 
-def best(outcomes: list[TrialOutcome]) -> TrialOutcome | None:
+def best(outcomes: list[TrialOutcome], direction: str = "Maximize") -> TrialOutcome | None:
     done = [o for o in outcomes if o.state == "Completed" and o.value is not None]
-    return max(done, key=lambda o: o.value) if done else None
+    if not done:
+        return None
+    pick = max if direction == "Maximize" else min
+    return pick(done, key=lambda o: o.value)

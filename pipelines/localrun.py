@@ -1,0 +1,121 @@
+"""``python -m pipelines.run --local``: build the definition ``--upsert`` would send, then run it
+with the local engine.
+
+The definition is built by the same code and options as ``--upsert`` (pipelines.build), with
+the SageMaker SDK's session pointed at the local object store (``<home>/s3``: the code the SDK
+uploads lands there; see pipelines.local.objectstore) instead of S3. Only the bucket, the role
+and the account differ. Local inputs (a folder, a zip, ``sklearn-digits``, an http(s) URL, an
+``s3://`` URI read with your AWS credentials) are staged into the store first, with the same
+code as ``pipelines.data.stage`` stages them into S3, and the run gets their ``s3://`` URI.
+``--definition FILE`` runs a definition JSON as given instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pipelines import spec
+from pipelines.aws import CliError
+from pipelines.local.objectstore import LOCAL_ROLE, ObjectStore, local_boto_session
+
+LOCAL_BUCKET = "dogbreed-local"
+SCHEMES = "a folder of images, a .zip, an http(s) URL, an s3:// URI, or sklearn-digits"
+
+
+def store_of(home: Path) -> ObjectStore:
+    return ObjectStore(Path(home) / "s3")
+
+
+def build_definition(args, home: Path) -> dict:
+    """The definition of ``args``' build options, as ``--upsert`` builds it, with the code the
+    SDK uploads in the local store."""
+    from pipelines.build import build_pipeline
+    from pipelines.run import make_context
+
+    bucket = args.bucket or LOCAL_BUCKET
+    session = local_boto_session(store_of(home), args.region or "us-east-1")
+    pipeline = build_pipeline(make_context(args, session, LOCAL_ROLE, bucket,
+                                           _tags(args)))
+    return json.loads(pipeline.definition())
+
+
+def write_definition(definition: dict, path: str) -> None:
+    Path(path).write_text(json.dumps(definition, indent=2, sort_keys=True) + "\n")
+
+
+def stage_input(url: str, home: Path, bucket: str, prefix: str) -> tuple[str, str]:
+    """``(s3 URI, content fingerprint)`` of InputDataUrl staged into the local store."""
+    from pipelines.data.stage import local_files, stage
+    from pipelines.local import inputs
+
+    if url.startswith("s3://") and url.startswith(f"s3://{bucket}/"):
+        store = store_of(home)
+        if not store.objects(url):
+            raise CliError(f"InputDataUrl {url} is not in the local object store "
+                           f"({store.path(url)})")
+        return url, store.content_digest(url)
+    if "://" in url and not url.startswith(("http://", "https://", "s3://")):
+        raise CliError(f"InputDataUrl {url}: the scheme is not supported; give {SCHEMES}")
+    try:
+        source = inputs.resolve(url, home / "cache")
+    except inputs.InputError as exc:
+        raise CliError(str(exc)) from None
+    identity = hashlib.sha256(str(source).encode()).hexdigest()[:12]
+    key_prefix = f"{prefix.strip('/')}/data/{source.name[:40] or 'input'}-{identity}/"
+    files = local_files(str(source), str(home / "cache"), None)
+    store = store_of(home)
+    s3 = local_boto_session(store).client("s3")
+    stage(s3, files, bucket, key_prefix, replace=True)
+    uri = f"s3://{bucket}/{key_prefix}"  # a zip alone under it: Preprocess reads it
+    return uri, store.content_digest(uri)
+
+
+def run_local(args, home: Path, params: dict, *, echo, tracking_uri: str | None):
+    """Build (or read) the definition, stage the input, run it: the engine's RunResult."""
+    from pipelines.local.engine import LocalEngine, check_definition, resolve_parameters
+
+    prefix = args.prefix.strip("/")
+    if args.definition:
+        try:
+            definition = json.loads(Path(args.definition).read_text())
+        except (OSError, ValueError) as exc:
+            raise CliError(f"--definition {args.definition}: cannot read it as JSON ({exc})"
+                           ) from None
+        declared = {p["Name"] for p in definition.get("Parameters") or []}
+        url = params.get("InputDataUrl")
+    else:
+        definition = build_definition(args, home)
+        declared = {p.name for p in spec.PARAMETERS}
+        url = params.get("InputDataUrl") or "sklearn-digits"
+    check_definition(definition)  # what the engine cannot run: named before anything runs
+    resolve_parameters(definition, {k: v for k, v in params.items() if k != "InputDataUrl"})
+    if args.definition_out:
+        write_definition(definition, args.definition_out)
+        echo(f"wrote the definition of {args.pipeline_name} to {args.definition_out}")
+    lineage = {"code_version": spec.scripts_digest(spec.SCRIPTS_DIR)}
+    if url and "InputDataUrl" in declared:
+        bucket = _bucket_of(definition) or args.bucket or LOCAL_BUCKET
+        staged, digest = stage_input(str(url), home, bucket, prefix)
+        if staged != url:
+            echo(f"staged InputDataUrl {url} as {staged}")
+        params = {**params, "InputDataUrl": staged}
+        lineage.update(input=str(url), data_fingerprint=f"sha256:{digest}")
+    engine = LocalEngine(home, echo=echo, tracking_uri=tracking_uri)
+    return engine.run(definition, params, pipeline_name=args.pipeline_name, lineage=lineage)
+
+
+def _bucket_of(definition: dict) -> str | None:
+    """The bucket of the definition's default InputDataUrl (where its data would be)."""
+    for p in definition.get("Parameters") or []:
+        value = p.get("DefaultValue")
+        if p["Name"] == "InputDataUrl" and isinstance(value, str) and value.startswith("s3://"):
+            return value[5:].split("/", 1)[0]
+    return None
+
+
+def _tags(args) -> list:
+    from pipelines.run import parse_pairs
+
+    return [{"Key": k, "Value": v} for k, v in parse_pairs(args.tag, "--tag").items()]
