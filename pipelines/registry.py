@@ -64,8 +64,13 @@ class ModelPackage:
 
     @property
     def validation_accuracy(self) -> float | None:
-        """The valid split's accuracy (the gate's figure), registered beside the test
-        metrics by the local engine."""
+        """The valid split's accuracy (the gate's figure): the version's
+        ``validation_accuracy`` metadata (CustomerMetadataProperties in SageMaker), or, in
+        versions the local engine registered before 2026-12, beside the test metrics."""
+        try:
+            return float(self.metadata["validation_accuracy"])
+        except (KeyError, TypeError, ValueError):
+            pass
         try:
             return spec.accuracy_of(self.metrics["validation"])
         except (KeyError, TypeError, ValueError):

@@ -165,12 +165,14 @@ class Param(str):
 # parameters), inputs and outputs. The cloud steps pass these paths to SageMaker; the local
 # engine maps each container path to a folder of its own.
 PROCESSING_ROOT = "/opt/ml/processing"
+# The data input is not /opt/ml/processing/input: a FrameworkProcessor mounts its own code and
+# entrypoint under that folder (input/code/, input/entrypoint/), which would be found there.
 PREPROCESS_JOB = {
     "script": "preprocess.py",
-    "inputs": {"data": f"{PROCESSING_ROOT}/input"},
+    "inputs": {"data": f"{PROCESSING_ROOT}/data"},
     "outputs": {name: f"{PROCESSING_ROOT}/{name}" for name in ("train", "valid", "test",
                                                                "manifest")},
-    "arguments": ["--input-dir", f"{PROCESSING_ROOT}/input", "--output-dir", PROCESSING_ROOT,
+    "arguments": ["--input-dir", f"{PROCESSING_ROOT}/data", "--output-dir", PROCESSING_ROOT,
                   "--image-size", Param("PreprocessImageSize")],
 }
 FEATURES_JOB = {

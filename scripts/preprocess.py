@@ -1,6 +1,6 @@
 """Split and resize an image-folder data set (SageMaker Processing contract).
 
-Input (--input-dir, default /opt/ml/processing/input): a folder or a .zip (or a folder holding
+Input (--input-dir, default /opt/ml/processing/data): a folder or a .zip (or a folder holding
 one .zip), laid out either
   - already split: train/ valid/ test/ (also val/, validation/), each with <class>/<images>,
     like dogImages (133 folders such as 001.Affenpinscher); a missing valid/ or test/ split is
@@ -57,7 +57,7 @@ IGNORED_DIRS = ("__MACOSX",)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--input-dir", default="/opt/ml/processing/input")
+    p.add_argument("--input-dir", default="/opt/ml/processing/data")
     p.add_argument("--output-dir", default="/opt/ml/processing")
     p.add_argument("--image-size", type=int, default=256, help="shorter side after resizing")
     p.add_argument("--seed", type=int, default=42)

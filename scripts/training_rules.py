@@ -80,7 +80,7 @@ def summarize(verdicts: list[dict], blocking: tuple[str, ...]) -> dict:
              v["status"] == "IssuesFound"]
     return {"rules": verdicts,
             "blocking": {"rules": list(blocking), "count": len(fired),
-                         "fired": ",".join(fired)},
+                         "fired": ",".join(fired), "summary": ",".join(fired) or "none"},
             "report": REPORT_FILE}
 
 

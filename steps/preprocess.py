@@ -1,6 +1,7 @@
 """Preprocess: split and resize the data set (scripts/preprocess.py in a PyTorch container).
 
-Input:   InputDataUrl (an S3 prefix of image folders, or a .zip) -> /opt/ml/processing/input
+Input:   InputDataUrl (an S3 prefix of image folders, or a .zip) -> /opt/ml/processing/data
+         (not .../input, where the FrameworkProcessor mounts its code and entrypoint)
 Outputs: train, valid, test (image folders) and manifest, under s3://<bucket>/<prefix>/...
 Cached: the same data and arguments reuse the last run's outputs.
 """

@@ -27,7 +27,7 @@ from .common import service_retry_policy
 from .condition import accuracy
 from .context import BuildContext
 from .evaluate import report_uri as evaluation_uri
-from .rules import blocking_fired, report_uri, verdict
+from .rules import blocking_summary, report_uri, verdict
 from .train import mlflow_run_name, model_artifact
 
 SERVING_ENV = {"SAGEMAKER_PROGRAM": "inference.py",
@@ -70,7 +70,8 @@ def make_step(ctx: BuildContext, train: TrainingStep, evaluate: ProcessingStep,
 
 
 def metadata(ctx: BuildContext, evaluate: ProcessingStep, reports: dict, rules) -> dict:
-    """CustomerMetadataProperties (strings): both accuracies; each training rule's verdict,
+    """CustomerMetadataProperties (strings, each 1-256 characters: no value may resolve
+    empty, or CreateModelPackage refuses the version): both accuracies; each training rule's verdict,
     the blocking rules that fired and the profiler report's S3 URI; the MLflow run."""
     values = {key: Join(on="", values=[accuracy(evaluate, reports[report])])
               for key, report in spec.ACCURACY_METADATA.items()}
@@ -80,7 +81,7 @@ def metadata(ctx: BuildContext, evaluate: ProcessingStep, reports: dict, rules) 
             for index, name in enumerate(spec.TRAINING_RULES):
                 values[spec.rule_metadata_key(name)] = verdict(step, report, index)
             values[spec.BLOCKING_FIRED_METADATA] = Join(on="", values=[
-                blocking_fired(step, report)])
+                blocking_summary(step, report)])
         if ctx.options.profiler:
             values[spec.PROFILER_REPORT_METADATA] = report_uri(step)
     if ctx.options.mlflow_arn:

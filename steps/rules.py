@@ -19,7 +19,8 @@ from sagemaker.workflow.functions import Join, JsonGet
 from sagemaker.workflow.properties import PropertyFile
 from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 
-from breedkit.rulespec import BLOCKING_COUNT_PATH, BLOCKING_NAMES_PATH, REPORT_FILE, RULES_FILE
+from breedkit.rulespec import (BLOCKING_COUNT_PATH, BLOCKING_NAMES_PATH, BLOCKING_SUMMARY_PATH,
+                               REPORT_FILE, RULES_FILE)
 from pipelines import spec
 
 from .common import processing_step
@@ -50,6 +51,11 @@ def verdict(step: ProcessingStep, report: PropertyFile, index: int) -> JsonGet:
 
 def blocking_fired(step: ProcessingStep, report: PropertyFile) -> JsonGet:
     return JsonGet(step_name=step.name, property_file=report, json_path=BLOCKING_NAMES_PATH)
+
+
+def blocking_summary(step: ProcessingStep, report: PropertyFile) -> JsonGet:
+    """The blocking rules that fired, or "none": never empty."""
+    return JsonGet(step_name=step.name, property_file=report, json_path=BLOCKING_SUMMARY_PATH)
 
 
 def report_uri(step: ProcessingStep) -> Join:

@@ -7,21 +7,23 @@ import json
 import os
 import shutil
 import sqlite3
+from pathlib import Path
 
 import pytest
 
 from conftest import make_image_folder
-from pipelines import run
+from pipelines import localrun, run
 from pipelines.local import engine as engine_module
-from pipelines.local.engine import LocalPipeline, StepFailed
+from pipelines.local import jobs
+from pipelines.local.engine import LocalEngine, StepFailed
+from pipelines.local.store import Store
 from pipelines.registry import LocalRegistry
-from pipelines.spec import BuildOptions
 
 SMALL = {"BaseModel": "resnet18", "Pretrained": "false", "ImageSize": 32,
          "PreprocessImageSize": 36, "TuningEpochs": 1, "MaxTuningJobs": 2,
          "MaxParallelTuningJobs": 2, "Epochs": 6, "AccuracyThreshold": 0.3}
 STEPS = ["Preprocess", "Features", "HPTuning", "TrainFinal", "TrainingRules", "Evaluate",
-         "CheckTrainingRules", "CheckAccuracy", "RegisterModel"]
+         "CheckTrainingRules", "CheckAccuracy", "RegisterModel-RegisterModel"]
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,16 @@ def home(tmp_path_factory):
     return {"home": root / "home", "data": data}
 
 
-def pipeline(home, lines, **kwargs):
-    return LocalPipeline(home["home"], options=BuildOptions(), echo=lines.append, **kwargs)
+def run_engine(home, lines, params, *options):
+    """What ``python -m pipelines.run --local`` runs: the definition built as --upsert builds
+    it, the input staged into the local store."""
+    args = run.build_parser().parse_args(["--local", *options])
+    return localrun.run_local(args, home["home"], params, echo=lines.append, tracking_uri=None)
+
+
+def job_folder(home, execution: str, step: str) -> Path:
+    """The container root of a step's job: /opt/ml/... under it."""
+    return home["home"] / "pipelines" / "DogBreedBuild" / execution / step / "job" / "opt" / "ml"
 
 
 def execution_rows(home):
@@ -46,16 +56,16 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
     params = {**SMALL, "InputDataUrl": str(home["data"])}
     lines: list[str] = []
 
-    def broken(self, step_dir, data, tuned):
+    def broken(self, step, request, step_dir):
         raise StepFailed("TrainFinal", "simulated crash")
 
-    monkeypatch.setattr(engine_module.LocalPipeline, "_train", broken)
-    first = pipeline(home, lines).run(params)
+    monkeypatch.setattr(engine_module.LocalEngine, "_training", broken)
+    first = run_engine(home, lines, params)
     assert first.status == "Failed" and "simulated crash" in first.error
     assert [(s.name, s.status) for s in first.steps] == [
         ("Preprocess", "Succeeded"), ("Features", "Succeeded"), ("HPTuning", "Succeeded"),
         ("TrainFinal", "Failed")]
-    record = pipeline(home, []).store.execution(first.execution_id)
+    record = Store(home["home"]).execution(first.execution_id)
     assert record["status"] == "Failed"
     assert len(record["trials"]) == 2 and all(t["state"] == "Completed" for t in record["trials"])
     assert all(json.loads(t["hyperparameters"]).keys() == {"lr", "batch-size", "epochs",
@@ -66,7 +76,7 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
 
     monkeypatch.undo()
     lines.clear()
-    second = pipeline(home, lines).run(params)
+    second = run_engine(home, lines, params)
     assert second.status == "Succeeded", second.error
     assert [s.name for s in second.steps] == STEPS
     cached = {s.name: s.cached_from for s in second.steps}
@@ -76,8 +86,8 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
     assert any("cache hit" in line for line in lines)
     assert any(line.startswith("[TrainFinal] epoch=6 ") for line in lines)
     # LP-FT: the trials probed heads on cached features; TrainFinal started from the best one
-    config = json.loads((home["home"] / "pipelines" / "DogBreedBuild" / second.execution_id /
-                         "TrainFinal" / "model" / "model_config.json").read_text())
+    config = json.loads((job_folder(home, second.execution_id, "TrainFinal") / "model" /
+                         "model_config.json").read_text())
     best = max((t for t in record["trials"] if t["state"] == "Completed"),
                key=lambda t: t["value"])
     assert config["training"]["probed_head"]["valid_accuracy"] == pytest.approx(best["value"])
@@ -112,18 +122,27 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
     # what an approver sees: the rules' verdicts, the report, both accuracies
     assert package.metadata["rule:ExplodingTensor"] == "NoIssuesFound"
     assert package.metadata["training_rules_blocking_fired"] == "none"
-    assert package.metadata["profiler_report"] == report
+    # as in SageMaker, the report's S3 URI: here, in the local object store
+    assert package.metadata["profiler_report"].startswith("s3://dogbreed-local/")
+    assert str(LocalEngine(home["home"]).objects.path(package.metadata["profiler_report"])) == \
+        report
     assert float(package.metadata["validation_accuracy"]) == pytest.approx(second.accuracy)
-    # TensorBoard: TrainFinal's and each trial's events, under the home
+    # each step's request, as SageMaker would receive it; each trial's too
     execution = home["home"] / "pipelines" / "DogBreedBuild" / second.execution_id
-    assert list((execution / "TrainFinal" / "tensorboard").glob("events.out.tfevents.*"))
+    request = json.loads((execution / "TrainFinal" / "request.json").read_text())
+    assert request["TrainingJobName"].startswith("dogbreed-train-")
+    assert request["HyperParameters"]["epochs"] == "6"
     trials = home["home"] / "pipelines" / "DogBreedBuild" / first.execution_id / "HPTuning"
-    assert len(list(trials.glob("trial-*/tensorboard/events.out.tfevents.*"))) == 2
+    assert len(list(trials.glob("trial-*/request.json"))) == 2
+    # TensorBoard: TrainFinal's events, synced where its TensorBoardOutputConfig says
+    (events,) = (home["home"] / "s3" / "dogbreed-local" / "dogbreed" / "tensorboard").glob(
+        f"{request['TrainingJobName']}/events.out.tfevents.*")
+    assert events.stat().st_size > 0
 
 
 def test_rerun_hits_the_cache_and_registers_a_new_version(home):
     lines: list[str] = []
-    result = pipeline(home, lines).run({**SMALL, "InputDataUrl": str(home["data"])})
+    result = run_engine(home, lines, {**SMALL, "InputDataUrl": str(home["data"])})
     assert result.status == "Succeeded"
     assert all(s.cached_from for s in result.steps[:6])
     assert len(result.rules) == 6  # the verdicts come back with the cached step
@@ -162,16 +181,22 @@ def test_a_blocking_rule_finding_keeps_the_model_out_of_the_registry(home, monke
                       diverged / "debugger", "--debugger-save-interval", "1",
                       env=train_env(tmp_path, split_data))
     assert proc.returncode == 2  # diverged; its hook output up to there is what rules read
-    real_train = engine_module.LocalPipeline._train
+    real_run = jobs.run_training
 
-    def exploded(self, step_dir, data, tuned):
-        outputs = real_train(self, step_dir, data, tuned)  # a model that would pass the gate
-        output_data = step_dir / "output" / "data"
-        shutil.rmtree(output_data / "debugger")
-        shutil.copytree(diverged / "debugger", output_data / "debugger")
-        return outputs
+    def exploded(request, root, store, log_path, **kwargs):
+        result, artifacts = real_run(request, root, store, log_path, **kwargs)
+        if request["TrainingJobName"].startswith("dogbreed-train-"):  # TrainFinal, not a trial
+            # a model that would pass the gate, with the diverged run's hook output
+            output_data = root / "opt" / "ml" / "output" / "data"
+            shutil.rmtree(output_data / "debugger")
+            shutil.copytree(diverged / "debugger", output_data / "debugger")
+            jobs._tar(output_data, root / "output.tar.gz")
+            uri = artifacts["ModelArtifacts"]["S3ModelArtifacts"].replace("model.tar.gz",
+                                                                          "output.tar.gz")
+            store.put_file(root / "output.tar.gz", uri)
+        return result, artifacts
 
-    monkeypatch.setattr(engine_module.LocalPipeline, "_train", exploded)
+    monkeypatch.setattr(jobs, "run_training", exploded)
     versions = len(LocalRegistry(home["home"]).list("DogBreedModels"))
     code = run.main(["--local", "--home", str(home["home"]),
                      *[f"--param={k}={v}" for k, v in SMALL.items() if k != "Epochs"],
@@ -222,8 +247,8 @@ def test_mlflow_runs_of_trials_under_the_tuning_run_and_of_train_final(home, cap
                and t.data.params["mode"] == "fine-tune" for t in trials)
     (final,) = [r for name, r in runs.items() if name.startswith("TrainFinal ")]
     assert final.info.status == "FINISHED" and "mlflow.parentRunId" not in final.data.tags
-    (config,) = (home["home"] / "pipelines" / "Tracked").glob("*/TrainFinal/model/"
-                                                             "model_config.json")
+    (config,) = (home["home"] / "pipelines" / "Tracked").glob(
+        "*/TrainFinal/job/opt/ml/model/model_config.json")
     assert json.loads(config.read_text())["training"]["probed_head"] is None  # a new head
     assert {a.path for a in client.list_artifacts(final.info.run_id, "model")} >= {
         "model/model.pth"}
@@ -233,10 +258,14 @@ def test_mlflow_runs_of_trials_under_the_tuning_run_and_of_train_final(home, cap
 
 
 def test_ctrl_c_marks_the_execution_stopped(home, monkeypatch, capsys):
-    def interrupted(self, step_dir, evaluation):
-        raise KeyboardInterrupt
+    real_condition = engine_module.LocalEngine._condition
 
-    monkeypatch.setattr(engine_module.LocalPipeline, "_check", interrupted)
+    def interrupted(self, step, step_dir):
+        if step["Name"] == "CheckAccuracy":
+            raise KeyboardInterrupt
+        return real_condition(self, step, step_dir)
+
+    monkeypatch.setattr(engine_module.LocalEngine, "_condition", interrupted)
     code = run.main(["--local", "--home", str(home["home"]),
                      *[f"--param={k}={v}" for k, v in SMALL.items()],
                      f"--param=InputDataUrl={home['data']}"])
@@ -266,13 +295,10 @@ def test_pretrained_weights_offline_surface_in_the_summary(home, capsys, tmp_pat
 def test_bad_local_input_and_flags(home, capsys, tmp_path):
     code = run.main(["--local", "--home", str(tmp_path / "h"),
                      f"--param=InputDataUrl={tmp_path / 'nowhere'}"])
-    out = capsys.readouterr().out
-    assert code == 1 and "does not exist" in out and "Traceback" not in out
-    # the step that failed is recorded as failed, with the reason, not left running
-    assert "[Preprocess] failed" in out
-    db = sqlite3.connect(tmp_path / "h" / "engine.sqlite")
-    (step,) = db.execute("SELECT name, status, error FROM steps").fetchall()
-    assert step[:2] == ("Preprocess", "Failed") and "does not exist" in step[2]
+    err = capsys.readouterr().err
+    # staging comes first: one line, and no execution is started
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+    assert not (tmp_path / "h" / "engine.sqlite").exists()
     assert run.main(["--local", "--upsert"]) == 2
     assert "does not combine" in capsys.readouterr().err
 
@@ -287,7 +313,7 @@ def test_the_home_is_absolute_whatever_the_working_directory(tmp_path, monkeypat
     assert home_dir("rel") == tmp_path / "rel"
     monkeypatch.setenv("DOGBREED_HOME", "from-env")
     assert home_dir() == tmp_path / "from-env"
-    assert LocalPipeline("relative-home").home == tmp_path / "relative-home"
+    assert LocalEngine("relative-home").home == tmp_path / "relative-home"
 
 
 def test_mlflow_without_mlflow_installed_is_one_line_before_anything_runs(tmp_path, capsys,

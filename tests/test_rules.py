@@ -166,11 +166,12 @@ def test_rules_step_on_a_job_output_archive_with_blocking_findings(tmp_path, spl
     assert verdicts["ExplodingTensor"]["status"] == "IssuesFound"
     assert verdicts["VanishingGradient"]["parameters"] == {"threshold": 1e-07}
     assert result["blocking"] == {"rules": ["ExplodingTensor", "VanishingGradient"],
-                                  "count": 1, "fired": "ExplodingTensor"}
+                                  "count": 1, "fired": "ExplodingTensor",
+                                  "summary": "ExplodingTensor"}
     page = (tmp_path / "rules" / "profiler-report.html").read_text()
     assert "Time per training step" in page
     _, result = rules_json(tmp_path, archive_dir, "--blocking-rules", "none")
-    assert result["blocking"] == {"rules": [], "count": 0, "fired": ""}
+    assert result["blocking"] == {"rules": [], "count": 0, "fired": "", "summary": "none"}
 
 
 def test_no_hook_output_and_corrupt_event_files_are_verdicts_not_failures(tmp_path, split_data):

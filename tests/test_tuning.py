@@ -7,11 +7,32 @@ from pathlib import Path
 
 import boto3
 
-from breedkit.logformat import format_epoch_line
+import pytest
+
+from breedkit.logformat import METRIC_DEFINITIONS, OBJECTIVE_METRIC, format_epoch_line
 from pipelines.local import inputs, tuning
+from pipelines.local.expressions import Unsupported
 from pipelines.local.jobs import JobResult, JobStopped
 
-PARAMS = {"TuningEpochs": 3}
+
+def config(strategy="Bayesian", jobs=5, early="Auto"):
+    """A HyperParameterTuningJobConfig as the SDK writes HPTuning's (epochs up to 3)."""
+    return {"Strategy": strategy, "TrainingJobEarlyStoppingType": early,
+            "HyperParameterTuningJobObjective": {"MetricName": OBJECTIVE_METRIC,
+                                                 "Type": "Maximize"},
+            "ResourceLimits": {"MaxNumberOfTrainingJobs": jobs, "MaxParallelTrainingJobs": 1},
+            "ParameterRanges": {
+                "ContinuousParameterRanges": [
+                    {"Name": "lr", "MinValue": "0.0001", "MaxValue": "0.003",
+                     "ScalingType": "Logarithmic"},
+                    {"Name": "weight-decay", "MinValue": "0.01", "MaxValue": "0.1",
+                     "ScalingType": "Logarithmic"},
+                    {"Name": "label-smoothing", "MinValue": "0.0", "MaxValue": "0.2",
+                     "ScalingType": "Linear"}],
+                "IntegerParameterRanges": [{"Name": "epochs", "MinValue": "1",
+                                            "MaxValue": "3", "ScalingType": "Auto"}],
+                "CategoricalParameterRanges": [{"Name": "batch-size",
+                                                "Values": ['"16"', '"32"', '"64"']}]}}
 
 
 def fake_runner(plan):
@@ -23,7 +44,7 @@ def fake_runner(plan):
         for epoch, value in enumerate(outcome, start=1):
             line = format_epoch_line(epoch, {"train_loss": 1.0, "valid_accuracy": value,
                                              "valid_best_accuracy": value})
-            if on_line("noise that mentions valid_best_accuracy=0.99 mid-line"):
+            if on_line("noise that mentions best_valid_best_accuracy=0.99: not the regex's"):
                 raise JobStopped("train.py")
             if on_line(line):
                 raise JobStopped("train.py")
@@ -35,20 +56,41 @@ def test_trials_are_read_recorded_pruned_and_the_best_is_chosen():
     plan = {0: [0.5, 0.8, 0.9], 1: [0.5, 0.7, 0.95], 2: "fail", 3: [0.1, 0.1, 0.1],
             4: [0.6, 0.85, 0.97]}
     seen = []
-    outcomes = tuning.tune(PARAMS, fake_runner(plan), n_trials=5, parallel=1, seed=1,
+    outcomes = tuning.tune(config(), list(METRIC_DEFINITIONS), fake_runner(plan), seed=1,
                            on_trial=seen.append)
     assert [o.number for o in outcomes] == [0, 1, 2, 3, 4] and len(seen) == 5
     states = {o.number: o.state for o in outcomes}
     assert states[2] == "Failed"
     assert states[3] == "Stopped"  # below the median at epoch 2: stopped early
     assert outcomes[3].intermediate == [0.1, 0.1]
-    assert outcomes[0].intermediate == [0.5, 0.8, 0.9]  # only epoch lines count
+    # the objective's regex from the request's MetricDefinitions decides, not the text
+    assert outcomes[0].intermediate == [0.5, 0.8, 0.9]
     best = tuning.best(outcomes)
     assert best.number == 4 and best.value == 0.97
     assert set(best.hyperparameters) == {"lr", "batch-size", "epochs", "weight-decay",
                                          "label-smoothing"}
-    assert 1 <= best.hyperparameters["epochs"] <= 3  # bound by the TuningEpochs parameter
-    assert best.hyperparameters["batch-size"] in (16, 32, 64)
+    # as SageMaker passes them: text; a categorical value as the request wrote it
+    assert 1 <= int(best.hyperparameters["epochs"]) <= 3
+    assert best.hyperparameters["batch-size"] in ('"16"', '"32"', '"64"')
+    assert 1e-4 <= float(best.hyperparameters["lr"]) <= 3e-3
+
+
+def test_strategies_follow_the_request():
+    plan = {n: [0.1 * n] for n in range(12)}
+    grid = config("Grid", jobs=12)
+    with pytest.raises(Unsupported, match="continuous"):
+        tuning.tune(grid, list(METRIC_DEFINITIONS), fake_runner(plan))
+    grid["ParameterRanges"]["ContinuousParameterRanges"] = []
+    outcomes = tuning.tune(grid, list(METRIC_DEFINITIONS), fake_runner(plan), seed=0)
+    combos = {(o.hyperparameters["epochs"], o.hyperparameters["batch-size"]) for o in outcomes}
+    assert len(outcomes) == 9 and len(combos) == 9  # every combination once, no more
+    random_ = tuning.tune(config("Random", jobs=3, early="Off"), list(METRIC_DEFINITIONS),
+                          fake_runner(plan), seed=0)
+    assert [o.state for o in random_] == ["Completed"] * 3
+    with pytest.raises(Unsupported, match="Hyperband"):
+        tuning.tune(config("Hyperband"), list(METRIC_DEFINITIONS), fake_runner(plan))
+    with pytest.raises(Unsupported, match="no regex"):
+        tuning.tune(config(), [], fake_runner(plan))
 
 
 def test_input_from_s3_is_downloaded_into_the_cache(tmp_path, fake_aws):

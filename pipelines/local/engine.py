@@ -647,10 +647,16 @@ def trial_request(definition: dict, hyperparameters: dict, metric: str, name: st
     return request
 
 
+# a FrameworkProcessor's own inputs: their keys carry a hash of the code's content already (the
+# SDK re-packs the same code with a new gzip timestamp at every build)
+CODE_INPUTS = ("code", "entrypoint")
+
+
 def _s3_inputs(request: dict) -> set[str]:
+    """The data a job reads (its code left out), whose content the cache key covers."""
     found = set()
     for item in request.get("ProcessingInputs") or []:
-        if "S3Input" in item:
+        if "S3Input" in item and item.get("InputName") not in CODE_INPUTS:
             found.add(item["S3Input"]["S3Uri"])
     definition = request.get("TrainingJobDefinition") or request
     for channel in definition.get("InputDataConfig") or []:

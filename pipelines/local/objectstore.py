@@ -13,6 +13,7 @@ ListObjectsV2, DeleteObject(s); user metadata (``x-amz-meta-*``) is kept beside 
 
 from __future__ import annotations
 
+import filecmp
 import hashlib
 import json
 import os
@@ -209,7 +210,7 @@ class ObjectStore:
                 shutil.copyfileobj(body, out, 1 << 20)
             elif body:
                 out.write(body if isinstance(body, bytes) else body.encode())
-        os.replace(partial, path)
+        _replace_if_changed(Path(partial), path)
         metadata = {name[len("x-amz-meta-"):].lower(): _text(value)
                     for name, value in request.headers.items()
                     if name.lower().startswith("x-amz-meta-")}
@@ -279,6 +280,17 @@ def _atomic_copy(source: Path, target: Path) -> None:
     fd, partial = tempfile.mkstemp(prefix=".dogbreed-", dir=target.parent)
     os.close(fd)
     shutil.copy2(source, partial)
+    _replace_if_changed(Path(partial), target)
+
+
+def _replace_if_changed(partial: Path, target: Path) -> None:
+    """Move ``partial`` into place, unless ``target`` holds the same bytes already: an object
+    written again unchanged keeps its modification time, so a step's cache key (which reads
+    sizes and times of its inputs) changes only when their content does."""
+    if target.is_file() and target.stat().st_size == partial.stat().st_size and \
+            filecmp.cmp(partial, target, shallow=False):
+        partial.unlink()
+        return
     os.replace(partial, target)
 
 

@@ -22,7 +22,10 @@ REPORT_FILE = "profiler-report.html"
 HOOK_DIR, PROFILE_DIR = "debugger", "profiler"  # under the training job's output data
 # in rules.json: how many blocking rules fired (the gate reads this) and their names
 BLOCKING_COUNT_PATH = "blocking.count"
-BLOCKING_NAMES_PATH = "blocking.fired"
+BLOCKING_NAMES_PATH = "blocking.fired"  # "" when none fired
+# the same, never empty ("none"): what a registered version records (CreateModelPackage
+# refuses an empty CustomerMetadataProperties value)
+BLOCKING_SUMMARY_PATH = "blocking.summary"
 
 
 def parse_blocking(text: str) -> tuple[str, ...]:
