@@ -297,7 +297,8 @@ def test_definition_in_detail(aws, tmp_path):
     assert metadata["rule:ExplodingTensor"]["Std:JsonGet"] == {
         "PropertyFile": {"Get": "Steps.TrainingRules.PropertyFiles.TrainingRulesReport"},
         "Path": "rules[4].status"}
-    assert "blocking.fired" in json.dumps(metadata["training_rules_blocking_fired"])
+    # the blocking findings, never empty ("none"): CreateModelPackage refuses an empty value
+    assert "blocking.summary" in json.dumps(metadata["training_rules_blocking_fired"])
     assert "profiler-report.html" in json.dumps(metadata["profiler_report"])
     assert not any("Repack" in name for name in steps)  # no hidden repack job
 

@@ -277,9 +277,15 @@ def _safe_name(bucket: str) -> bool:
 
 
 def _atomic_copy(source: Path, target: Path) -> None:
+    """``source`` at ``target``, whole or not at all: a hard link where the file system allows
+    (a job's outputs are not stored twice), else a copy."""
     fd, partial = tempfile.mkstemp(prefix=".dogbreed-", dir=target.parent)
     os.close(fd)
-    shutil.copy2(source, partial)
+    try:
+        os.unlink(partial)
+        os.link(source, partial)
+    except OSError:
+        shutil.copy2(source, partial)
     _replace_if_changed(Path(partial), target)
 
 
@@ -287,8 +293,9 @@ def _replace_if_changed(partial: Path, target: Path) -> None:
     """Move ``partial`` into place, unless ``target`` holds the same bytes already: an object
     written again unchanged keeps its modification time, so a step's cache key (which reads
     sizes and times of its inputs) changes only when their content does."""
-    if target.is_file() and target.stat().st_size == partial.stat().st_size and \
-            filecmp.cmp(partial, target, shallow=False):
+    if target.is_file() and (os.path.samefile(partial, target) or (
+            target.stat().st_size == partial.stat().st_size and
+            filecmp.cmp(partial, target, shallow=False))):
         partial.unlink()
         return
     os.replace(partial, target)
