@@ -144,8 +144,6 @@ def _check_functions(value) -> None:
         if len(value) == 1 and str(next(iter(value))).startswith("Std:") and \
                 not is_expression(value):
             raise Unsupported(f"pipeline function {next(iter(value))}")
-        if value.get("Type") in ("Steps",):  # (never emitted: kept simple)
-            raise Unsupported("nested step lists")
         for item in value.values():
             _check_functions(item)
     elif isinstance(value, list):
