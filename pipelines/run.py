@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "Debugger: it is closed to new customers)")
     build.add_argument("--mlflow-arn", default="", metavar="ARN",
                        help="SageMaker managed MLflow tracking server: TrainFinal logs its run "
-                            "there (MlflowConfig)")
+                            "there (MLFLOW_TRACKING_URI in its environment)")
     build.add_argument("--mlflow", action="store_true",
                        help="--local: log tuning trials and TrainFinal as MLflow runs to "
                             "$MLFLOW_TRACKING_URI or <home>/mlflow (pip install -e '.[mlflow]')")

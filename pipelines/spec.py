@@ -229,6 +229,11 @@ MLFLOW_RUN_METADATA = "mlflow_run"
 def rule_metadata_key(rule: str) -> str:
     return f"rule:{rule}"
 
+
+def tag_metadata_key(key: str) -> str:
+    """Where a build tag (``--tag key=value``) is recorded on a registered version."""
+    return f"tag:{key}"
+
 # Hyperparameter ranges of the tuning step. A bound given as a string names the pipeline
 # parameter that supplies it. "lr" is the new head's rate for one process; pretrained layers
 # follow at train.py's --backbone-lr-mult (0.1) times it, so 1e-4..3e-3 puts the backbone at
@@ -292,8 +297,9 @@ RESPONSE_TYPES = ("application/json",)
 CPU_INFERENCE_INSTANCES = ("ml.m5.large", "ml.m5.xlarge", "ml.m5.2xlarge", "ml.c5.xlarge",
                            "ml.c5.2xlarge")
 GPU_INFERENCE_INSTANCES = ("ml.g4dn.xlarge", "ml.g4dn.2xlarge", "ml.g5.xlarge", "ml.g5.2xlarge")
-# the registered version's additional inference specification with the GPU image; the deploy
-# names it (ContainerDefinition.InferenceSpecificationName) for GPU instance types
+# the additional inference specification with the GPU image, which the deploy adds to a version
+# (UpdateModelPackage) and names (ContainerDefinition.InferenceSpecificationName) for GPU
+# instance types
 GPU_INFERENCE_SPECIFICATION = "gpu"
 
 # Retries of the cloud job steps: SageMaker capacity (a common g4dn failure) and account

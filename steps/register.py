@@ -5,11 +5,14 @@ code/inference.py and its package, so no repack job is added and the definition 
 deterministic. Approval status comes from the ModelApprovalStatus parameter
 (PendingManualApproval by default).
 
-The version serves on CPU instances with the CPU inference image (its InferenceSpecification)
-and on GPU instances with the GPU image (an additional inference specification named
-``spec.GPU_INFERENCE_SPECIFICATION``, which the deploy names for GPU instance types). The SDK's
-``register()`` takes neither tags nor additional specifications, so both go into its
-CreateModelPackage request (tests/test_definition_shapes.py checks that request's shape).
+The request holds only what the SDK's ``register()`` emits: the Pipelines service parses step
+arguments with its own model and has refused API members the SDK does not emit ("Unknown
+Argument member", sagemaker-python-sdk PR 3472). So the version is registered with the CPU
+inference image (its InferenceSpecification); the deploy adds the GPU image as an additional
+inference specification named ``spec.GPU_INFERENCE_SPECIFICATION`` (UpdateModelPackage) the
+first time the version goes to a GPU instance type. No ``Tags`` either (CreateModelPackage's
+documentation: no tags with ModelPackageGroupName): the build's tags (``--tag``, CodeBuild's
+``source-version=<commit>``) are recorded as CustomerMetadataProperties ``tag:<key>``.
 """
 
 from __future__ import annotations
@@ -61,10 +64,6 @@ def make_step(ctx: BuildContext, train: TrainingStep, evaluate: ProcessingStep,
         # for the approver (Studio, pipelines.registry describe) and the deploy pipeline
         customer_metadata_properties=metadata(ctx, evaluate, reports, rules),
     )
-    request = step_args.create_model_package_request
-    request["AdditionalInferenceSpecifications"] = [gpu_specification(ctx, request)]
-    if ctx.tags:
-        request["Tags"] = list(ctx.tags)
     return ModelStep(name=spec.STEP.REGISTER, step_args=step_args,
                      retry_policies=[service_retry_policy()])
 
@@ -86,20 +85,7 @@ def metadata(ctx: BuildContext, evaluate: ProcessingStep, reports: dict, rules) 
             values[spec.PROFILER_REPORT_METADATA] = report_uri(step)
     if ctx.options.mlflow_arn:
         values[spec.MLFLOW_RUN_METADATA] = mlflow_run_name(ctx)
+    for tag in ctx.tags:  # (a tag value may be empty; a metadata value may not)
+        if tag["Value"]:
+            values[spec.tag_metadata_key(tag["Key"])] = tag["Value"]
     return values
-
-
-def gpu_specification(ctx: BuildContext, request: dict) -> dict:
-    """The registered CPU specification again, with the GPU inference image."""
-    cpu = request["InferenceSpecification"]
-    (container,) = cpu["Containers"]
-    return {
-        "Name": spec.GPU_INFERENCE_SPECIFICATION,
-        "Description": "PyTorch GPU inference image, for GPU instance types",
-        "Containers": [{**container,
-                        "Image": inference_image(ctx, spec.GPU_INFERENCE_INSTANCES[0])}],
-        "SupportedContentTypes": list(cpu["SupportedContentTypes"]),
-        "SupportedResponseMIMETypes": list(cpu["SupportedResponseMIMETypes"]),
-        "SupportedRealtimeInferenceInstanceTypes": list(spec.GPU_INFERENCE_INSTANCES),
-        "SupportedTransformInstanceTypes": [spec.GPU_INFERENCE_INSTANCES[0]],
-    }

@@ -7,7 +7,10 @@ from it (LP-FT); a fine-tune trial's whole model is ignored there. train.py writ
 output and profiling data into the job's output data (spec.TRAIN_FINAL_MONITORING) for the
 TrainingRules step, and TensorBoard events that the job's TensorBoardOutputConfig syncs to S3
 (SageMaker's managed TensorBoard reads them). With a managed MLflow server (``--mlflow-arn``)
-the job logs its run there (MlflowConfig).
+the job logs its run there through the environment train.py reads (MLFLOW_TRACKING_URI = the
+server's ARN, resolved by the sagemaker-mlflow plugin the job installs). Not MlflowConfig: the
+Pipelines service parses step arguments with its own model and refuses members the SDK does not
+emit ("Unknown Argument member", sagemaker-python-sdk PR 3472); SDK 2.x emits no MlflowConfig.
 
 SageMaker Debugger's built-in rules, system monitoring and ProfilerReport are an opt-in build
 option (``--sagemaker-debugger``), for accounts that still have Debugger: it is closed to new
@@ -63,22 +66,6 @@ def debugger_rules() -> list:
     return rules
 
 
-class MlflowTrainingStep(TrainingStep):
-    """The SDK (2.x) has no MlflowConfig: it goes into the CreateTrainingJob request here
-    (tests/test_definition_shapes.py checks it against botocore's shape)."""
-
-    def __init__(self, *args, mlflow_config: dict | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.mlflow_config = mlflow_config
-
-    @property
-    def arguments(self):
-        request = super().arguments
-        if self.mlflow_config:
-            request["MlflowConfig"] = dict(self.mlflow_config)
-        return request
-
-
 def mlflow_run_name(ctx: BuildContext) -> Join:
     return Join(on="-", values=[ctx.pipeline_name, spec.STEP.TRAIN,
                                 ExecutionVariables.PIPELINE_EXECUTION_ID])
@@ -111,11 +98,8 @@ def make_step(ctx: BuildContext, tuning: TuningStep, inputs: dict) -> TrainingSt
         kwargs["disable_profiler"] = False
     else:
         kwargs["debugger_hook_config"] = False
-    mlflow = None
-    if ctx.options.mlflow_arn:
-        mlflow = {"MlflowResourceArn": ctx.options.mlflow_arn,
-                  "MlflowExperimentName": ctx.pipeline_name,
-                  "MlflowRunName": mlflow_run_name(ctx)}
+    mlflow = bool(ctx.options.mlflow_arn)
+    if mlflow:
         # what train.py reads (breedkit.tracking); the sagemaker-mlflow plugin resolves the ARN
         kwargs["environment"] = {"MLFLOW_TRACKING_URI": ctx.options.mlflow_arn,
                                  "MLFLOW_EXPERIMENT_NAME": ctx.pipeline_name,
@@ -128,9 +112,8 @@ def make_step(ctx: BuildContext, tuning: TuningStep, inputs: dict) -> TrainingSt
         rules=rules or None, **kwargs)
     inputs = {**inputs, spec.HEAD_CHANNEL: TrainingInput(best_model(ctx, tuning))}
     step_args = estimator.fit(inputs=inputs, job_name="dogbreed-train")
-    return MlflowTrainingStep(name=spec.STEP.TRAIN, step_args=step_args,
-                              cache_config=cache_config(ctx),
-                              retry_policies=job_retry_policies(), mlflow_config=mlflow)
+    return TrainingStep(name=spec.STEP.TRAIN, step_args=step_args,
+                        cache_config=cache_config(ctx), retry_policies=job_retry_policies())
 
 
 def model_artifact(step: TrainingStep):

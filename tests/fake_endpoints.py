@@ -204,4 +204,29 @@ class FakeEndpoints:
         monkeypatch.setattr(SageMakerResponse, "update_endpoint", handler, raising=False)
         monkeypatch.setattr(SageMakerRuntimeResponse, "invoke_endpoint",
                             self._invoke(SageMakerRuntimeResponse.invoke_endpoint))
+        monkeypatch.setattr(SageMakerModelBackend, "update_model_package",
+                            _update_model_package(SageMakerModelBackend.update_model_package))
         return self
+
+
+def _update_model_package(original):
+    """UpdateModelPackage as SageMaker does it: what the request leaves out stays as it was
+    (moto sets the approval status and the metadata to None)."""
+    def update(backend, model_package_arn, model_approval_status, approval_description,
+               customer_metadata_properties, customer_metadata_properties_to_remove,
+               additional_inference_specifications_to_add):
+        package = backend.model_packages.get(
+            backend.model_package_name_mapping.get(model_package_arn, model_package_arn))
+        if package is not None:
+            model_approval_status = model_approval_status or package.model_approval_status
+            approval_description = approval_description or package.approval_description
+            customer_metadata_properties = {**(package.customer_metadata_properties or {}),
+                                            **(customer_metadata_properties or {})}
+            if package.additional_inference_specifications is None and \
+                    additional_inference_specifications_to_add:
+                package.additional_inference_specifications = []
+        return original(backend, model_package_arn, model_approval_status,
+                        approval_description, customer_metadata_properties,
+                        customer_metadata_properties_to_remove,
+                        additional_inference_specifications_to_add)
+    return update

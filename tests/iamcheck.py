@@ -328,6 +328,9 @@ def request_context(call: dict, action: str, resource: str) -> dict:
         context["cloudwatch:namespace"] = params["Namespace"]
     if action == "s3:ListBucket" and params.get("Prefix") is not None:
         context["s3:prefix"] = params["Prefix"]
+    if action in ("sagemaker:UpdateModelPackage", "sagemaker:CreateModelPackage") and \
+            "ModelApprovalStatus" in params:
+        context["sagemaker:ModelApprovalStatus"] = params["ModelApprovalStatus"]
     return context
 
 

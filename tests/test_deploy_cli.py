@@ -143,8 +143,8 @@ def test_the_deploy_command_needs_none_of_the_training_packages(server):
 
 def test_every_aws_call_of_the_deploy_is_allowed_by_the_deploy_role(server):
     """Staging, prod (a failed create, then its repair), a re-run, an update, a rollback
-    after a rejection, and a prod instance-type change (autoscaling deregistered around it),
-    recorded."""
+    after a rejection, a prod instance-type change (autoscaling deregistered around it), and a
+    GPU deploy (the version's GPU specification added), recorded."""
     sm, record = server["sm"], server["tmp"] / "calls.jsonl"
     env = {**server["env"], **iamcheck.recording_env(record, server["env"])}
 
@@ -168,10 +168,13 @@ def test_every_aws_call_of_the_deploy_is_allowed_by_the_deploy_role(server):
     server["fake"].serve_all(GOOD)
     assert "deregistering autoscaling" in ok("--stage", "prod", "--instance-type",
                                              "ml.m5.xlarge")
+    # a GPU instance type: the version gets its GPU inference specification first
+    assert "added the 'gpu' inference specification" in ok("--stage", "staging",
+                                                           "--instance-type", "ml.g4dn.xlarge")
 
     calls = iamcheck.read_calls(record)
     operations = {f"{c['service']}.{c['operation']}" for c in calls}
-    assert {"sagemaker.UpdateEndpoint", "sagemaker.DeleteEndpoint",
+    assert {"sagemaker.UpdateEndpoint", "sagemaker.DeleteEndpoint", "sagemaker.UpdateModelPackage",
             "sagemaker-runtime.InvokeEndpoint",
             "application-autoscaling.RegisterScalableTarget",
             "application-autoscaling.DeregisterScalableTarget", "s3.GetObject"} <= operations

@@ -13,7 +13,7 @@ import shlex
 import boto3
 import pytest
 
-from conftest import create_model_package
+from conftest import INFERENCE_IMAGE, create_model_package
 from pipelines.deploy import cli as deploy
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
@@ -231,24 +231,45 @@ def test_prod_autoscaling_missing_after_a_failed_run_is_registered_next_time(aws
 
 
 def test_gpu_instance_types_get_the_gpu_inference_specification(aws, capsys):
+    """The build registers the CPU image only (what the SDK emits); the first GPU deploy adds
+    the GPU image to the version (UpdateModelPackage), the next ones name it."""
     sm, fake = aws["sm"], aws["fake"]
     gpu_arn = create_model_package(sm, GROUP, "s3://deploy-bucket/model-3.tar.gz", "Approved",
-                                   gpu=True)
+                                   CustomerMetadataProperties={"test_accuracy": "0.9"})
     fake.serve("dogbreed-staging-v3-gpu", GOOD)
     assert cli("--instance-type", "ml.g4dn.xlarge") == 0
+    assert "added the 'gpu' inference specification" in capsys.readouterr().out
+    package = sm.describe_model_package(ModelPackageName=gpu_arn)
+    (added,) = package["AdditionalInferenceSpecifications"]
+    assert added["Name"] == "gpu"
+    assert added["Containers"][0]["Image"] == INFERENCE_IMAGE.format("gpu")
+    assert added["Containers"][0]["ModelDataUrl"] == "s3://deploy-bucket/model-3.tar.gz"
+    assert package["ModelApprovalStatus"] == "Approved"  # nothing else changed
+    assert package["CustomerMetadataProperties"] == {"test_accuracy": "0.9"}
     model = sm.describe_model(ModelName="dogbreed-v3-gpu")
     assert model["PrimaryContainer"] == {"ModelPackageName": gpu_arn,
                                          "InferenceSpecificationName": "gpu"}
     config = sm.describe_endpoint_config(EndpointConfigName=config_of(sm))
     assert config["ProductionVariants"][0]["InstanceType"] == "ml.g4dn.xlarge"
+    assert cli("--instance-type", "ml.g4dn.xlarge") == 0  # a re-run adds nothing
+    assert "added the" not in capsys.readouterr().out
+    assert len(sm.describe_model_package(ModelPackageName=gpu_arn)[
+        "AdditionalInferenceSpecifications"]) == 1
 
-    # a package registered before the build added the GPU image: one clear line
+    # a package of an image with no GPU twin we know: one clear line
     approve(sm, 3, status="Rejected")
-    approve(sm, 2)
+    other = sm.create_model_package(
+        ModelPackageGroupName=GROUP, ModelApprovalStatus="Approved",
+        InferenceSpecification={"Containers": [{"Image": "123456789012.dkr.ecr.us-east-1."
+                                                "amazonaws.com/custom:latest",
+                                                "ModelDataUrl": "s3://deploy-bucket/m.tar.gz"}],
+                                "SupportedContentTypes": ["image/jpeg"],
+                                "SupportedResponseMIMETypes": ["application/json"]})
+    assert other["ModelPackageArn"]
     assert cli("--instance-type", "ml.p3.2xlarge") == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ml.p3.2xlarge is a GPU instance type") and "\n" not in err
-    assert "no 'gpu' inference specification" in err and "--instance-type" in err
+    assert "no GPU image can be derived" in err and "--instance-type" in err
 
 
 def test_rejecting_the_live_version_rolls_back_and_with_none_approved_fails(aws, capsys):

@@ -263,6 +263,15 @@ def test_the_real_template_resolves_and_its_build_role_may_create_the_pipeline()
     assert is_allowed(build, "iam:PassRole", ROLE, TO_SAGEMAKER)
     assert check_calls([call("sagemaker", "CreatePipeline", PipelineName="DogBreedBuild",
                              RoleArn=ROLE)], build) == []
+    # the deploy may add a GPU specification to a version, never approve one
+    deploy = role_statements(template, "DeployProjectRole", parameters=STACK_PARAMETERS)
+    package = f"{SM}:model-package/dogbreedmodels/3"
+    add = call("sagemaker", "UpdateModelPackage", ModelPackageArn=package,
+               AdditionalInferenceSpecificationsToAdd=[{"Name": "gpu"}])
+    approve = call("sagemaker", "UpdateModelPackage", ModelPackageArn=package,
+                   ModelApprovalStatus="Approved")
+    assert check_calls([add], deploy) == []
+    assert check_calls([approve], deploy) != []
 
 
 # --- recording ---------------------------------------------------------------------------------

@@ -221,3 +221,18 @@ def test_staging_is_the_data_stage_code_and_skips_what_is_unchanged(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing re-uploaded
     engine = LocalEngine(home)
     assert len(engine.objects.objects(uri)) == 6
+
+
+def test_the_engine_imports_no_sagemaker_sdk():
+    """The CLI builds the definition; the engine runs JSON (and botocore's shapes)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = ("import sys, pipelines.local.engine, pipelines.local.objectstore; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sagemaker', 'steps')))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -66,11 +66,15 @@ def test_upsert_creates_then_updates(aws, capsys):
     second = aws.describe_pipeline(PipelineName="DogBreedBuild")
     assert aws.list_tags(ResourceArn=second["PipelineArn"])["Tags"] == [
         {"Key": "source-version", "Value": "abc123"}]
-    # ... and every job and the registered version carry the source version too
+    # ... and every job carries the source version too; the registered version records it
+    # as metadata (CreateModelPackage takes no tags with a group name, and the SDK emits none)
     tagged = steps_by_name(json.loads(second["PipelineDefinition"]))
-    for name in ("Preprocess", "TrainFinal", "Evaluate", "RegisterModel-RegisterModel"):
+    for name in ("Preprocess", "TrainFinal", "Evaluate"):
         assert {"Key": "source-version", "Value": "abc123"} in tagged[name]["Arguments"]["Tags"]
     assert {"Key": "source-version", "Value": "abc123"} in tagged["HPTuning"]["Arguments"]["Tags"]
+    register = tagged["RegisterModel-RegisterModel"]["Arguments"]
+    assert "Tags" not in register
+    assert register["CustomerMetadataProperties"]["tag:source-version"] == "abc123"
     # tags are no part of SageMaker's step cache keys: everything else is unchanged
     untagged = steps_by_name(json.loads(first["PipelineDefinition"]))
     for name, step in tagged.items():
@@ -272,14 +276,9 @@ def test_definition_in_detail(aws, tmp_path):
     (container,) = spec_["Containers"]
     assert "pytorch-inference:2.6.0" in container["Image"] and "-cpu-" in container["Image"]
     assert spec_["SupportedRealtimeInferenceInstanceTypes"] == list(spec.CPU_INFERENCE_INSTANCES)
-    # GPU instances get the GPU image: an additional inference specification the deploy names
-    (gpu,) = register["AdditionalInferenceSpecifications"]
-    assert gpu["Name"] == spec.GPU_INFERENCE_SPECIFICATION
-    (gpu_container,) = gpu["Containers"]
-    assert "pytorch-inference:2.6.0" in gpu_container["Image"] and "-gpu-" in gpu_container["Image"]
-    assert gpu_container["ModelDataUrl"] == container["ModelDataUrl"]
-    assert gpu_container["Environment"] == container["Environment"]
-    assert gpu["SupportedRealtimeInferenceInstanceTypes"] == list(spec.GPU_INFERENCE_INSTANCES)
+    # only what the SDK's register() emits: the Pipelines service parses the arguments with
+    # its own model; the GPU image is added by the deploy (UpdateModelPackage)
+    assert "AdditionalInferenceSpecifications" not in register and "Tags" not in register
     assert container["ModelDataUrl"] == {"Get": "Steps.TrainFinal.ModelArtifacts.S3ModelArtifacts"}
     assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
     statistics = register["ModelMetrics"]["ModelQuality"]["Statistics"]
@@ -391,7 +390,8 @@ def test_build_options_switch_debugger_profiler_spot_and_instances(aws, tmp_path
 def test_opt_in_sagemaker_debugger_and_managed_mlflow(aws, tmp_path):
     """For accounts that still have Debugger: its built-in rules (the TrainingRules' names),
     system monitoring and ProfilerReport, on top of our own rules step. With a managed MLflow
-    server: MlflowConfig on TrainFinal, and the run named on the registered version."""
+    server: TrainFinal's environment names it (no MlflowConfig: the SDK never emits one, and
+    Pipelines refuses members the SDK does not emit), and the run named on the version."""
     arn = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/team"
     steps = steps_by_name(definition(tmp_path, "--sagemaker-debugger", "--mlflow-arn", arn))
     train = steps["TrainFinal"]["Arguments"]
@@ -406,10 +406,10 @@ def test_opt_in_sagemaker_debugger_and_managed_mlflow(aws, tmp_path):
     assert "TrainingRules" in steps  # ours too
     run_name = {"Std:Join": {"On": "-", "Values": [
         "DogBreedBuild", "TrainFinal", {"Get": "Execution.PipelineExecutionId"}]}}
-    assert train["MlflowConfig"] == {"MlflowResourceArn": arn,
-                                     "MlflowExperimentName": "DogBreedBuild",
-                                     "MlflowRunName": run_name}
-    assert train["Environment"]["MLFLOW_TRACKING_URI"] == arn
+    assert "MlflowConfig" not in train
+    assert train["Environment"] == {"MLFLOW_TRACKING_URI": arn,
+                                    "MLFLOW_EXPERIMENT_NAME": "DogBreedBuild",
+                                    "MLFLOW_RUN_NAME": run_name}
     metadata = steps["RegisterModel-RegisterModel"]["Arguments"]["CustomerMetadataProperties"]
     assert metadata["mlflow_run"] == run_name
 

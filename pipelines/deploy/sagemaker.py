@@ -124,25 +124,65 @@ def staged_package(sm, s: DeploySettings) -> dict:
 
 # --- resources ---------------------------------------------------------------------------------
 
-def container(s: DeploySettings, package: dict) -> dict:
-    """The model's container: the package's GPU inference specification on GPU instances."""
+def gpu_image(cpu_image: str) -> str | None:
+    """The GPU image of an AWS PyTorch inference image (``...:2.6.0-cpu-py312`` ->
+    ``...:2.6.0-gpu-py312``), None for an image of another naming."""
+    repository, _, tag = cpu_image.rpartition(":")
+    if "/pytorch-inference" not in repository or "-cpu-" not in f"-{tag}-":
+        return None
+    return f"{repository}:{'-'.join('gpu' if part == 'cpu' else part for part in tag.split('-'))}"
+
+
+def gpu_specification(package: dict) -> dict | None:
+    """The package's CPU inference specification again, with the GPU image: what the deploy
+    adds to a version the first time it goes to a GPU instance type (UpdateModelPackage's
+    AdditionalInferenceSpecificationsToAdd, as the SDK's ModelPackage.add_inference_specification
+    does). Not at registration: the Pipelines service parses RegisterModel's arguments with its
+    own model, and SDK 2.x emits no AdditionalInferenceSpecifications there."""
+    cpu = package["InferenceSpecification"]
+    containers = []
+    for item in cpu["Containers"]:
+        image = gpu_image(item["Image"])
+        if image is None:
+            return None
+        containers.append({k: v for k, v in {**item, "Image": image}.items()
+                           if k in ("Image", "ModelDataUrl", "Environment", "Framework",
+                                    "FrameworkVersion", "NearestModelName")})
+    return {"Name": GPU_SPEC, "Description": "PyTorch GPU inference image, for GPU instance types",
+            "Containers": containers,
+            "SupportedContentTypes": list(cpu.get("SupportedContentTypes", [])),
+            "SupportedResponseMIMETypes": list(cpu.get("SupportedResponseMIMETypes", [])),
+            "SupportedRealtimeInferenceInstanceTypes": list(spec.GPU_INFERENCE_INSTANCES),
+            "SupportedTransformInstanceTypes": [spec.GPU_INFERENCE_INSTANCES[0]]}
+
+
+def container(sm, s: DeploySettings, package: dict) -> dict:
+    """The model's container: the package's GPU inference specification on GPU instances
+    (added to the version first if it has none)."""
     arn = package["ModelPackageArn"]
     if not is_gpu(s.instance_type):
         return {"ModelPackageName": arn}
     names = [entry.get("Name")
              for entry in package.get("AdditionalInferenceSpecifications", [])]
     if GPU_SPEC not in names:
-        raise SageMakerDeployError(
-            f"{s.instance_type} is a GPU instance type, but {s.group} version "
-            f"{package['ModelPackageVersion']} registers no '{GPU_SPEC}' "
-            f"inference specification (GPU image): deploy it with a CPU instance type "
-            f"(--instance-type ml.m5.large) or register the model again with the current build")
+        addition = gpu_specification(package)
+        if addition is None:
+            raise SageMakerDeployError(
+                f"{s.instance_type} is a GPU instance type, but {s.group} version "
+                f"{package['ModelPackageVersion']} serves an image that is not an AWS PyTorch "
+                f"CPU inference image ({package['InferenceSpecification']['Containers'][0]['Image']}),"
+                f" so no GPU image can be derived: deploy it with a CPU instance type "
+                f"(--instance-type ml.m5.large)")
+        sm.update_model_package(ModelPackageArn=arn,
+                                AdditionalInferenceSpecificationsToAdd=[addition])
+        print(f"added the '{GPU_SPEC}' inference specification ({addition['Containers'][0]['Image']}) "
+              f"to {s.group} version {package['ModelPackageVersion']}", flush=True)
     return {"ModelPackageName": arn, "InferenceSpecificationName": GPU_SPEC}
 
 
 def ensure_model(sm, s: DeploySettings, package: dict) -> str:
     version = package["ModelPackageVersion"]
-    primary = container(s, package)
+    primary = container(sm, s, package)
     name = f"{s.prefix}-v{version}" + ("-gpu" if "InferenceSpecificationName" in primary else "")
     if not describe_or_none(lambda: sm.describe_model(ModelName=name)):
         sm.create_model(ModelName=name, ExecutionRoleArn=s.role_arn, PrimaryContainer=primary,
