@@ -39,4 +39,9 @@ def build_pipeline(ctx: BuildContext) -> Pipeline:
         # the steps' fixed job names become the jobs' name prefixes (dogbreed-train-...), so
         # jobs are recognisable in the console; without this, Pipelines drops them
         pipeline_definition_config=PipelineDefinitionConfig(use_custom_job_prefix=True),
+        # no SageMaker Experiments: by default Pipelines creates an experiment, a trial and
+        # trial components per execution (sagemaker:CreateExperiment, CreateTrial,
+        # CreateTrialComponent, AssociateTrialComponent), which the execution role is not
+        # granted; runs are tracked in TensorBoard and, with --mlflow-arn, MLflow instead
+        pipeline_experiment_config=None,
     )

@@ -80,9 +80,16 @@ def run_local(args, home: Path, params: dict, *, echo, tracking_uri: str | None)
     if args.definition:
         try:
             definition = json.loads(Path(args.definition).read_text())
+            if isinstance(definition, dict) and isinstance(definition.get("PipelineDefinition"),
+                                                           str):
+                # describe-pipeline(-definition-for-execution) wraps it as a string
+                definition = json.loads(definition["PipelineDefinition"])
         except (OSError, ValueError) as exc:
             raise CliError(f"--definition {args.definition}: cannot read it as JSON ({exc})"
                            ) from None
+        if not isinstance(definition, dict):
+            raise CliError(f"--definition {args.definition}: not a pipeline definition (a JSON "
+                           f"object with Steps)")
         declared = {p["Name"] for p in definition.get("Parameters") or []}
         url = params.get("InputDataUrl")
     else:

@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     act = p.add_argument_group("actions")
     act.add_argument("--upsert", action="store_true", help="create or update the pipeline")
     act.add_argument("--start", action="store_true", help="start an execution")
+    act.add_argument("--start-if-data", action="store_true",
+                     help="start an execution only when InputDataUrl (the parameter given, or "
+                          "the pipeline's default prefix) holds data; otherwise say so and exit "
+                          "0 (what CodeBuild runs: a first push before any data is staged)")
     act.add_argument("--wait", action="store_true",
                      help="follow the execution until it ends; exit 1 if it fails")
     act.add_argument("--definition-out", metavar="FILE", help="write the definition JSON here")
@@ -187,6 +191,8 @@ def _run(args) -> int:
     if args.list or args.describe or args.definition:
         raise CliError("--list, --describe and --definition are for the local engine: add "
                        "--local")
+    if args.start_if_data:
+        args.start = True
     if not (args.upsert or args.start or args.definition_out or args.wait):
         raise CliError("nothing to do: pass --upsert, --start, --wait or --definition-out")
     if args.wait and not args.start:
@@ -230,6 +236,14 @@ def _run(args) -> int:
                                                        "tune, train, evaluate, register")
                 print(f"{'updated' if exists else 'created'} pipeline {args.pipeline_name}: "
                       f"{response['PipelineArn']}")
+        if args.start and args.start_if_data:
+            url = params.get("InputDataUrl") or \
+                f"s3://{resolve_bucket(session, args.bucket)}/{args.prefix.strip('/')}/data/"
+            if not _holds_data(session.client("s3"), url):
+                print(f"not started: {url} holds no data yet; stage it with python -m "
+                      f"pipelines.data.stage (e.g. dogImages) and push again, or start with "
+                      f"--start --param InputDataUrl=s3://...")
+                return 0
         if args.start:
             if not _pipeline_exists(sm, args.pipeline_name):
                 raise CliError(f"pipeline {args.pipeline_name} does not exist in "
@@ -260,7 +274,7 @@ def _run(args) -> int:
 
 
 def _run_local(args) -> int:
-    if args.upsert or args.start or args.wait:
+    if args.upsert or args.start or args.start_if_data or args.wait:
         raise CliError("--local runs the pipeline here; it does not combine with --upsert, "
                        "--start or --wait")
     from pipelines.registry import home_dir
@@ -316,6 +330,11 @@ def _show_local(args, home: Path) -> int:
     except UnknownExecution as exc:
         raise CliError(str(exc)) from None
     return 0
+
+
+def _holds_data(s3, url: str) -> bool:
+    bucket, _, key = url[len("s3://"):].partition("/")
+    return s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount", 0) > 0
 
 
 def _as_text(value) -> str:

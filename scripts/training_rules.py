@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from breedkit import archives  # noqa: E402
 from breedkit.contract import UserError, parse_args, run_main, setup_logging  # noqa: E402
 from breedkit.rulespec import (DEFAULT_BLOCKING, HOOK_DIR, PROFILE_DIR, REPORT_FILE,  # noqa: E402
                                RULES, RULES_FILE, parse_blocking)
@@ -68,7 +69,7 @@ def training_output(path: Path, scratch: Path) -> Path:
                 if total > MAX_ARCHIVE_BYTES:
                     raise UserError(f"{archive} holds more than {MAX_ARCHIVE_BYTES} bytes")
                 if member.isfile() or member.isdir():
-                    tar.extract(member, scratch, filter="data")
+                    archives.extract(tar, scratch, [member])
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise UserError(f"{archive} cannot be read as a tar.gz archive ({exc}); it should be "
                         f"TrainFinal's output.tar.gz") from None

@@ -69,6 +69,15 @@ def test_two_pushes_make_only_calls_the_build_role_allows(moto_server, tmp_path)
                               text=True, timeout=300,
                               env={**env, **iamcheck.recording_env(calls_file, env)})
         assert proc.returncode == 0, f"{push} push: {proc.stdout}\n{proc.stderr}"
+        if push == "first":  # no data staged yet: upserted, not started (no failure mail)
+            assert "not started: s3://" in proc.stdout and "started execution" not in \
+                proc.stdout
+            boto3.Session(aws_access_key_id="t", aws_secret_access_key="t",
+                          region_name="us-east-1").client(
+                "s3", endpoint_url=moto_server).put_object(
+                Bucket=BUCKET, Key="dogbreed/data/dogImages.zip", Body=b"zip")
+        else:
+            assert "started execution" in proc.stdout
     calls = iamcheck.read_calls(calls_file)
     operations = {f"{c['service']}.{c['operation']}" for c in calls}
     # the paths that matter were really taken: create, update (tags merged), start, uploads

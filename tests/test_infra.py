@@ -341,6 +341,28 @@ def test_deploy_role_allows_deploying_and_autoscaling():
     assert iamcheck.check_calls(deploy_calls(), deploy) == []
 
 
+def test_mlflow_actions_only_with_a_tracking_server_and_only_on_it():
+    server = f"arn:aws:sagemaker:us-east-1:{ACCOUNT}:mlflow-tracking-server/team"
+    assert not iamcheck.is_allowed(statements("SageMakerExecutionRole"),
+                                   "sagemaker-mlflow:CreateRun", server)
+    role = statements("SageMakerExecutionRole", MlflowTrackingServerArn=server)
+    assert iamcheck.is_allowed(role, "sagemaker-mlflow:CreateRun", server)
+    assert iamcheck.is_allowed(role, "sagemaker-mlflow:LogBatch", server)
+    assert not iamcheck.is_allowed(role, "sagemaker-mlflow:CreateRun",
+                                   f"arn:aws:sagemaker:us-east-1:{ACCOUNT}:"
+                                   f"mlflow-tracking-server/other")
+
+
+def test_the_endpoints_role_reads_its_rollback_alarms():
+    """Endpoints run as the SageMaker role; blue/green auto-rollback needs
+    cloudwatch:DescribeAlarms on the alarms (deployment guardrails), ours only."""
+    role = statements("SageMakerExecutionRole")
+    alarm = f"arn:aws:cloudwatch:us-east-1:{ACCOUNT}:alarm:dogbreed-prod-5xx"
+    assert iamcheck.is_allowed(role, "cloudwatch:DescribeAlarms", alarm)
+    assert not iamcheck.is_allowed(role, "cloudwatch:DescribeAlarms",
+                                   f"arn:aws:cloudwatch:us-east-1:{ACCOUNT}:alarm:billing")
+
+
 def test_sagemaker_role_may_pass_only_itself():
     role = statements("SageMakerExecutionRole")
     assert iamcheck.is_allowed(role, "iam:PassRole", SM_ROLE, TO_SAGEMAKER)

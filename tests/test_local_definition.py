@@ -236,3 +236,28 @@ def test_the_engine_imports_no_sagemaker_sdk():
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_keys_container_paths_and_step_names_stay_inside_their_folders(built, tmp_path,
+                                                                       capsys):
+    from pipelines.local.jobs import JobSetupError, Layout
+    from pipelines.local.objectstore import ObjectStore, StoreError
+
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "pw").write_text("x")
+    store = ObjectStore(tmp_path / "home" / "s3")
+    for uri in ("s3://b/../../secret/", "s3://b/a/../../../secret/pw"):
+        with pytest.raises(StoreError):
+            store.download(uri, tmp_path / "out")
+    with pytest.raises(JobSetupError):
+        Layout(tmp_path / "job").local("/opt/ml/processing/../../../../x")
+    definition = only(built["definition"], "Preprocess")
+    definition["Steps"][0]["Name"] = "../Preprocess"
+    path = tmp_path / "named.json"
+    # as `aws sagemaker describe-pipeline` prints it: the definition as a string
+    path.write_text(json.dumps({"PipelineDefinition": json.dumps(definition)}))
+    assert local(tmp_path / "home", path) == 2
+    assert "step name '../Preprocess'" in capsys.readouterr().err
+    path.write_text("[1, 2]")
+    assert local(tmp_path / "home", path) == 2
+    assert "not a pipeline definition" in capsys.readouterr().err

@@ -73,6 +73,14 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
                for t in record["trials"])
 
     assert any(line.startswith("[Features] 84 training images x 2 view(s)") for line in lines)
+    # the tuning step's properties, as DescribeHyperParameterTuningJob and the trials' list
+    tuned = json.loads(next(s for s in record["steps"] if s["name"] == "HPTuning")["outputs"])[
+        "properties"]
+    summaries = tuned["TrainingJobSummaries"]
+    values = [s["FinalHyperParameterTuningJobObjectiveMetric"]["Value"] for s in summaries]
+    assert len(summaries) == 2 and values == sorted(values, reverse=True)
+    assert summaries[0]["TrainingJobName"] == tuned["BestTrainingJob"]["TrainingJobName"]
+    assert tuned["TrainingJobStatusCounters"]["Completed"] == 2
 
     monkeypatch.undo()
     lines.clear()

@@ -78,12 +78,26 @@ def test_trials_are_read_recorded_pruned_and_the_best_is_chosen():
 def test_strategies_follow_the_request():
     plan = {n: [0.1 * n] for n in range(12)}
     grid = config("Grid", jobs=12)
-    with pytest.raises(Unsupported, match="continuous"):
+    with pytest.raises(Unsupported, match="categorical ranges only"):
         tuning.tune(grid, list(METRIC_DEFINITIONS), fake_runner(plan))
     grid["ParameterRanges"]["ContinuousParameterRanges"] = []
+    grid["ParameterRanges"]["IntegerParameterRanges"] = []
+    grid["ParameterRanges"]["CategoricalParameterRanges"].append(
+        {"Name": "optimizer", "Values": ["adamw", "sgd"]})
+    del grid["ResourceLimits"]["MaxNumberOfTrainingJobs"]  # Grid needs no limit
     outcomes = tuning.tune(grid, list(METRIC_DEFINITIONS), fake_runner(plan), seed=0)
-    combos = {(o.hyperparameters["epochs"], o.hyperparameters["batch-size"]) for o in outcomes}
-    assert len(outcomes) == 9 and len(combos) == 9  # every combination once, no more
+    combos = {(o.hyperparameters["optimizer"], o.hyperparameters["batch-size"])
+              for o in outcomes}
+    assert len(outcomes) == 6 and len(combos) == 6  # every combination once, no more
+
+    def not_a_number(number, hps, on_line):  # a regex that matches text: not a crash
+        on_line("valid_best_accuracy=0.5 valid_best_accuracy=n/a")
+        return fake_runner(plan)(number, hps, on_line)
+
+    (odd,) = tuning.tune(config("Random", jobs=1), [{"Name": OBJECTIVE_METRIC,
+                                                     "Regex": r"valid_best_accuracy=(\S+)"}],
+                         not_a_number, seed=0)
+    assert odd.state == "Completed" and odd.value == 0.0
     random_ = tuning.tune(config("Random", jobs=3, early="Off"), list(METRIC_DEFINITIONS),
                           fake_runner(plan), seed=0)
     assert [o.state for o in random_] == ["Completed"] * 3

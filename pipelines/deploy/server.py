@@ -62,7 +62,9 @@ def load_handlers(model_data: str | os.PathLike, workdir: str | os.PathLike):
         model_dir = Path(workdir) / "model"
         model_dir.mkdir(parents=True, exist_ok=True)
         with tarfile.open(path, "r:*") as tar:
-            tar.extractall(model_dir, filter="data")
+            from breedkit import archives
+
+            archives.extract(tar, model_dir)
     code = model_dir / "code"
     sys.path.insert(0, str(code))
     spec = importlib.util.spec_from_file_location("endpoint_inference", code / "inference.py")

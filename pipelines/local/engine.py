@@ -64,6 +64,7 @@ JOB_NAMES = {"Processing": ("ProcessingJobName", 63, "processing-job"),
              "Training": ("TrainingJobName", 63, "training-job"),
              "Tuning": ("HyperParameterTuningJobName", 32, "hyper-parameter-tuning-job")}
 PARAMETER_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool}
+STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,255}")
 
 
 class StepFailed(Exception):
@@ -121,6 +122,13 @@ def check_definition(definition: dict) -> None:
     names = set()
     for step in all_steps(definition["Steps"]):
         kind, name = step.get("Type"), step.get("Name")
+        if not isinstance(name, str) or not STEP_NAME.fullmatch(name):
+            raise DefinitionError(f"step name {name!r}: SageMaker takes 1-256 letters, digits, "
+                                  f"'-' and '_' (and the engine makes a folder of it)")
+        expire = (step.get("CacheConfig") or {}).get("ExpireAfter")
+        if expire and _duration(expire) is None:
+            raise DefinitionError(f"step {name}: CacheConfig.ExpireAfter {expire!r} is not an "
+                                  f"ISO 8601 duration the engine reads (PnW, PnD, PTnH, ...)")
         if kind not in STEP_TYPES:
             raise DefinitionError(f"step {name}: type {kind} is not supported by the local "
                                   f"engine (supported: {', '.join(STEP_TYPES)})")
@@ -479,6 +487,15 @@ class LocalEngine:
             raise StepFailed(name, f"no tuning trial completed{reason}; see the trial logs in "
                              f"{step_dir}")
         best_job = jobs_by_number[best.number]
+        summaries = [{"TrainingJobName": jobs_by_number[o.number]["TrainingJobName"],
+                      "TrainingJobArn": jobs_by_number[o.number]["TrainingJobArn"],
+                      "TunedHyperParameters": dict(o.hyperparameters),
+                      "TrainingJobStatus": {"Failed": "Failed"}.get(o.state, o.state),
+                      "FinalHyperParameterTuningJobObjectiveMetric": {
+                          "Type": direction, "MetricName": metric, "Value": o.value}}
+                     for o in outcomes if o.number in jobs_by_number and o.value is not None]
+        summaries.sort(key=lambda s: s["FinalHyperParameterTuningJobObjectiveMetric"]["Value"],
+                       reverse=direction == "Maximize")
         self.echo(f"[{name}] best trial {best.number}: {metric}={best.value:.4f}, "
                   f"{presentation.fmt(_shown(best.hyperparameters))}")
         counts = {"Completed": 0, "InProgress": 0, "RetryableError": 0, "NonRetryableError": 0,
@@ -490,13 +507,16 @@ class LocalEngine:
                                                         tuning_name),
                 "HyperParameterTuningJobStatus": "Completed",
                 "TrainingJobStatusCounters": counts,
+                # as ListTrainingJobsForHyperParameterTuningJob, best first (the SDK's
+                # get_top_model_s3_uri reads TrainingJobSummaries[k])
+                "TrainingJobSummaries": summaries,
                 "BestTrainingJob": {
                     "TrainingJobName": best_job["TrainingJobName"],
                     "TrainingJobArn": best_job["TrainingJobArn"],
                     "TunedHyperParameters": dict(best.hyperparameters),
                     "TrainingJobStatus": "Completed", "ObjectiveStatus": "Succeeded",
-                    "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": metric,
-                                                                    "Value": best.value}}}
+                    "FinalHyperParameterTuningJobObjectiveMetric": {
+                        "Type": direction, "MetricName": metric, "Value": best.value}}}
 
     def _condition(self, step: dict, step_dir: Path) -> list[dict]:
         arguments = step.get("Arguments") or {}
@@ -518,11 +538,21 @@ class LocalEngine:
         (container, *_) = request["InferenceSpecification"]["Containers"]
         model_uri = container["ModelDataUrl"]
         group = request["ModelPackageGroupName"]
-        artifact = self.home / "models" / group / f"{self.result.execution_id}.tar.gz"
+        artifact = self.home / "models" / group / f"{self.result.execution_id}-{step['Name']}.tar.gz"
+        model_path = self.objects.path(model_uri)
+        if not model_path.is_file():
+            raise jobs.JobSetupError(f"the model {model_uri} is not in the local object store "
+                                     f"({model_path})")
         artifact.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(self.objects.path(model_uri), artifact)
+        shutil.copy2(model_path, artifact)
         quality = request.get("ModelMetrics", {}).get("ModelQuality", {}).get("Statistics")
-        metrics = json.loads(self.objects.path(quality["S3Uri"]).read_text()) if quality else {}
+        metrics = {}
+        if quality:
+            try:
+                metrics = json.loads(self.objects.path(quality["S3Uri"]).read_text())
+            except (OSError, ValueError) as exc:
+                raise jobs.JobSetupError(f"ModelQuality statistics {quality['S3Uri']} cannot "
+                                         f"be read from the local object store: {exc}") from None
         training = self._trained(model_uri)
         local = self.local.get(training, {}) if training else {}
         metadata = dict(request.get("CustomerMetadataProperties") or {})
@@ -712,12 +742,14 @@ def _natural(hyperparameters: dict) -> dict:
 
 
 def _duration(text: str | None) -> timedelta | None:
-    """An ISO 8601 duration of days/hours/minutes/seconds (P30D, PT12H), None if other."""
-    match = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?", text or "")
-    if not text or not match:
+    """An ISO 8601 duration of weeks, days, hours, minutes, seconds (P30D, PT12H, P2W), any
+    case; None if other (months and years have no fixed length)."""
+    match = re.fullmatch(r"P(?:(\d+)W)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?",
+                         (text or "").upper())
+    if not text or not match or text.upper() in ("P", "PT"):
         return None
-    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    weeks, days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
 
 
 def summary(result: RunResult) -> str:

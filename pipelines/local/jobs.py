@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from breedkit import archives
+
 from .expressions import Unsupported
 from .objectstore import ObjectStore, StoreError
 
@@ -59,8 +61,9 @@ class Layout:
         self.root = Path(root)
 
     def local(self, container_path: str) -> Path:
-        if not container_path.startswith("/"):
-            raise JobSetupError(f"container path {container_path!r} is not absolute")
+        if not container_path.startswith("/") or ".." in container_path.split("/"):
+            raise JobSetupError(f"container path {container_path!r} is not absolute, or has "
+                                f"'..' parts")
         return self.root / container_path.lstrip("/")
 
     def map_argument(self, value: str) -> str:
@@ -76,6 +79,10 @@ def run_processing(request: dict, root: Path, store: ObjectStore, log_path: Path
                    env: dict | None = None, on_line=None) -> JobResult:
     layout = Layout(root)
     code_dirs = {}
+    for item in request.get("ProcessingOutputConfig", {}).get("Outputs", []):
+        if "S3Output" not in item:
+            raise Unsupported(f"processing output {item.get('OutputName')}: only S3Output "
+                              f"outputs are supported")
     for item in request.get("ProcessingInputs", []):
         if "S3Input" not in item:
             raise Unsupported(f"processing input {item.get('InputName')}: only S3Input "
@@ -149,7 +156,7 @@ def extract_code(archive: Path, folder: Path) -> None:
         members = tar.getmembers()
         if sum(m.size for m in members) > MAX_CODE_BYTES:
             raise JobSetupError(f"{archive} unpacks to more than {MAX_CODE_BYTES} bytes")
-        tar.extractall(folder, members=members, filter="data")
+        archives.extract(tar, folder, members)
 
 
 # -- training -----------------------------------------------------------------------------
@@ -202,7 +209,10 @@ def run_training(request: dict, root: Path, store: ObjectStore, log_path: Path, 
     model_dir, output_dir = layout.local("/opt/ml/model"), layout.local("/opt/ml/output")
     for folder in (model_dir, output_dir / "data"):
         folder.mkdir(parents=True, exist_ok=True)
-    user_hps = {k: v for k, v in hps.items() if not k.startswith("sagemaker_")}
+    # what the training toolkit passes to the script: not its own (sagemaker_*) nor the
+    # tuning job's _tuning_objective_metric
+    user_hps = {k: v for k, v in hps.items()
+                if not k.startswith("sagemaker_") and k != "_tuning_objective_metric"}
     config = layout.local("/opt/ml/input/config")
     config.mkdir(parents=True, exist_ok=True)
     (config / "hyperparameters.json").write_text(json.dumps(request.get("HyperParameters") or {},

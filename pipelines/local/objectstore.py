@@ -269,6 +269,8 @@ def split_uri(uri: str) -> tuple[str, str]:
     bucket, _, key = uri[5:].partition("/")
     if not _safe_name(bucket):
         raise StoreError(f"{uri!r} names no valid bucket")
+    if any(part in (".", "..") for part in key.split("/")):
+        raise StoreError(f"{uri!r}: a key with '.' or '..' parts cannot be stored locally")
     return bucket, key
 
 

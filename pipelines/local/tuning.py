@@ -77,13 +77,10 @@ class Ranges:
         return chosen
 
     def grid(self) -> dict:
-        if self.continuous:
-            raise Unsupported("the Grid strategy with continuous ranges (SageMaker allows "
-                              "only categorical and integer ranges with Grid)")
-        space = {r["Name"]: list(range(int(r["MinValue"]), int(r["MaxValue"]) + 1))
-                 for r in self.integer}
-        space.update({r["Name"]: list(r["Values"]) for r in self.categorical})
-        return space
+        if self.continuous or self.integer:
+            raise Unsupported("the Grid strategy with continuous or integer ranges (SageMaker's "
+                              "grid search takes categorical ranges only)")
+        return {r["Name"]: list(r["Values"]) for r in self.categorical}
 
 
 def sampler(strategy: str, ranges: Ranges, n_trials: int, seed: int = 0):
@@ -114,11 +111,12 @@ def tune(config: dict, metric_definitions: list, run_trial: Callable, *, seed: i
     and returns its JobResult; ``on_line`` returns True when the trial should stop."""
     ranges = Ranges.of(config)
     limits = config.get("ResourceLimits") or {}
-    n_trials = int(limits.get("MaxNumberOfTrainingJobs", 1))
-    parallel = max(1, min(int(limits.get("MaxParallelTrainingJobs", 1)), n_trials))
     strategy = config.get("Strategy", "Bayesian")
-    if strategy == "Grid":
-        n_trials = min(n_trials, len(list(itertools.product(*ranges.grid().values()))) or 1)
+    n_trials = int(limits.get("MaxNumberOfTrainingJobs", 1))
+    if strategy == "Grid":  # every combination, at most the limit if one is given
+        combinations = len(list(itertools.product(*ranges.grid().values()))) or 1
+        n_trials = min(int(limits.get("MaxNumberOfTrainingJobs", combinations)), combinations)
+    parallel = max(1, min(int(limits.get("MaxParallelTrainingJobs", 1)), n_trials))
     metric, regex, direction = objective_regex(config, metric_definitions)
     early = config.get("TrainingJobEarlyStoppingType", "Off")
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=max(2, parallel), n_warmup_steps=2)
@@ -136,7 +134,11 @@ def tune(config: dict, metric_definitions: list, run_trial: Callable, *, seed: i
         def on_line(line: str) -> bool:
             matches = regex.findall(line)
             if matches:
-                value = float(matches[-1] if isinstance(matches[-1], str) else matches[-1][0])
+                try:
+                    value = float(matches[-1] if isinstance(matches[-1], str) else
+                                  matches[-1][0])
+                except ValueError:  # the regex matched something that is not a number
+                    return False
                 values.append(value)
                 trial.report(value, step=len(values))
                 return trial.should_prune()

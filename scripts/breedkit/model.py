@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import archives
 from .archs import ARCHS, FINE_TUNE_CHOICES
 from .contract import UserError
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, resize_size
@@ -249,7 +250,7 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path
     dest.mkdir(parents=True, exist_ok=True)
     try:
         with tarfile.open(archive, "r:*") as tar:
-            tar.extractall(dest, filter="data")
+            archives.extract(tar, dest)
     except (tarfile.TarError, OSError) as exc:
         raise UserError(f"cannot extract {archive}: {exc}. Pass a model directory or the "
                         f"model.tar.gz written by a training job.") from None
