@@ -349,4 +349,6 @@ def _command(registry, args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipelines import cli
+
+    cli.run(main)

@@ -348,4 +348,6 @@ def _pipeline_exists(sm, name: str) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipelines import cli
+
+    cli.run(main)

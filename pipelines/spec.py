@@ -305,7 +305,11 @@ GPU_INFERENCE_SPECIFICATION = "gpu"
 # Retries of the cloud job steps: SageMaker capacity (a common g4dn failure) and account
 # limits with a long back-off, throttling and service faults with a short one. Other errors
 # (a bug, bad data) fail at once.
-RETRY_CAPACITY = {"exceptions": ("CAPACITY_ERROR", "RESOURCE_LIMIT"), "interval_seconds": 60,
+# RESOURCE_LIMIT gets one retry only: in a new account the quota of a GPU training instance is
+# often 0, which waiting never raises (about 15 minutes of doubling waits before, for nothing)
+RETRY_LIMIT = {"exceptions": ("RESOURCE_LIMIT",), "interval_seconds": 60, "backoff_rate": 1.0,
+               "max_attempts": 1}
+RETRY_CAPACITY = {"exceptions": ("CAPACITY_ERROR",), "interval_seconds": 60,
                   "backoff_rate": 2.0, "max_attempts": 5}
 RETRY_SERVICE = {"exceptions": ("THROTTLING", "SERVICE_FAULT"), "interval_seconds": 5,
                  "backoff_rate": 2.0, "max_attempts": 5}

@@ -28,13 +28,15 @@ def service_retry_policy() -> StepRetryPolicy:
 
 
 def job_retry_policies() -> list:
-    """For a job step: capacity/limit errors of the job, throttling/faults of the call."""
-    r = spec.RETRY_CAPACITY
-    capacity = SageMakerJobStepRetryPolicy(
-        exception_types=[SageMakerJobExceptionTypeEnum[e] for e in r["exceptions"]],
-        interval_seconds=r["interval_seconds"], backoff_rate=r["backoff_rate"],
-        max_attempts=r["max_attempts"])
-    return [capacity, service_retry_policy()]
+    """For a job step: capacity errors of the job (waiting helps), account limits (one retry:
+    a quota of 0 does not go away), throttling/faults of the call."""
+    def job_policy(r: dict) -> SageMakerJobStepRetryPolicy:
+        return SageMakerJobStepRetryPolicy(
+            exception_types=[SageMakerJobExceptionTypeEnum[e] for e in r["exceptions"]],
+            interval_seconds=r["interval_seconds"], backoff_rate=r["backoff_rate"],
+            max_attempts=r["max_attempts"])
+    return [job_policy(spec.RETRY_CAPACITY), job_policy(spec.RETRY_LIMIT),
+            service_retry_policy()]
 
 
 def pytorch_processor(ctx: BuildContext, base_job_name: str, source: str) -> FrameworkProcessor:

@@ -222,10 +222,12 @@ def test_definition_in_detail(aws, tmp_path):
     # capacity and throttling errors are retried; nothing else is
     for step in names:
         policies = {tuple(p["ExceptionType"]): p for p in steps[step]["RetryPolicies"]}
-        assert set(policies) == {("SageMaker.CAPACITY_ERROR", "SageMaker.RESOURCE_LIMIT"),
+        assert set(policies) == {("SageMaker.CAPACITY_ERROR",), ("SageMaker.RESOURCE_LIMIT",),
                                  ("Step.THROTTLING", "Step.SERVICE_FAULT")}, step
-        capacity = policies[("SageMaker.CAPACITY_ERROR", "SageMaker.RESOURCE_LIMIT")]
+        capacity = policies[("SageMaker.CAPACITY_ERROR",)]
         assert capacity["IntervalSeconds"] >= 60 and capacity["MaxAttempts"] >= 3
+        # a quota of 0 (a new account's GPU training) is not waited out for 15 minutes
+        assert policies[("SageMaker.RESOURCE_LIMIT",)]["MaxAttempts"] == 1
     register_policies = steps["RegisterModel-RegisterModel"]["RetryPolicies"]
     assert [p["ExceptionType"] for p in register_policies] == [["Step.THROTTLING",
                                                                 "Step.SERVICE_FAULT"]]

@@ -1,7 +1,6 @@
 """``python -m pipelines.deploy``: see ``pipelines.deploy.cli``."""
 
-import sys
-
+from pipelines import cli
 from pipelines.deploy.cli import main
 
-sys.exit(main())
+cli.run(main)
