@@ -17,9 +17,13 @@ INSTALL_REQUIRES = [
     "requests",
     "pandas",
     "psutil",
-    # TensorBoard's event writer and reader (2.20: resolves with smdebug's protobuf <= 3.20.3)
+    # TensorBoard's event writer and reader (2.20: resolves with smdebug's protobuf <= 3.20.3);
+    # its server imports pkg_resources, which setuptools 81 and later no longer ship
     "tensorboard>=2.20,<2.21",
-    # the cloud pipeline: SDK 2.x (3.x dropped Estimator, RegisterModel and Debugger rules)
+    "setuptools>=70,<81",
+    # the cloud pipeline: SDK 2.x, in maintenance until its end of support on 2027-07-06. 3.x
+    # registers through ModelStep(ModelBuilder.register(...)) and trains with ModelTrainer,
+    # which takes no Debugger rules or profiler (README: "Moving to SDK 3.x")
     "sagemaker>=2.257,<3",
     "boto3",
     # the local engine's tuner, and the local endpoint's HTTP server
