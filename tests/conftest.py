@@ -16,6 +16,32 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
+# What CodeBuild's build job runs before --upsert (buildspec.yml: pytest -m build): the
+# definition, its requests, IAM, the template and the CLI, on requirements-build.txt (no torch).
+BUILD_TESTS = ("test_pipeline.py", "test_definition_shapes.py", "test_iam_build.py",
+               "test_iamcheck.py", "test_infra.py", "test_cli_moto_server.py",
+               "test_codebuild_env.py", "test_cli_pipes.py", "test_deploy_sagemaker.py")
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
+
+
+if not _importable("torch"):  # the build job's environment: the other tests need training
+    collect_ignore = sorted(p.name for p in Path(__file__).parent.glob("test_*.py")
+                            if p.name not in BUILD_TESTS)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.name in BUILD_TESTS:
+            item.add_marker(pytest.mark.build)
+
 # A learnable task: each class is a coloured shape on a random grey background.
 CLASS_STYLES = {
     "001.Red_square": ((210, 40, 40), "rectangle"),
@@ -178,3 +204,78 @@ def no_mlflow_server(monkeypatch):
     the local engine log MLflow runs whenever MLFLOW_TRACKING_URI is set."""
     for name in [n for n in os.environ if n.startswith("MLFLOW_")]:
         monkeypatch.delenv(name)
+
+
+PROJECT_PACKAGES = ("pipelines", "breedkit", "steps")
+
+
+def requirement_modules(requirements: str) -> set[str]:
+    """The top-level modules a CodeBuild job has that installs the project with --no-deps and
+    ``requirements`` (a file at the root) with everything those require, and the stdlib."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    wanted = [Requirement(line.split("#")[0]) for line in
+              (ROOT / requirements).read_text().splitlines()
+              if line.split("#")[0].strip()]
+    closure: set[str] = set()
+    seen: set[tuple] = set()
+    while wanted:
+        wish = wanted.pop()
+        name = wish.name.lower().replace("_", "-")
+        extras = sorted(wish.extras)
+        if (name, tuple(extras)) in seen:
+            continue
+        seen.add((name, tuple(extras)))
+        closure.add(name)
+        for text in metadata.distribution(name).requires or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or any(requirement.marker.evaluate({"extra": e})
+                                                 for e in ["", *extras]):
+                wanted.append(requirement)
+    installed = {module for module, dists in metadata.packages_distributions().items()
+                 if any(d.lower().replace("_", "-") in closure for d in dists)}
+    return set(sys.stdlib_module_names) | installed | set(PROJECT_PACKAGES)
+
+
+BLOCKER = '''"""Written by the tests: only what a {requirements} job installs is importable."""
+import sys
+
+ALLOWED = {allowed!r}
+
+
+class _OnlyTheRequirements:
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        if top not in ALLOWED and not top.startswith("_"):
+            raise ModuleNotFoundError(f"No module named {{name!r}} "
+                                      "(blocked: not in {requirements})", name=name)
+        return None
+
+
+sys.meta_path.insert(0, _OnlyTheRequirements())
+
+import importlib.util  # noqa: E402
+
+_find_spec = importlib.util.find_spec
+
+
+def _find_spec_of_installed(name, package=None):  # a blocked module is not installed: None
+    if name.partition(".")[0] not in ALLOWED and not name.startswith("_"):
+        return None
+    return _find_spec(name, package)
+
+
+importlib.util.find_spec = _find_spec_of_installed
+'''
+
+
+def import_blocker(folder: Path, requirements: str) -> Path:
+    """A folder for PYTHONPATH whose sitecustomize lets a process import only what a job
+    installing ``requirements`` has (and the tests' own helper modules)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    helpers = {p.stem for p in Path(__file__).parent.glob("*.py")}
+    (folder / "sitecustomize.py").write_text(BLOCKER.format(
+        allowed=sorted(requirement_modules(requirements) | helpers), requirements=requirements))
+    return folder

@@ -17,13 +17,37 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from conftest import ROOT
+from conftest import BUILD_TESTS, ROOT, import_blocker
 
 # Tests that would find the build's credentials or region if the fixtures let them through.
 RELEVANT = ["tests/test_pipeline.py::test_missing_aws_settings_give_one_clear_line",
             "tests/test_pipeline.py::test_upsert_creates_then_updates",
             "tests/test_deploy_sagemaker.py::test_missing_role_is_one_clear_line",
             "tests/test_cli_moto_server.py::test_upsert_as_codebuild_runs_it"]
+
+
+# the pytest plugins requirements-build.txt installs; this environment has others (anyio...)
+BUILD_PLUGINS_ONLY = {"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+BUILD_PLUGINS = ["-p", "xdist.plugin", "-p", "pytest_timeout"]
+
+
+def test_the_build_selection_needs_only_what_the_build_job_installs(tmp_path):
+    """CodeBuild installs the project with --no-deps and requirements-build.txt, then runs
+    ``pytest -m build``: every test of that selection imports with nothing more (no torch,
+    torchvision, smdebug, optuna...), and the other tests are left out, not errors."""
+    env = {**os.environ, **BUILD_PLUGINS_ONLY,
+           "PYTHONPATH": str(import_blocker(tmp_path / "blocker", "requirements-build.txt"))}
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, cwd=ROOT,
+                           capture_output=True, text=True)
+    assert "blocked: not in requirements-build.txt" in probe.stderr  # the blocker works
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "build",
+                           "-p", "no:cacheprovider", *BUILD_PLUGINS, "-n", "0"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    selected = [line for line in proc.stdout.splitlines() if "::" in line]
+    assert len(selected) >= 100 and all(line.split("::")[0].rsplit("/", 1)[-1] in BUILD_TESTS
+                                        for line in selected)
+    assert "error" not in proc.stdout.splitlines()[-1]
 
 
 def serve_container_credentials():
@@ -65,9 +89,12 @@ def test_aws_tests_pass_under_codebuild_credentials_and_region(tmp_path):
                                text=True, timeout=60)
         assert probe.stdout.strip() == "ASIACODEBUILDROLE", probe.stderr
         hits.clear()
+        # and with only what the build job installs (requirements-build.txt: no torch)
+        env.update(PYTHONPATH=str(import_blocker(tmp_path / "blocker", "requirements-build.txt")),
+                   **BUILD_PLUGINS_ONLY)
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                               "-n", "0", *RELEVANT], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=600)
+                               *BUILD_PLUGINS, "-n", "0", *RELEVANT], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
         assert f"{len(RELEVANT)} passed" in proc.stdout
         assert hits == []  # no test reached the build's own credentials

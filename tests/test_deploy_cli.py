@@ -15,60 +15,13 @@ import pytest
 import requests
 
 import iamcheck
-from conftest import ROOT, create_model_package
+from conftest import ROOT, create_model_package, import_blocker
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
 BUCKET = "deploy-artifacts"
 GROUP = "DogBreedModels"
 GOOD = json.dumps({"predictions": [{"label": "Beagle", "class": "016.Beagle", "index": 15,
                                     "probability": 0.8, "top_k": []}]})
-PROJECT_PACKAGES = ("pipelines", "breedkit")
-
-
-def deploy_modules() -> set[str]:
-    """The top-level modules a CodeBuild deploy job has: the standard library, the project
-    (installed with --no-deps) and requirements-deploy.txt with everything those require."""
-    from importlib import metadata
-
-    from packaging.requirements import Requirement
-
-    wanted = [Requirement(line.split("#")[0]).name for line in
-              (ROOT / "requirements-deploy.txt").read_text().splitlines()
-              if line.split("#")[0].strip()]
-    closure: set[str] = set()
-    while wanted:
-        name = wanted.pop().lower().replace("_", "-")
-        if name in closure:
-            continue
-        closure.add(name)
-        for text in metadata.distribution(name).requires or []:
-            requirement = Requirement(text)
-            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
-                wanted.append(requirement.name)
-    installed = {module for module, dists in metadata.packages_distributions().items()
-                 if any(d.lower().replace("_", "-") in closure for d in dists)}
-    return set(sys.stdlib_module_names) | installed | set(PROJECT_PACKAGES)
-
-
-BLOCKER = '''"""Written by tests/test_deploy_cli.py: only what a deploy job installs is importable."""
-import sys
-
-ALLOWED = {allowed!r}
-
-
-class _OnlyTheDeployRequirements:
-    def find_spec(self, name, path=None, target=None):
-        top = name.partition(".")[0]
-        if top not in ALLOWED and not top.startswith("_"):
-            raise ImportError(f"No module named {{name!r}} "
-                              "(blocked: not in requirements-deploy.txt)")
-        return None
-
-
-sys.meta_path.insert(0, _OnlyTheDeployRequirements())
-'''
-
-
 @pytest.fixture
 def server(tmp_path, fake_endpoints):
     from moto.server import ThreadedMotoServer
@@ -78,9 +31,7 @@ def server(tmp_path, fake_endpoints):
     host, port = moto.get_host_and_port()
     url = f"http://{host}:{port}"
     requests.post(url + "/moto-api/reset").raise_for_status()  # moto's state is per process
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(BLOCKER.format(allowed=sorted(deploy_modules())))
+    blocker = import_blocker(tmp_path / "blocker", "requirements-deploy.txt")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AWS_", "SAGEMAKER_", "DOGBREED_", "PYTHON"))}
     env.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="testing",

@@ -63,7 +63,9 @@ def statements(role, **parameters):
 
 
 def cfn_lint(path) -> subprocess.CompletedProcess:
-    exe = shutil.which("cfn-lint") or os.path.join(os.path.dirname(sys.executable), "cfn-lint")
+    # this environment's cfn-lint (another one on PATH may be of another version)
+    exe = os.path.join(os.path.dirname(sys.executable), "cfn-lint")
+    exe = exe if os.path.exists(exe) else shutil.which("cfn-lint")
     return subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=300)
 
 
