@@ -9,7 +9,7 @@ backbone is random (``Pretrained=false``): the same computation, the same time.
 
     python bench/dogimages_sized.py                      # Epochs=1
     python bench/dogimages_sized.py --epochs 2 --param FineTuneLayers=layer4
-    python bench/dogimages_sized.py --param TuningMode=fine-tune   # the old path (hours)
+    python bench/dogimages_sized.py --tuning-mode fine-tune   # the old path (hours)
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ def main() -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=1, help="TrainFinal's Epochs")
     p.add_argument("--param", action="append", default=[], help="more pipeline parameters")
+    p.add_argument("--tuning-mode", default="linear-probe", choices=("linear-probe", "fine-tune"),
+                   help="the build option of the same name")
     p.add_argument("--scale", type=float, default=1.0, help="fraction of dogImages' size")
     p.add_argument("--work-dir", default="", help="keep data and home here (default: temp)")
     args = p.parse_args()
@@ -65,6 +67,7 @@ def main() -> int:
         print(f"generated {sum(1 for _ in data.rglob('*.jpg'))} images in "
               f"{time.perf_counter() - start:.0f}s under {data}", flush=True)
     command = [sys.executable, "-m", "pipelines.run", "--local", "--home", str(work / "home"),
+               "--tuning-mode", args.tuning_mode,
                f"--param=InputDataUrl={data}", "--param=BaseModel=resnet50",
                "--param=Pretrained=false", "--param=ImageSize=224",
                f"--param=Epochs={args.epochs}", "--param=AccuracyThreshold=0",

@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--mlflow", action="store_true",
                        help="--local: log tuning trials and TrainFinal as MLflow runs to "
                             "$MLFLOW_TRACKING_URI or <home>/mlflow (pip install -e '.[mlflow]')")
+    build.add_argument("--tuning-mode", choices=list(spec.TUNING_MODES),
+                       default=spec.DEFAULT_TUNING_MODE,
+                       help="what the tuning trials train: linear-probe (the head on cached "
+                            "features, CPU image and instance; LP-FT) or fine-tune (the whole "
+                            "network on images, GPU image and instance)")
     build.add_argument("--spot", action="store_true",
                        help="managed spot training (TrainFinal resumes from S3 checkpoints)")
     build.add_argument("--training-instance-count", type=int, default=1,
@@ -119,7 +124,8 @@ def make_context(args, session, role_arn: str, bucket: str, tags: list | None = 
                            profiler=not args.no_profiler, spot=args.spot,
                            sagemaker_debugger=args.sagemaker_debugger,
                            mlflow_arn=args.mlflow_arn,
-                           training_instance_count=args.training_instance_count)
+                           training_instance_count=args.training_instance_count,
+                           tuning_mode=args.tuning_mode)
     return BuildContext(session=pipeline_session, role_arn=role_arn, bucket=bucket,
                         prefix=args.prefix.strip("/"), pipeline_name=args.pipeline_name,
                         model_package_group=args.model_package_group, options=options,
@@ -206,7 +212,7 @@ def _run(args) -> int:
                        f"python -m pipelines.data.stage), got {url!r}")
     if params and not args.start:
         raise CliError("--param sets parameters of an execution: add --start")
-    advice = spec.tuning_advice(params) if args.start else ""
+    advice = spec.tuning_advice(params, args.tuning_mode) if args.start and args.upsert else ""
     if advice:
         print(advice, file=sys.stderr)
     tags = [{"Key": k, "Value": v} for k, v in parse_pairs(args.tag, "--tag").items()]
@@ -287,7 +293,7 @@ def _run_local(args) -> int:
     # a definition of ours: our parameters, checked here; another one's: its own types
     params = (parse_pairs(args.param, "--param") if args.definition else
               parse_params(args.param))
-    advice = spec.tuning_advice(params)
+    advice = spec.tuning_advice(params, args.tuning_mode)
     if advice and not args.definition:
         print(advice, file=sys.stderr)
     from pipelines.local.engine import DefinitionError, summary

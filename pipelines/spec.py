@@ -63,19 +63,14 @@ PARAMETERS: tuple[Parameter, ...] = (
               "instance for Preprocess and Evaluate"),
     Parameter("TrainingInstanceType", "String", "ml.g4dn.xlarge", "instance for TrainFinal"),
     Parameter("TuningInstanceType", "String", "ml.m5.large",
-              "instance for the tuning trials: a CPU type suits linear-probe trials; give a GPU "
-              "type (e.g. ml.g4dn.xlarge) with TuningMode=fine-tune"),
+              "instance for the tuning trials (default: ml.m5.large for linear-probe trials, "
+              "ml.g4dn.xlarge with the build option --tuning-mode fine-tune)"),
     Parameter("ImageSize", "Integer", 224, "training crop size in pixels", minimum=16),
     Parameter("PreprocessImageSize", "Integer", 256,
               "shorter side of the preprocessed images", minimum=16),
     Parameter("BaseModel", "String", "resnet50", "ResNet architecture", choices=ARCHS),
     Parameter("Pretrained", "String", "true", "start from ImageNet weights",
               choices=("true", "false")),
-    Parameter("TuningMode", "String", "linear-probe",
-              "linear-probe: the trials train only the new head on the Features step's cached "
-              "backbone features and TrainFinal fine-tunes from the best head (LP-FT); "
-              "fine-tune: every trial fine-tunes the whole network on images",
-              choices=("linear-probe", "fine-tune")),
     Parameter("FeatureViews", "Integer", 2,
               "views of each training image the Features step caches: 1 the center crop, 2 "
               "adds its mirror, more add random crops", minimum=1),
@@ -110,6 +105,9 @@ def parameter(name: str) -> Parameter:
 def coerce_parameter(name: str, value: str):
     """A ``--param Name=Value`` string as the parameter's type; ValueError says what is wrong."""
     names = [p.name for p in PARAMETERS]
+    if name == "TuningMode":
+        raise ValueError("TuningMode is a build option now (SageMaker fixes the trials' image "
+                         "when the pipeline is built): --tuning-mode fine-tune")
     try:
         spec = parameter(name)
     except KeyError:
@@ -145,20 +143,43 @@ def coerce_parameter(name: str, value: str):
     return result
 
 
-def tuning_advice(params: dict) -> str:
+# What the tuning trials train, fixed when the pipeline is built (a build option, --tuning-mode):
+# SageMaker fixes a tuning job's image then, and the two modes want different ones.
+#   linear-probe: the trials train only the new head on the Features step's cached backbone
+#                 features, on a CPU instance with the CPU image; TrainFinal fine-tunes from the
+#                 best head (LP-FT)
+#   fine-tune:    every trial fine-tunes the whole network on images, on a GPU instance with
+#                 the GPU image (the old path)
+TUNING_MODES = {"linear-probe": {"instance": "ml.m5.large", "image_instance": "ml.m5.large"},
+                "fine-tune": {"instance": "ml.g4dn.xlarge", "image_instance": "ml.g4dn.xlarge"}}
+DEFAULT_TUNING_MODE = "linear-probe"
+
+
+def parameter_default(name: str, tuning_mode: str = DEFAULT_TUNING_MODE):
+    """A parameter's default in a pipeline built with ``tuning_mode``."""
+    if name == "TuningInstanceType":
+        return TUNING_MODES[tuning_mode]["instance"]
+    return parameter(name).default
+
+
+def tuning_advice(params: dict, tuning_mode: str = DEFAULT_TUNING_MODE) -> str:
     """A note when the tuning trials would train whole networks without a GPU ('' if none)."""
-    mode = params.get("TuningMode", parameter("TuningMode").default)
-    instance = str(params.get("TuningInstanceType", parameter("TuningInstanceType").default))
+    instance = str(params.get("TuningInstanceType", parameter_default("TuningInstanceType",
+                                                                      tuning_mode)))
     family = instance.split(".")[1] if instance.count(".") >= 2 else ""
-    if mode == "fine-tune" and not family.startswith(("g", "p")):
-        return (f"note: TuningMode=fine-tune trains every trial on images, and "
-                f"TuningInstanceType {instance} has no GPU: add --param "
+    if tuning_mode == "fine-tune" and not family.startswith(("g", "p")):
+        return (f"note: --tuning-mode fine-tune trains every trial on images, and "
+                f"TuningInstanceType {instance} has no GPU: give --param "
                 f"TuningInstanceType=ml.g4dn.xlarge (or another GPU type)")
     return ""
 
 
 class Param(str):
     """In an argument list: the value of the pipeline parameter of this name."""
+
+
+class BuildOption(str):
+    """In an argument list: the value of this build option (a BuildOptions field)."""
 
 
 # The processing scripts' container contract: script, arguments (container paths, and
@@ -184,7 +205,7 @@ FEATURES_JOB = {
                   "--output-dir", f"{PROCESSING_ROOT}/features",
                   "--arch", Param("BaseModel"), "--pretrained", Param("Pretrained"),
                   "--image-size", Param("ImageSize"), "--views", Param("FeatureViews"),
-                  "--tuning-mode", Param("TuningMode")],
+                  "--tuning-mode", BuildOption("tuning_mode")],
 }
 EVALUATE_JOB = {
     "script": "evaluate.py",
@@ -239,7 +260,7 @@ def tag_metadata_key(key: str) -> str:
 # follow at train.py's --backbone-lr-mult (0.1) times it, so 1e-4..3e-3 puts the backbone at
 # 1e-5..3e-4, AdamW's usual fine-tuning range. AdamW's decoupled weight decay acts as
 # lr * weight_decay per step: 0.01..0.1 (default 0.05) is the range where it regularizes at all.
-# The same ranges serve both TuningModes (SageMaker fixes a tuning job's ranges when the pipeline
+# The same ranges serve both tuning modes (SageMaker fixes a tuning job's ranges when the pipeline
 # is built). With linear-probe trials, "lr" is the head's rate on the cached features, and
 # TrainFinal fine-tunes the whole network from the probed head at lr * --backbone-lr-mult
 # (the head joins the backbone's lower rate: it is trained already; breedkit.probe).
@@ -259,7 +280,7 @@ STATIC_HYPERPARAMETERS: dict[str, str] = {
     "pretrained": "Pretrained",
     "image-size": "ImageSize",
 }
-TUNING_HYPERPARAMETERS = {"mode": "TuningMode"}  # what a trial trains: the head, or it all
+TUNING_HYPERPARAMETERS = {"mode": BuildOption("tuning_mode")}  # the head, or it all
 TRAIN_FINAL_HYPERPARAMETERS = {"fine-tune": "FineTuneLayers"}
 
 # The rules the TrainingRules step evaluates (scripts/breedkit/rules.py), by SageMaker
@@ -340,6 +361,7 @@ class BuildOptions:
     mlflow_arn: str = ""  # a SageMaker managed MLflow tracking server: runs logged there
     spot: bool = False
     training_instance_count: int = 1
+    tuning_mode: str = DEFAULT_TUNING_MODE  # what the trials train (TUNING_MODES)
     cache_expire: str = "P30D"
 
 

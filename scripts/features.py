@@ -102,8 +102,8 @@ def main(argv=None) -> int:
 
     if args.tuning_mode == "fine-tune":  # the trials train on images: nothing to extract
         os.makedirs(args.output_dir, exist_ok=True)
-        features.write_skipped(args.output_dir, "TuningMode=fine-tune")
-        log.info("TuningMode=fine-tune: no features needed")
+        features.write_skipped(args.output_dir, "--tuning-mode fine-tune")
+        log.info("--tuning-mode fine-tune: no features needed")
         return 0
 
     import torch

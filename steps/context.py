@@ -32,7 +32,7 @@ class BuildContext:
 
     def __post_init__(self):
         if not self.params:
-            self.params = make_parameters(self.default_input_url)
+            self.params = make_parameters(self.default_input_url, self.options.tuning_mode)
 
     @property
     def default_input_url(self) -> str:
@@ -54,15 +54,26 @@ class BuildContext:
     def p(self, name: str):
         return self.params[name]
 
+    def value(self, item):
+        """A spec value: a parameter reference as its pipeline variable, a build option as
+        its value, anything else as it is."""
+        if isinstance(item, spec.Param):
+            return self.p(item)
+        if isinstance(item, spec.BuildOption):
+            return str(getattr(self.options, item))
+        return item
+
     def arguments(self, template: list) -> list:
-        """A spec argument list with parameter references as pipeline variables."""
-        return [self.p(a).to_string() if isinstance(a, spec.Param) else a for a in template]
+        """A spec argument list with parameter references as pipeline variables (strings)."""
+        return [self.p(a).to_string() if isinstance(a, spec.Param) else self.value(a)
+                for a in template]
 
 
-def make_parameters(default_input_url: str) -> dict:
+def make_parameters(default_input_url: str,
+                    tuning_mode: str = spec.DEFAULT_TUNING_MODE) -> dict:
     params = {}
     for spec_param in spec.PARAMETERS:
-        default = spec_param.default
+        default = spec.parameter_default(spec_param.name, tuning_mode)
         if spec_param.name == "InputDataUrl" and not default:
             default = default_input_url
         params[spec_param.name] = _PARAMETER_TYPES[spec_param.type](name=spec_param.name,

@@ -3,7 +3,7 @@ pooled features (float16 arrays with their signature) for the linear-probe tunin
 
 Inputs:  Preprocess's train and valid outputs
 Output:  features (s3://<bucket>/<prefix>/...), the HPTuning trials' ``features`` channel
-With TuningMode=fine-tune the script writes only a note that nothing was needed. Cached: the
+With --tuning-mode fine-tune the script writes only a note that nothing was needed. Cached: the
 same data, backbone, size and views reuse the last run's features.
 """
 

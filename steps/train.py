@@ -2,7 +2,7 @@
 
 Best values come from ``HPTuning``'s BestTrainingJob.TunedHyperParameters; the epochs are the
 ``Epochs`` parameter, the trained layers ``FineTuneLayers``. The best trial's model.tar.gz is
-the ``head`` channel: with TuningMode=linear-probe it is a probed head and train.py fine-tunes
+the ``head`` channel: with --tuning-mode linear-probe it is a probed head and train.py fine-tunes
 from it (LP-FT); a fine-tune trial's whole model is ignored there. train.py writes its hook
 output and profiling data into the job's output data (spec.TRAIN_FINAL_MONITORING) for the
 TrainingRules step, and TensorBoard events that the job's TensorBoardOutputConfig syncs to S3

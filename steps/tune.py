@@ -1,15 +1,16 @@
 """HPTuning: Bayesian search over learning rate, batch size, epochs, weight decay and label
 smoothing.
 
-Each trial is scripts/train.py with ``--mode`` TuningMode: linear-probe trials train the head
+Each trial is scripts/train.py with ``--mode`` the build option --tuning-mode: linear-probe
+trials train the head
 on the Features step's cached features (seconds on a CPU instance: TuningInstanceType),
 fine-tune trials the whole network on the train and valid splits (never test). The objective
 is valid:best_accuracy, read from the training log by breedkit.logformat's regex. Early
 stopping Auto lets SageMaker stop trials whose per-epoch objective lags.
 
-The trials' image is the GPU one whatever TuningInstanceType is: SageMaker fixes the image when
-the pipeline is built, and the GPU image also runs on CPU instances (without CUDA), while the
-CPU image would leave a GPU idle when TuningMode=fine-tune runs on ml.g4dn.
+The trials' image follows the build option (SageMaker fixes the image when the pipeline is
+built): the CPU image for linear-probe trials on ml.m5.large, the GPU image for fine-tune trials
+on ml.g4dn.xlarge (TuningInstanceType's default follows it too).
 """
 
 from __future__ import annotations
@@ -50,15 +51,17 @@ def training_inputs(preprocess: ProcessingStep) -> dict:
 
 
 def trial_image(ctx: BuildContext) -> str:
+    """The CPU training image for linear-probe trials (about half the GPU image's size, and
+    pulled by every trial), the GPU one for fine-tune trials: fixed by the build option."""
+    instance = spec.TUNING_MODES[ctx.options.tuning_mode]["image_instance"]
     return image_uris.retrieve("pytorch", region=ctx.session.boto_region_name,
                                version=spec.FRAMEWORK_VERSION, py_version=spec.PY_VERSION,
-                               instance_type=spec.parameter("TrainingInstanceType").default,
-                               image_scope="training")
+                               instance_type=instance, image_scope="training")
 
 
 def make_step(ctx: BuildContext, preprocess: ProcessingStep,
               features: ProcessingStep) -> TuningStep:
-    fixed = {hp: ctx.p(param) for hp, param in spec.TUNING_HYPERPARAMETERS.items()}
+    fixed = {hp: ctx.value(value) for hp, value in spec.TUNING_HYPERPARAMETERS.items()}
     estimator = pytorch_estimator(ctx, fixed, "tuning", instance_type=ctx.p("TuningInstanceType"),
                                   image_uri=trial_image(ctx))
     tuner = HyperparameterTuner(

@@ -79,7 +79,7 @@ def test_features_of_another_size_or_damaged_files_are_refused(cached, tmp_path)
     (damaged / "features.json").unlink()
     with pytest.raises(UserError, match="not the output of a finished Features step"):
         features.load(damaged)
-    # TuningMode=fine-tune: the step extracts nothing, and says so to a probe
+    # --tuning-mode fine-tune: the step extracts nothing, and says so to a probe
     assert features_script.main(["--output-dir", str(tmp_path / "skipped"),
                                  "--tuning-mode", "fine-tune"]) == 0
     with pytest.raises(UserError, match="extracted nothing"):
@@ -121,5 +121,5 @@ def test_a_head_of_another_backbone_or_classes_is_refused_and_a_whole_model_igno
     with pytest.raises(UserError, match="knows other classes"):
         load_head(str(tmp_path / "model"), model, ["a", "b", "c"], sig)
     assert load_head(str(tmp_path / "model"), model, names, sig)["valid_accuracy"] > 0
-    # a fine-tune trial's model (TuningMode=fine-tune) is no probed head: ignored
+    # a fine-tune trial's model (--tuning-mode fine-tune) is no probed head: ignored
     assert load_head(str(trained["model"]), model, names, sig) is None

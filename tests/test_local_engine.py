@@ -230,7 +230,7 @@ def test_a_blocking_rule_finding_keeps_the_model_out_of_the_registry(home, monke
 def test_mlflow_runs_of_trials_under_the_tuning_run_and_of_train_final(home, capsys,
                                                                       monkeypatch):
     """--local --mlflow: a store under the home, trials as children of the tuning run, and the
-    registered version names TrainFinal's run. With TuningMode=fine-tune (the old path): the
+    registered version names TrainFinal's run. With --tuning-mode fine-tune (the old path): the
     trials train whole networks, with the same metrics, and TrainFinal starts from a new head."""
     from mlflow.tracking import MlflowClient
 
@@ -240,10 +240,10 @@ def test_mlflow_runs_of_trials_under_the_tuning_run_and_of_train_final(home, cap
                      *[f"--param={k}={v}" for k, v in SMALL.items() if k != "Epochs"],
                      "--param=Epochs=1", f"--param=InputDataUrl={home['data']}",
                      # what one epoch learns varies with the CPU (bf16 or not): not tested here
-                     "--param=AccuracyThreshold=0", "--param=TuningMode=fine-tune"])
+                     "--param=AccuracyThreshold=0", "--tuning-mode", "fine-tune"])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "[Features] nothing to extract (TuningMode=fine-tune)" in out
+    assert "[Features] nothing to extract (--tuning-mode fine-tune)" in out
     client = MlflowClient(f"sqlite:///{home['home'] / 'mlflow' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("Tracked")
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}

@@ -27,9 +27,9 @@ linux_only = pytest.mark.skipif(not Path("/proc/self/environ").exists(),
                                 reason="finds the jobs through /proc")
 
 
-def engine_command(home: Path, data: Path, **params) -> list[str]:
+def engine_command(home: Path, data: Path, *options, **params) -> list[str]:
     return [sys.executable, "-m", "pipelines.run", "--local", "--home", str(home),
-            "--no-debugger-rules", "--no-profiler", f"--param=InputDataUrl={data}",
+            "--no-debugger-rules", "--no-profiler", *options, f"--param=InputDataUrl={data}",
             *[f"--param={k}={v}" for k, v in {**TINY, **params}.items()]]
 
 
@@ -75,9 +75,10 @@ def test_kill_9_of_the_engine_takes_its_jobs_and_the_next_run_marks_it_failed(tm
     engine_log = open(tmp_path / "engine.log", "w")
     # slow epochs (a trial writes to the engine's pipe, and dies of it, only once an epoch ends):
     # trials that fine-tune whole networks at 256 px
-    engine = subprocess.Popen(engine_command(home, data, ImageSize=256, PreprocessImageSize=256,
+    engine = subprocess.Popen(engine_command(home, data, "--tuning-mode", "fine-tune",
+                                             ImageSize=256, PreprocessImageSize=256,
                                              TuningEpochs=50, MaxTuningJobs=2,
-                                             MaxParallelTuningJobs=2, TuningMode="fine-tune"),
+                                             MaxParallelTuningJobs=2),
                               stdout=engine_log, stderr=subprocess.STDOUT, env=engine_env())
     try:
         wait_for(lambda: any("precision:" in f.read_text() for f in

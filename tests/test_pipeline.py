@@ -141,8 +141,9 @@ def test_definition_in_detail(aws, tmp_path):
         "train": '{"Get": "Steps.Preprocess.ProcessingOutputConfig.Outputs[\'train\'].S3Output.S3Uri"}',
         "valid": '{"Get": "Steps.Preprocess.ProcessingOutputConfig.Outputs[\'valid\'].S3Output.S3Uri"}'}
     container_args = json.dumps(features["AppSpecification"]["ContainerArguments"])
-    for name in ("BaseModel", "Pretrained", "ImageSize", "FeatureViews", "TuningMode"):
+    for name in ("BaseModel", "Pretrained", "ImageSize", "FeatureViews"):
         assert f"Parameters.{name}" in container_args
+    assert "--tuning-mode" in container_args and '"linear-probe"' in container_args
 
     tuning = steps["HPTuning"]["Arguments"]
     config = tuning["HyperParameterTuningJobConfig"]
@@ -170,7 +171,10 @@ def test_definition_in_detail(aws, tmp_path):
     assert set(channels) == {"train", "valid", "features"}  # never the test split
     assert "Steps.Features.ProcessingOutputConfig.Outputs['features']" in json.dumps(
         channels["features"])
-    assert job["StaticHyperParameters"]["mode"] == {"Get": "Parameters.TuningMode"}
+    # the build option decides what the trials train, and their image (CPU for a probe)
+    assert job["StaticHyperParameters"]["mode"] == "linear-probe"
+    assert "pytorch-training:2.6.0-cpu-" in job["AlgorithmSpecification"]["TrainingImage"]
+    assert "TuningMode" not in {p["Name"] for p in d["Parameters"]}
     # trials on their own (CPU by default) instance type, in the image that runs on both
     assert job["HyperParameterTuningResourceConfig"]["InstanceType"] == {
         "Get": "Parameters.TuningInstanceType"}
@@ -440,12 +444,26 @@ def test_start_passes_parameters(aws, capsys):
         PipelineExecutionArn=execution["PipelineExecutionArn"])["PipelineParameters"]
     assert {p["Name"]: p["Value"] for p in params} == {
         "Epochs": "3", "BaseModel": "resnet18", "AccuracyThreshold": "0.5"}
-    # the old tuning path on the default (CPU) trial instance: a note says to give it a GPU
-    assert cli("--start", "--param", "TuningMode=fine-tune") == 0
+    # the old tuning path given a CPU trial instance: a note says to give it a GPU
+    assert cli("--upsert", "--tuning-mode", "fine-tune", "--start",
+               "--param", "TuningInstanceType=ml.m5.large") == 0
     assert "TuningInstanceType=ml.g4dn.xlarge" in capsys.readouterr().err
-    assert cli("--start", "--param", "TuningMode=fine-tune",
-               "--param", "TuningInstanceType=ml.g5.xlarge") == 0
+    assert cli("--upsert", "--tuning-mode", "fine-tune", "--start") == 0  # its GPU default
     assert "note:" not in capsys.readouterr().err
+
+
+def test_the_tuning_mode_is_a_build_option_with_its_image_and_instance(aws, tmp_path):
+    """SageMaker fixes the trials' image when the pipeline is built: fine-tune trials get the
+    GPU image and a GPU instance by default, linear-probe ones the CPU image and ml.m5.large."""
+    built = definition(tmp_path, "--tuning-mode", "fine-tune")
+    job = steps_by_name(built)["HPTuning"]["Arguments"]["TrainingJobDefinition"]
+    assert job["StaticHyperParameters"]["mode"] == "fine-tune"
+    assert "pytorch-training:2.6.0-gpu-" in job["AlgorithmSpecification"]["TrainingImage"]
+    defaults = {p["Name"]: p.get("DefaultValue") for p in built["Parameters"]}
+    assert defaults["TuningInstanceType"] == "ml.g4dn.xlarge"
+    probe = {p["Name"]: p.get("DefaultValue") for p in definition(tmp_path, name="lp.json")[
+        "Parameters"]}
+    assert probe["TuningInstanceType"] == "ml.m5.large"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -456,7 +474,7 @@ def test_start_passes_parameters(aws, capsys):
     (["--start", "--param", "Epochs"], "must look like NAME=VALUE"),
     (["--start", "--param", "InputDataUrl=./data"], "must be an s3:// URI"),
     (["--start", "--param", "TrainingInstanceType=g4dn.xlarge"], "SageMaker instance type"),
-    (["--start", "--param", "TuningMode=full"], "TuningMode must be one of"),
+    (["--start", "--param", "TuningMode=fine-tune"], "--tuning-mode fine-tune"),
     (["--start", "--param", "FeatureViews=40"], "FeatureViews must be <= 16"),
     (["--upsert", "--param", "Epochs=3"], "add --start"),
     (["--start"], "does not exist"),

@@ -60,9 +60,8 @@ CACHE_ATTRIBUTES = {
     "Tuning": ("HyperParameterTuningJobConfig", "TrainingJobDefinition",
                "TrainingJobDefinitions", "WarmStartConfig"),
 }
-JOB_NAMES = {"Processing": ("ProcessingJobName", 63, "processing-job"),
-             "Training": ("TrainingJobName", 63, "training-job"),
-             "Tuning": ("HyperParameterTuningJobName", 32, "hyper-parameter-tuning-job")}
+JOB_NAMES = {"Processing": ("ProcessingJobName", 63), "Training": ("TrainingJobName", 63),
+             "Tuning": ("HyperParameterTuningJobName", 32)}  # the member, its longest
 PARAMETER_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool}
 STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,255}")
 
@@ -205,7 +204,6 @@ class LocalEngine:
         self.result = RunResult(execution_id, "Executing")
         self.described: dict[str, dict] = {}  # step name -> its Describe* response
         self.local: dict[str, dict] = {}  # step name -> what the engine knows besides
-        self.step_types = {s["Name"]: s["Type"] for s in all_steps(definition["Steps"])}
         self.property_files = {s["Name"]: {p["PropertyFileName"]: p for p in
                                            s.get("PropertyFiles") or []}
                                for s in all_steps(definition["Steps"])}
@@ -318,7 +316,7 @@ class LocalEngine:
         kind, name = step["Type"], step["Name"]
         request = self.resolver.resolve(step.get("Arguments") or {})
         if kind in JOB_NAMES:
-            member, limit, _ = JOB_NAMES[kind]
+            member, limit = JOB_NAMES[kind]
             request[member] = self._job_name(request.get(member) or "pipelines", name, limit)
         validate(shapes.OPERATIONS[kind], request, name, step_dir / "request.json")
         return request

@@ -80,6 +80,10 @@ class Resolver:
                 raise ResolveError(f"Get {reference}: no pipeline parameter {rest}")
             return self.parameters[rest]
         if root == "Execution":
+            if rest == "CurrentDateTime":  # when the step resolves it, as in SageMaker
+                from datetime import datetime, timezone
+
+                return datetime.now(timezone.utc).isoformat(timespec="seconds")
             if rest not in self.execution:
                 raise Unsupported(f"Get {reference}: execution variable {rest} (supported: "
                                   f"{', '.join(sorted(self.execution))})")

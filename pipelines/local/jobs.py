@@ -75,8 +75,7 @@ class Layout:
 
 # -- processing ---------------------------------------------------------------------------
 
-def run_processing(request: dict, root: Path, store: ObjectStore, log_path: Path, *,
-                   env: dict | None = None, on_line=None) -> JobResult:
+def run_processing(request: dict, root: Path, store: ObjectStore, log_path: Path) -> JobResult:
     layout = Layout(root)
     code_dirs = {}
     for item in request.get("ProcessingOutputConfig", {}).get("Outputs", []):
@@ -103,9 +102,9 @@ def run_processing(request: dict, root: Path, store: ObjectStore, log_path: Path
     args = [layout.map_argument(a) for a in app.get("ContainerArguments") or []]
     for item in request.get("ProcessingOutputConfig", {}).get("Outputs", []):
         layout.local(item["S3Output"]["LocalPath"]).mkdir(parents=True, exist_ok=True)
-    job_env = {**(request.get("Environment") or {}), **(env or {}),
+    job_env = {**(request.get("Environment") or {}),
                "SM_OUTPUT_DIR": str(layout.local("/opt/ml/output"))}
-    result = run_script(script, args, log_path, env=job_env, cwd=cwd, on_line=on_line)
+    result = run_script(script, args, log_path, env=job_env, cwd=cwd)
     if result.returncode == 0:
         for item in request.get("ProcessingOutputConfig", {}).get("Outputs", []):
             out = item["S3Output"]

@@ -52,10 +52,6 @@ class ObjectStore:
                              f"'..' parts)")
         return self.root.joinpath(bucket, *parts)
 
-    def uri(self, path: Path) -> str:
-        rel = Path(path).resolve().relative_to(self.root.resolve()).as_posix()
-        return f"s3://{rel}"
-
     def objects(self, uri: str) -> list[tuple[str, Path]]:
         """``(key relative to the prefix, file)`` for each object under an S3Prefix, as
         SageMaker copies them into a job: an exact object is its base name."""

@@ -39,7 +39,6 @@ class TrialOutcome:
     intermediate: list = field(default_factory=list)
     log_path: str = ""
     error: str = ""
-    job_name: str = ""
 
 
 class TrialFailed(Exception):

@@ -123,7 +123,7 @@ def read_meta(folder: str | os.PathLike) -> dict:
     if not path.is_file():
         raise UserError(f"{folder} holds no {META_FILE}: it is not the output of a finished "
                         f"Features step (scripts/features.py). Run that step first, or use "
-                        f"TuningMode=fine-tune.")
+                        f"--tuning-mode fine-tune.")
     try:
         meta = json.loads(path.read_text())
         if not meta.get("skipped"):
@@ -147,7 +147,7 @@ def load(folder: str | os.PathLike, expected: dict | None = None) -> FeatureSet:
     if meta.get("skipped"):
         raise UserError(f"the Features step in {folder} extracted nothing "
                         f"({meta['skipped']}); linear-probe trials need features: run the "
-                        f"pipeline with TuningMode=linear-probe")
+                        f"pipeline with --tuning-mode linear-probe")
     if expected:
         diff = mismatch(meta["signature"], expected)
         if diff:

@@ -136,7 +136,7 @@ def _head_folder(path: str, scratch: str) -> Path | None:
 
 def load_head(path: str, model, class_names: list[str], expected: dict) -> dict | None:
     """Put the probed head found at ``path`` into ``model``'s ``fc``; returns its head.json, or
-    None when ``path`` holds no probed head (the best trial of TuningMode=fine-tune is a whole
+    None when ``path`` holds no probed head (the best trial of --tuning-mode fine-tune is a whole
     model: TrainFinal then starts from a new head, as that mode always has). A head of another
     backbone, size or class list is a UserError."""
     import torch
