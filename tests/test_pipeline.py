@@ -680,3 +680,16 @@ def test_ctrl_c_while_building_is_one_line(aws, monkeypatch, capsys):
     assert err.strip() == "stopped (Ctrl-C); run the same command again to finish"
     with pytest.raises(Exception):  # nothing half-made in SageMaker
         aws.describe_pipeline(PipelineName="DogBreedBuild")
+
+
+def test_the_ci_leg_runs_the_scripts_under_the_dlcs_own_torch():
+    """The jobs run SageMaker's PyTorch image of spec.FRAMEWORK_VERSION: .ci/run's second leg
+    installs that torch (requirements-dlc.txt) and runs the container scripts' tests."""
+    from conftest import ROOT
+
+    pins = dict(line.split("#")[0].strip().split("==") for line in
+                (ROOT / "requirements-dlc.txt").read_text().splitlines()
+                if "==" in line.split("#")[0])
+    assert pins["torch"] == spec.FRAMEWORK_VERSION
+    ci = (ROOT / ".ci/run").read_text()
+    assert "requirements-dlc.txt" in ci and "tests/test_train.py" in ci

@@ -27,8 +27,8 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_second():
 
 
 # what a clone never has: .gitignore's entries (anywhere, or at the root only), git's folder
-NOT_IN_A_CLONE = (".git", ".venv", ".dogbreed", "__pycache__", "*.pyc", "*.egg-info", "build",
-                  "dist", ".pytest_cache", ".ruff_cache")
+NOT_IN_A_CLONE = (".git", ".venv", ".venv-dlc", ".dogbreed", "__pycache__", "*.pyc", "*.egg-info",
+                  "build", "dist", ".pytest_cache", ".ruff_cache")
 NOT_IN_A_CLONE_AT_ROOT = ("data", "out")
 
 
