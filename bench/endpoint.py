@@ -141,7 +141,7 @@ def main() -> int:
         servers = {name: start_server(Path(tmp), name, str(model_dir), 0, extra_args=extra)
                    for name, extra in (("batching", ()), ("one-by-one", ("--max-batch", "1")))}
         single = Clients(servers["batching"][1], body, 1)
-        many = {name: Clients(url, body, 8) for name, (_, url, _) in servers.items()}
+        many = {name: Clients(url, body, 8) for name, (_, url, _, _) in servers.items()}
         raw_times, raw8_times, one_times = [], [], []
         rps = {name: [] for name in servers}
         try:
@@ -154,7 +154,7 @@ def main() -> int:
         finally:
             for clients in (single, *many.values()):
                 clients.close()
-            for proc, _, _ in servers.values():
+            for proc, _, _, _ in servers.values():
                 stop(proc.pid)
     ceiling = 8 * statistics.median(raw_times) / statistics.median(raw8_times)
     print(f"model alone: {1 / statistics.median(raw_times):.0f} images/s at batch 1, "

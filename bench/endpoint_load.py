@@ -207,7 +207,7 @@ def main() -> int:
     plan = requests_plan(args.requests, args.hostile)
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = make_model(Path(tmp) / "model", args.arch, args.image_size)
-        proc, url, _ = start_server(Path(tmp), "load", str(model_dir), 0,
+        proc, url, _, _ = start_server(Path(tmp), "load", str(model_dir), 0,
                                     extra_args=tuple(args.server_args.split()))
         port = int(url.rsplit(":", 1)[1])
         try:

@@ -70,6 +70,7 @@ def deploy_local(args) -> int:
     from pipelines.deploy.endpoints import EndpointError
     from pipelines.deploy.local import DeployError
     from pipelines.registry import RegistryError
+    from pipelines.sqlite import DamagedStore
 
     try:
         if not args.watch:
@@ -85,6 +86,9 @@ def deploy_local(args) -> int:
             time.sleep(args.interval)
     except KeyboardInterrupt:
         return 130
+    except DamagedStore as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (DeployError, EndpointError, RegistryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

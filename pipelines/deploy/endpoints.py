@@ -5,16 +5,25 @@ the home.
     python -m pipelines.deploy.endpoints invoke dogbreed-staging dog.jpg [--content-type TYPE]
     python -m pipelines.deploy.endpoints delete dogbreed-staging
 
+    python -m pipelines.deploy.endpoints clean     # stop servers no record names
+
 Endpoints are started by ``python -m pipelines.deploy --local``; each record says which model
-package version it serves, its URL and process.
+package version it serves, its URL, process and folder. A server unpacks its model under
+``<home>/endpoints/run/<name>-v<version>-<port>/``, removed when the server is stopped. One
+deploy at a time per home (``<home>/locks/deploy.lock``); until a record names it, a server
+stops by itself when the deploy that started it ends (killed, crashed), and any server of ours
+that no record names is listed, and stopped by the next deploy or by ``clean``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import mimetypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,15 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.registry import home_dir
-from pipelines.sqlite import connect, initialize
+from pipelines.sqlite import DamagedStore, connect, initialize
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS endpoints (
     name TEXT PRIMARY KEY, url TEXT NOT NULL, pid INTEGER NOT NULL, model_group TEXT NOT NULL,
     version INTEGER NOT NULL, model_data TEXT NOT NULL, log_path TEXT NOT NULL,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL, workdir TEXT NOT NULL DEFAULT ''
 );
 """
+SERVER_MODULE = "pipelines.deploy.server"
 
 
 class EndpointError(Exception):
@@ -49,13 +59,52 @@ class Endpoint:
     model_data: str
     log_path: str
     updated_at: str
+    workdir: str = ""  # where its server unpacked the model ("" in records before 2026-12)
+
+
+@dataclass
+class Server:
+    """A model server process of ours, found among the system's processes."""
+    pid: int
+    workdir: str
+    model_data: str
 
 
 class Endpoints:
     def __init__(self, home: str | os.PathLike | None = None):
         self.home = home_dir(home)
         self.path = self.home / "endpoints.sqlite"
-        initialize(self.path, _SCHEMA)
+        self.run_dir = self.home / "endpoints" / "run"
+        initialize(self.path, _SCHEMA, advice=(
+            f"move it aside (mv {self.path} {self.path}.damaged): the endpoints it named "
+            f"are then untracked, and python -m pipelines.deploy.endpoints clean stops them"))
+        with contextlib.closing(connect(self.path)) as db:  # records before 2026-12
+            columns = {row[1] for row in db.execute("PRAGMA table_info(endpoints)")}
+            if "workdir" not in columns:
+                with contextlib.suppress(Exception):  # another process added it first
+                    db.execute("ALTER TABLE endpoints ADD COLUMN workdir TEXT NOT NULL "
+                               "DEFAULT ''")
+
+    @contextlib.contextmanager
+    def deploying(self, echo=print):
+        """One deploy (or delete, or clean) at a time on this home: waits for the one going
+        on, then holds ``<home>/locks/deploy.lock`` (the system releases it however the
+        process ends)."""
+        path = self.home / "locks" / "deploy.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                echo(f"waiting for the deploy going on in this home (process {holder})")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
 
     def get(self, name: str) -> Endpoint | None:
         db = connect(self.path)
@@ -76,10 +125,11 @@ class Endpoints:
     def put(self, endpoint: Endpoint) -> None:
         db = connect(self.path)
         try:
-            db.execute("INSERT OR REPLACE INTO endpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (endpoint.name, endpoint.url, endpoint.pid, endpoint.model_group,
-                        endpoint.version, endpoint.model_data, endpoint.log_path,
-                        endpoint.updated_at))
+            db.execute("INSERT OR REPLACE INTO endpoints (name, url, pid, model_group, version, "
+                       "model_data, log_path, updated_at, workdir) VALUES (?, ?, ?, ?, ?, ?, ?, "
+                       "?, ?)", (endpoint.name, endpoint.url, endpoint.pid, endpoint.model_group,
+                                 endpoint.version, endpoint.model_data, endpoint.log_path,
+                                 endpoint.updated_at, endpoint.workdir))
         finally:
             db.close()
 
@@ -89,6 +139,68 @@ class Endpoints:
             db.execute("DELETE FROM endpoints WHERE name = ?", (name,))
         finally:
             db.close()
+
+
+    def servers(self) -> list[Server]:
+        """The model servers of this home that are running: those started with a folder
+        under ``<home>/endpoints/run``, or (deploys before 2026-12) serving a model under the
+        home."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                words = [w.decode(errors="replace")
+                         for w in (entry / "cmdline").read_bytes().split(b"\0")]
+                if SERVER_MODULE not in words or _state(entry) == "Z":
+                    continue
+            except OSError:  # it ended meanwhile, or is not ours to read
+                continue
+            workdir, model_data = _option(words, "--workdir"), _option(words, "--model-data")
+            if _under(workdir, self.run_dir) or (not workdir and _under(model_data, self.home)):
+                found.append(Server(int(entry.name), workdir, model_data))
+        return found
+
+    def untracked(self) -> list[Server]:
+        """Servers of ours that no record names."""
+        recorded = {e.pid for e in self.all()}
+        return [s for s in self.servers() if s.pid not in recorded]
+
+    def sweep(self, echo=print) -> None:
+        """Stop the servers no record names and remove the folders no record or server
+        names. Only while holding ``deploying()``: a deploy's own new server is not recorded
+        until it passed its smoke test."""
+        for server in self.untracked():
+            stop(server.pid, server.workdir or None)
+            echo(f"stopped untracked model server (process {server.pid}, "
+                 f"{server.workdir or server.model_data})")
+        if self.run_dir.is_dir():
+            named = {e.workdir for e in self.all()} | {s.workdir for s in self.servers()}
+            for folder in self.run_dir.iterdir():
+                if str(folder) not in named:
+                    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _option(words: list[str], name: str) -> str:
+    for i, word in enumerate(words):
+        if word == name and i + 1 < len(words):
+            return words[i + 1]
+        if word.startswith(name + "="):
+            return word.split("=", 1)[1]
+    return ""
+
+
+def _under(path: str, folder: Path) -> bool:
+    if not path:
+        return False
+    try:
+        return Path(path).resolve().is_relative_to(folder)
+    except (OSError, ValueError):
+        return False
+
+
+def _state(proc: Path) -> str:
+    return (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
 def free_port() -> int:
@@ -117,14 +229,20 @@ def alive(endpoint: Endpoint) -> bool:
 
 def start_server(home: Path, name: str, model_data: str, version: int,
                  wait_seconds: float = 180.0, extra_args: tuple = ()
-                 ) -> tuple[subprocess.Popen, str, Path]:
-    """A new serving process on a free 127.0.0.1 port; returns once /ping answers 200."""
+                 ) -> tuple[subprocess.Popen, str, Path, Path]:
+    """A new serving process on a free 127.0.0.1 port, unpacking under
+    ``<home>/endpoints/run``; returns ``(process, url, log, folder)`` once /ping answers 200.
+    Until ``<home>/endpoints.sqlite`` records it, the server ends when this process does."""
     port = free_port()
     log_path = home / "endpoints" / f"{name}-v{version}-{port}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    workdir = home / "endpoints" / "run" / f"{name}-v{version}-{port}"
+    workdir.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "pipelines.deploy.server",
-                                 "--model-data", model_data, "--port", str(port), *extra_args],
+        proc = subprocess.Popen([sys.executable, "-m", SERVER_MODULE,
+                                 "--model-data", model_data, "--port", str(port),
+                                 "--workdir", str(workdir),
+                                 "--record", str(home / "endpoints.sqlite"),
+                                 "--started-by", str(os.getpid()), *extra_args],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                 cwd=str(Path(__file__).resolve().parents[2]))
     url = f"http://127.0.0.1:{port}"
@@ -138,32 +256,55 @@ def start_server(home: Path, name: str, model_data: str, version: int,
             break
         time.sleep(0.2)
     if status != 200:
-        stop(proc.pid)
+        stop(proc.pid, workdir)
         reason = text.strip() or f"see {log_path}"
         raise EndpointError(f"endpoint {name} (version {version}) did not become healthy: "
                             f"{reason[:300]}")
-    return proc, url, log_path
+    return proc, url, log_path, workdir
 
 
-def stop(pid: int) -> None:
+def stop(pid: int, workdir: str | os.PathLike | None = None) -> None:
+    """Stop the server ``pid`` (its process group), then remove its folder."""
     try:
-        os.killpg(pid, signal.SIGTERM)
-    except (ProcessLookupError, PermissionError):
+        _stop(pid)
+    finally:
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _signal(pid: int, sig: int) -> bool:
+    """Signal the server's process group (it leads one: started in a session of its own), or
+    the process alone; False when it is gone."""
+    for send in (os.killpg, os.kill):
+        try:
+            send(pid, sig)
+            return True
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            return False
+    return False
+
+
+def _gone(pid: int) -> bool:
+    try:  # reap it if it is our child
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        return _state(Path(f"/proc/{pid}")) == "Z"
+    except OSError:
+        return True
+
+
+def _stop(pid: int) -> None:
+    if not _signal(pid, signal.SIGTERM):
         return
     for _ in range(50):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _gone(pid):
             return
-        try:  # reap it if it is our child
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
         time.sleep(0.1)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    _signal(pid, signal.SIGKILL)
 
 
 def invoke(url: str, body: bytes, content_type: str, timeout: float = 60.0):
@@ -172,6 +313,21 @@ def invoke(url: str, body: bytes, content_type: str, timeout: float = 60.0):
     return requests.post(url + "/invocations", data=body,
                          headers={"Content-Type": content_type, "Accept": "application/json"},
                          timeout=timeout)
+
+
+def list_endpoints(endpoints: Endpoints) -> int:
+    items = endpoints.all()
+    if not items:
+        print("no local endpoints")
+    for e in items:
+        state = "InService" if alive(e) else "Failed (not answering)"
+        print(f"{e.name:<24} {state:<24} {e.model_group} v{e.version}  {e.url}")
+    for server in endpoints.untracked():
+        print(f"untracked model server (process {server.pid}, "
+              f"{server.workdir or server.model_data}): no record names it (a deploy still "
+              f"starting it, or one that died); python -m pipelines.deploy.endpoints clean "
+              f"stops it")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -187,24 +343,28 @@ def main(argv=None) -> int:
     inv.add_argument("--content-type", help="default: from the file name")
     rm = sub.add_parser("delete")
     rm.add_argument("name")
+    sub.add_parser("clean", help="stop the model servers of this home that no record names")
     args = p.parse_args(argv)
-    endpoints = Endpoints(args.home)
+    try:
+        endpoints = Endpoints(args.home)
+    except DamagedStore as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.command == "list":
-            items = endpoints.all()
-            if not items:
-                print("no local endpoints")
-            for e in items:
-                state = "InService" if alive(e) else "Failed (not answering)"
-                print(f"{e.name:<24} {state:<24} {e.model_group} v{e.version}  {e.url}")
+            return list_endpoints(endpoints)
+        if args.command == "clean":
+            with endpoints.deploying():
+                endpoints.sweep()
             return 0
         endpoint = endpoints.get(args.name)
         if endpoint is None:
             known = ", ".join(e.name for e in endpoints.all()) or "none"
             raise EndpointError(f"no local endpoint named {args.name} (known: {known})")
         if args.command == "delete":
-            stop(endpoint.pid)
-            endpoints.remove(endpoint.name)
+            with endpoints.deploying():
+                stop(endpoint.pid, endpoint.workdir or None)
+                endpoints.remove(endpoint.name)
             print(f"deleted {endpoint.name}")
             return 0
         path = Path(args.file)

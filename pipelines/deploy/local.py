@@ -29,26 +29,39 @@ def smoke_test(url: str) -> str | None:
     return smoke.problem_with(response.text)
 
 
-def deploy_local(home, group: str, name: str, version: int, model_data: str, echo=print) -> bool:
+def deploy_local(home, group: str, name: str, version: int, model_data: str, echo=print,
+                 artifact_problem=None, still_approved=None) -> bool:
     """Blue/green: start the new version, smoke-test it, then switch and stop the old one.
-    Returns True when something changed."""
+    ``artifact_problem()`` (what is wrong with the model's archive, or None) is asked before
+    anything starts, ``still_approved()`` (the version's status now) just before the switch:
+    a version rejected while it was being deployed does not go live. Returns True when
+    something changed. The caller holds ``Endpoints.deploying()``."""
     endpoints = Endpoints(home)
     current = endpoints.get(name)
     if current and current.version == version and alive(current):
         echo(f"{name} already serves {group} version {version} at {current.url}: nothing to do")
         return False
+    problem = artifact_problem() if artifact_problem else None
+    if problem:
+        raise DeployError(f"{group} version {version} cannot be deployed: {problem}")
     echo(f"{name}: starting {group} version {version}")
-    proc, url, log_path = start_server(home_dir(home), name, model_data, version)
+    proc, url, log_path, workdir = start_server(home_dir(home), name, model_data, version)
+    keeps = lambda: f"; version {current.version} keeps serving" \
+        if current and alive(current) else ""  # noqa: E731
     problem = smoke_test(url)
     if problem:
-        stop(proc.pid)
-        still = f"; version {current.version} keeps serving" if current and alive(current) \
-            else ""
-        raise DeployError(f"smoke test of {name} version {version} failed: {problem}{still}")
+        stop(proc.pid, workdir)
+        raise DeployError(f"smoke test of {name} version {version} failed: {problem}{keeps()}")
+    status = still_approved() if still_approved else "Approved"
+    if status != "Approved":
+        stop(proc.pid, workdir)
+        raise DeployError(f"{group} version {version} is {status} now (changed while it was "
+                          f"being deployed): it was not put live{keeps()}")
     endpoints.put(Endpoint(name, url, proc.pid, group, version, model_data, str(log_path),
-                           datetime.now(timezone.utc).isoformat(timespec="seconds")))
+                           datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           str(workdir)))
     if current:
-        stop(current.pid)
+        stop(current.pid, current.workdir or None)
     echo(f"{name}: {group} version {version} InService at {url} (smoke test passed)")
     return True
 
@@ -86,15 +99,22 @@ def prod_package(registry: LocalRegistry, endpoints: Endpoints, group: str,
 
 def deploy_stage(home, group: str, prefix: str, stage: str, echo=print) -> ModelPackage | None:
     """Bring ``<prefix>-<stage>`` to the version it should serve; that package, or None when
-    there is nothing to deploy."""
+    there is nothing to deploy. One deploy at a time per home; servers of ours that no record
+    names (left by a deploy that died) are stopped first."""
     registry, endpoints = LocalRegistry(home), Endpoints(home)
     name = f"{prefix}-{stage}"
-    if stage == "staging":
-        package = staging_package(registry, endpoints, group, name, echo)
-    else:
-        package = prod_package(registry, endpoints, group, f"{prefix}-staging")
-    if package is not None:
-        deploy_local(home_dir(home), group, name, package.version, package.model_data, echo)
+    with endpoints.deploying(echo):
+        endpoints.sweep(echo)
+        if stage == "staging":
+            package = staging_package(registry, endpoints, group, name, echo)
+        else:
+            package = prod_package(registry, endpoints, group, f"{prefix}-staging")
+        if package is None:
+            return None
+        deploy_local(home_dir(home), group, name, package.version, package.model_data, echo,
+                     artifact_problem=lambda: registry.artifact_problem(package),
+                     still_approved=lambda: registry.describe(group, package.version
+                                                              ).approval_status)
     return package
 
 

@@ -18,6 +18,14 @@
   core; ``--model-torch-threads``); ``--threads`` decode threads run torch on one core each
   (``--decode-torch-threads``), so they never start OpenMP teams of their own.
 
+- Slow clients: a connection that has not sent a whole request header within
+  ``--header-timeout`` seconds is closed; a body not received within ``--body-timeout`` gets a
+  408. A malformed or oversized header gets a 4xx and one line in the log.
+- Files: the model is unpacked under ``--workdir`` (default: a temporary folder) and removed
+  when the server stops. Started by a deploy (``--record``), the server stops by itself when
+  the process that started it ends before the deploy's record names it: nothing is left
+  running that no record knows.
+
 Binds to 127.0.0.1 unless told otherwise. Nothing here fetches URLs.
 """
 
@@ -29,6 +37,8 @@ import ctypes
 import importlib.util
 import logging
 import os
+import shutil
+import sqlite3
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +50,10 @@ log = logging.getLogger("serving")
 MAX_BODY_BYTES = 16 * 2**20
 INLINE_DECODE_MAX_BYTES = 512 * 2**10  # decodes in about a millisecond or two
 IDLE_TRIM_SECONDS = 1.0
+HEADER_TIMEOUT_SECONDS = 30.0
+BODY_TIMEOUT_SECONDS = 60.0
+ADOPTION_POLL_SECONDS = 0.25
+LINGER_SECONDS = 1.0  # reading the unread rest of a refused body, before closing (aiohttp: 10)
 
 
 def release_free_memory() -> None:
@@ -195,9 +209,60 @@ def json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message, "status": status}, status=status)
 
 
+class OneLineBadRequests(logging.Filter):
+    """aiohttp logs a malformed request (an oversized header, a broken request line) with a
+    traceback and the client's bytes: make it one line of ours. The client got its 4xx."""
+
+    KNOWN = {"LineTooLong": "a request or header line over the size limit",
+             "BadStatusLine": "a malformed request line",
+             "InvalidHeader": "a malformed header", "BadHttpMethod": "an unknown method"}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else ""
+            what = self.KNOWN.get(type(exc).__name__) or \
+                " ".join(str(exc.message).split(":", 1)[0].split())[:120]
+            record.msg, record.args = "bad request%s (HTTP %s, %s): %s", (
+                f" from {remote}" if remote else "", exc.code, type(exc).__name__, what)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def recorded(record: str, pid: int) -> bool:
+    """Whether the deploy's endpoint records (``endpoints.sqlite``) name process ``pid``."""
+    try:
+        db = sqlite3.connect(f"file:{record}?mode=ro", uri=True, timeout=5)
+        try:
+            return db.execute("SELECT 1 FROM endpoints WHERE pid = ?", (pid,)).fetchone() \
+                is not None
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False
+
+
+async def stop_unless_adopted(record: str, started_by: int, workdir: Path | None) -> None:
+    """Until ``record`` names this server, stop it when the process that started it ends (a
+    deploy killed before it recorded the server): nothing runs that no record knows."""
+    while not recorded(record, os.getpid()):
+        if os.getppid() != started_by:
+            log.warning("the deploy (process %d) that started this server ended before "
+                        "recording it: stopping", started_by)
+            if workdir is not None:
+                shutil.rmtree(workdir, ignore_errors=True)
+            logging.shutdown()
+            os._exit(0)
+        await asyncio.sleep(ADOPTION_POLL_SECONDS)
+
+
 def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
              threads: int = 4, decode_torch_threads: int = 1, model_torch_threads: int = 0,
-             workdir: str | None = None) -> web.Application:
+             workdir: str | None = None, body_timeout: float = BODY_TIMEOUT_SECONDS,
+             record: str | None = None, started_by: int | None = None) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode",
                                   initializer=torch_threads, initargs=(decode_torch_threads,))
@@ -205,7 +270,12 @@ def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
     # compete with each other for the cores
     model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
     state = {"error": None, "handlers": None, "batcher": None}
-    scratch = workdir or tempfile.mkdtemp(prefix="endpoint-")
+    scratch = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="endpoint-"))
+
+    async def watch(app):
+        if record:
+            app["adoption"] = asyncio.create_task(stop_unless_adopted(
+                record, started_by or os.getppid(), Path(workdir) if workdir else None))
 
     async def startup(app):
         try:
@@ -220,11 +290,13 @@ def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
         app["batch_task"] = asyncio.create_task(state["batcher"].run())
 
     async def cleanup(app):
-        task = app.get("batch_task")
-        if task:
-            task.cancel()
+        for name in ("batch_task", "adoption"):
+            if app.get(name):
+                app[name].cancel()
         executor.shutdown(wait=False, cancel_futures=True)
         model_thread.shutdown(wait=False, cancel_futures=True)
+        # what this server unpacked goes with it
+        shutil.rmtree(scratch / "model" if workdir else scratch, ignore_errors=True)
 
     async def ping(request):
         if state["error"]:
@@ -238,9 +310,14 @@ def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
             return json_error(503, state["error"] or "model loading")
         handlers, batcher = state["handlers"], state["batcher"]
         try:
-            body = await request.read()
+            body = await asyncio.wait_for(request.read(), body_timeout)
         except web.HTTPRequestEntityTooLarge:
             return json_error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        except asyncio.TimeoutError:
+            response = json_error(408, f"the request body did not arrive within "
+                                       f"{body_timeout:g} seconds")
+            response.force_close()  # the rest of the body may still come: not a new request
+            return response
         content_type = request.headers.get("Content-Type", "")
         accept = request.headers.get("Accept") or "application/json"
         loop = asyncio.get_running_loop()
@@ -269,6 +346,7 @@ def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
 
     app.router.add_get("/ping", ping)
     app.router.add_post("/invocations", invocations)
+    app.on_startup.append(watch)  # first: it watches while the model loads
     app.on_startup.append(startup)
     app.on_cleanup.append(cleanup)
     app["state"] = state
@@ -289,13 +367,30 @@ def main(argv=None) -> int:
                    help="torch threads of each decode thread (0: torch's default, every core)")
     p.add_argument("--model-torch-threads", type=int, default=0,
                    help="torch threads of the forward pass (0: torch's default, every core)")
+    p.add_argument("--workdir", help="where to unpack the model (default: a temporary folder); "
+                                     "what the server unpacked is removed when it stops")
+    p.add_argument("--header-timeout", type=float, default=HEADER_TIMEOUT_SECONDS,
+                   help="seconds a connection may take to send a whole request header (and "
+                        "may stay idle between requests)")
+    p.add_argument("--body-timeout", type=float, default=BODY_TIMEOUT_SECONDS,
+                   help="seconds a request body may take to arrive (then 408)")
+    p.add_argument("--record", metavar="ENDPOINTS_SQLITE",
+                   help="the deploy's endpoint records: until they name this server, it stops "
+                        "when the process that started it ends")
+    p.add_argument("--started-by", type=int, help="with --record: that process's id "
+                                                  "(default: the parent process)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.getLogger("aiohttp.server").addFilter(OneLineBadRequests())
     app = make_app(args.model_data, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                    threads=args.threads, decode_torch_threads=args.decode_torch_threads,
-                   model_torch_threads=args.model_torch_threads)
+                   model_torch_threads=args.model_torch_threads, workdir=args.workdir,
+                   body_timeout=args.body_timeout, record=args.record,
+                   started_by=args.started_by)
     log.info("serving %s on http://%s:%d", args.model_data, args.host, args.port)
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None,
+                keepalive_timeout=args.header_timeout,
+                lingering_time=LINGER_SECONDS)
     return 0
 
 
