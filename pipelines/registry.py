@@ -4,19 +4,24 @@
     python -m pipelines.registry describe 3
     python -m pipelines.registry approve 3 [--note "checked the confusion matrix"]
     python -m pipelines.registry reject 2
+    python -m pipelines.registry restore       # a damaged registry.sqlite from its backup
     ... --group DogBreedModels (default)  --home DIR (local; $DOGBREED_HOME, ./.dogbreed)
     ... --sagemaker [--region R] [--profile P]   (SageMaker's Model Registry, via boto3)
 
 The local registry follows SageMaker's model: model package groups, versions numbered from 1
 per group, approval status PendingManualApproval / Approved / Rejected, metrics,
 hyperparameters, the model artifact's location, lineage and timestamps. Registrations from
-parallel runs each get their own version (one write transaction per registration).
+parallel runs each get their own version (one write transaction per registration). Each
+version records its model archive's size and sha256: ``list`` and ``describe`` flag an archive
+that is gone or changed, and deploys refuse it. After every change the registry is copied to
+``registry.sqlite.bak`` (SQLite's backup API), from which ``restore`` brings back a damaged one.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import sqlite3
@@ -26,11 +31,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipelines import spec
-from pipelines.sqlite import connect, initialize
+from pipelines.sqlite import DamagedStore, check, connect, initialize
 
 STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 DEFAULT_HOME = ".dogbreed"
 DB_FILE = "registry.sqlite"
+BACKUP_SUFFIX = ".bak"
 
 
 class RegistryError(Exception):
@@ -54,6 +60,9 @@ class ModelPackage:
     # string pairs for the approver, as SageMaker's CustomerMetadataProperties: accuracies,
     # the training rules' verdicts, where the profiler report is, the MLflow run
     metadata: dict = field(default_factory=dict)
+    # the model archive as registered (None: a folder, or registered before 2026-12)
+    artifact_bytes: int | None = None
+    artifact_sha256: str = ""
 
     @property
     def accuracy(self) -> float | None:
@@ -111,13 +120,72 @@ CREATE TABLE IF NOT EXISTS model_packages (
 """
 
 
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 class LocalRegistry:
     """SQLite registry under the engine's home folder (WAL; safe for parallel processes)."""
 
     def __init__(self, home: str | os.PathLike | None = None):
-        self.path = home_dir(home) / DB_FILE
-        initialize(self.path, _SCHEMA)
+        self.home = home_dir(home)
+        self.path = self.home / DB_FILE
+        self.backup_path = self.path.with_name(DB_FILE + BACKUP_SUFFIX)
+        initialize(self.path, _SCHEMA, advice=self._advice())
         self._add_column("metadata", "TEXT NOT NULL DEFAULT '{}'")  # registries before 2026-11
+        self._add_column("artifact_bytes", "INTEGER")  # registries before 2026-12
+        self._add_column("artifact_sha256", "TEXT NOT NULL DEFAULT ''")
+
+    def _advice(self) -> str:
+        restore = f"python -m pipelines.registry --home {self.home} restore"
+        if self.backup_path.exists():
+            return (f"restore the copy made after its last change with `{restore}` (the "
+                    f"damaged file is kept as {self.path.name}.damaged)")
+        return (f"there is no backup ({self.backup_path.name}) to restore; move it aside "
+                f"(mv {self.path} {self.path}.damaged) to start an empty registry")
+
+    def _backup(self) -> None:
+        """Copy the registry, just changed, to registry.sqlite.bak (atomically)."""
+        partial = self.backup_path.with_name(f"{self.backup_path.name}.{os.getpid()}."
+                                             f"{os.urandom(4).hex()}.partial")
+        try:
+            with self._connect() as db, contextlib.closing(sqlite3.connect(partial)) as copy:
+                db.backup(copy)
+            os.replace(partial, self.backup_path)  # the last writer's copy wins: all are good
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def restore(self) -> Path:
+        """Bring back registry.sqlite from its backup; the damaged file is kept beside it.
+        Returns where the damaged file went."""
+        if not self.backup_path.exists():
+            raise RegistryError(f"no backup {self.backup_path} to restore")
+        check(self.backup_path, "the backup is damaged too: move both aside to start an "
+                                "empty registry")
+        damaged = self.path.with_name(DB_FILE + ".damaged")
+        for suffix in ("", "-wal", "-shm"):
+            current = self.path.with_name(DB_FILE + suffix)
+            if current.exists():
+                os.replace(current, damaged.with_name(damaged.name + suffix))
+        partial = self.path.with_name(DB_FILE + ".restoring")
+        with contextlib.closing(sqlite3.connect(self.backup_path)) as src, \
+                contextlib.closing(sqlite3.connect(partial)) as dst:
+            src.backup(dst)
+        os.replace(partial, self.path)
+        return damaged
+
+    @classmethod
+    def restore_in(cls, home: str | os.PathLike | None = None) -> tuple[Path, Path]:
+        """``restore`` without opening (checking) the damaged registry first."""
+        registry = cls.__new__(cls)
+        registry.home = home_dir(home)
+        registry.path = registry.home / DB_FILE
+        registry.backup_path = registry.path.with_name(DB_FILE + BACKUP_SUFFIX)
+        return registry.restore(), registry.path
 
     def _add_column(self, name: str, definition: str) -> None:
         with self._connect() as db:
@@ -140,11 +208,36 @@ class LocalRegistry:
                  hyperparameters: dict | None = None, lineage: dict | None = None,
                  approval_status: str = "PendingManualApproval",
                  description: str = "", metadata: dict | None = None) -> ModelPackage:
+        return self._register(group, model_data, metrics, hyperparameters, lineage,
+                              approval_status, description, metadata)[0]
+
+    def register_once(self, group: str, model_data: str, *, sha256: str | None = None,
+                      **fields) -> tuple[ModelPackage, bool]:
+        """As ``register``, unless a version of ``group`` already holds a model archive with
+        this content (``sha256``, default: ``model_data``'s): then that version, and False.
+        One transaction, so parallel runs registering one archive get one version."""
+        return self._register(group, model_data, fields.get("metrics"),
+                              fields.get("hyperparameters"), fields.get("lineage"),
+                              fields.get("approval_status", "PendingManualApproval"),
+                              fields.get("description", ""), fields.get("metadata"),
+                              once=True, sha256=sha256)
+
+    def _register(self, group, model_data, metrics, hyperparameters, lineage, approval_status,
+                  description, metadata, once: bool = False, sha256: str | None = None
+                  ) -> tuple[ModelPackage, bool]:
         _check_status(approval_status)
+        size, digest = _artifact(model_data)
+        digest = sha256 or digest
         now = _now()
         db = self._open()
         try:
             db.execute("BEGIN IMMEDIATE")  # one writer at a time: versions never collide
+            existing = db.execute("SELECT version FROM model_packages WHERE group_name = ? AND "
+                                  "artifact_sha256 = ? ORDER BY version DESC LIMIT 1",
+                                  (group, digest)).fetchone() if once and digest else None
+            if existing:
+                db.execute("ROLLBACK")
+                return self.describe(group, existing[0]), False
             db.execute("INSERT OR IGNORE INTO model_package_groups (name, created_at) "
                        "VALUES (?, ?)", (group, now))
             version = db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM model_packages "
@@ -152,17 +245,47 @@ class LocalRegistry:
             db.execute(
                 "INSERT INTO model_packages (group_name, version, approval_status, model_data, "
                 "metrics, hyperparameters, lineage, description, created_at, updated_at, "
-                "metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "metadata, artifact_bytes, artifact_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "?, ?, ?, ?)",
                 (group, version, approval_status, str(model_data), json.dumps(metrics or {}),
                  json.dumps(hyperparameters or {}), json.dumps(lineage or {}), description,
-                 now, now, json.dumps({k: str(v) for k, v in (metadata or {}).items()})))
+                 now, now, json.dumps({k: str(v) for k, v in (metadata or {}).items()}),
+                 size, digest))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         finally:
             db.close()
-        return self.describe(group, version)
+        self._backup()
+        return self.describe(group, version), True
+
+    def find_artifact(self, group: str, sha256: str) -> ModelPackage | None:
+        """The newest version of ``group`` registered with an archive of this sha256."""
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM model_packages WHERE group_name = ? AND "
+                             "artifact_sha256 = ? ORDER BY version DESC LIMIT 1",
+                             (group, sha256)).fetchone()
+        return _from_row(row) if row else None
+
+    @staticmethod
+    def artifact_problem(package: ModelPackage, full: bool = True) -> str | None:
+        """What is wrong with the version's model archive now (gone, or not the archive
+        registered: its size, and with ``full`` its sha256), or None."""
+        path = Path(package.model_data)
+        if not path.exists():
+            return (f"its model archive {path} is gone (registered "
+                    f"{package.artifact_bytes or 'unknown'} bytes); register the model again")
+        if package.artifact_bytes is None or not path.is_file():
+            return None  # a folder, or registered before sizes were recorded
+        size = path.stat().st_size
+        if size != package.artifact_bytes or (full and package.artifact_sha256 and
+                                              sha256_of(path) != package.artifact_sha256):
+            return (f"its model archive {path} changed since it was registered ({size} bytes "
+                    f"now, {package.artifact_bytes} then; sha256 {package.artifact_sha256[:12]}"
+                    f"... registered); register the model again")
+        return None
 
     def list(self, group: str, status: str | None = None) -> list[ModelPackage]:
         """Newest first."""
@@ -194,6 +317,7 @@ class LocalRegistry:
             db.execute("UPDATE model_packages SET approval_status = ?, approval_description = ?, "
                        "updated_at = ? WHERE group_name = ? AND version = ?",
                        (status, note, _now(), group, int(version)))
+        self._backup()
         return self.describe(group, version)
 
     def latest_approved(self, group: str) -> ModelPackage | None:
@@ -265,6 +389,14 @@ class SageMakerRegistry:
                             created_at=str(s.get("CreationTime", "")), arn=s["ModelPackageArn"])
 
 
+def _artifact(model_data) -> tuple[int | None, str]:
+    """Size and sha256 of a model archive (None, "" for a folder or a path not here)."""
+    path = Path(str(model_data))
+    if not path.is_file():
+        return None, ""
+    return path.stat().st_size, sha256_of(path)
+
+
 def _check_status(status: str) -> None:
     if status not in STATUSES:
         raise RegistryError(f"unknown approval status {status!r}; use one of "
@@ -285,7 +417,8 @@ def _from_row(row: sqlite3.Row) -> ModelPackage:
         metrics=json.loads(row["metrics"]), hyperparameters=json.loads(row["hyperparameters"]),
         lineage=json.loads(row["lineage"]), description=row["description"],
         approval_description=row["approval_description"], created_at=row["created_at"],
-        updated_at=row["updated_at"], metadata=json.loads(row["metadata"]))
+        updated_at=row["updated_at"], metadata=json.loads(row["metadata"]),
+        artifact_bytes=row["artifact_bytes"], artifact_sha256=row["artifact_sha256"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -299,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="versions, newest first")
     ls.add_argument("--status", choices=STATUSES)
+    sub.add_parser("restore", help="bring back a damaged registry.sqlite from "
+                                   "registry.sqlite.bak (local only)")
     for name in ("describe", "approve", "reject"):
         cmd = sub.add_parser(name)
         cmd.add_argument("version", type=int)
@@ -321,13 +456,21 @@ def main(argv=None) -> int:
                 raise RegistryError(str(exc)) from None
             except (ClientError, BotoCoreError) as exc:
                 raise RegistryError(describe_aws_error(exc)) from None
+        if args.command == "restore":
+            damaged, path = LocalRegistry.restore_in(args.home)
+            print(f"restored {path} from its backup (the previous file is kept as "
+                  f"{damaged.name})")
+            return 0
         return _command(LocalRegistry(args.home), args)
-    except RegistryError as exc:
+    except (RegistryError, DamagedStore) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
 def _command(registry, args) -> int:
+    if args.command == "restore":
+        raise RegistryError("restore is for the local registry (SageMaker's Model Registry "
+                            "keeps its own records)")
     if args.command == "list":
         packages = registry.list(args.group, args.status)
         if not packages:
@@ -335,12 +478,22 @@ def _command(registry, args) -> int:
                                                      if args.status else ""))
             return 0
         print(f"{'version':>7}  {'status':<22} {'accuracy':>8}  created")
+        local = isinstance(registry, LocalRegistry)
         for pkg in packages:
             acc = f"{pkg.accuracy:.4f}" if pkg.accuracy is not None else "-"
-            print(f"{pkg.version:>7}  {pkg.approval_status:<22} {acc:>8}  {pkg.created_at}")
+            problem = registry.artifact_problem(pkg, full=False) if local else None
+            flag = ("  artifact missing" if "is gone" in problem else "  artifact changed") \
+                if problem else ""
+            print(f"{pkg.version:>7}  {pkg.approval_status:<22} {acc:>8}  {pkg.created_at}"
+                  f"{flag}")
     elif args.command == "describe":
-        print(json.dumps(asdict(registry.describe(args.group, args.version)), indent=2,
-                         default=str))
+        pkg = registry.describe(args.group, args.version)
+        shown = asdict(pkg)
+        if isinstance(registry, LocalRegistry):
+            problem = registry.artifact_problem(pkg)
+            shown["artifact_status"] = "ok" if problem is None else \
+                ("missing: " if "is gone" in problem else "changed: ") + problem
+        print(json.dumps(shown, indent=2, default=str))
     else:
         status = "Approved" if args.command == "approve" else "Rejected"
         pkg = registry.set_status(args.group, args.version, status, args.note)
