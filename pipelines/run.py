@@ -301,6 +301,7 @@ def _run_local(args) -> int:
     from pipelines.localrun import run_local
 
     home = home_dir(args.home)
+    check_stores(home)  # a damaged record is said before anything runs
     try:
         uri = tracking_uri(home, args.mlflow)
     except ValueError as exc:
@@ -312,6 +313,22 @@ def _run_local(args) -> int:
         raise CliError(str(exc)) from None
     print(summary(result), flush=True)
     return 0 if result.status == "Succeeded" else 130 if result.status == "Stopped" else 1
+
+
+def check_stores(home: Path) -> None:
+    """Open the engine's records and the registry, where they exist: a damaged one is a
+    CliError naming it."""
+    from pipelines.local.store import Store
+    from pipelines.registry import DB_FILE, LocalRegistry
+    from pipelines.sqlite import DamagedStore
+
+    try:
+        if (home / "engine.sqlite").exists():
+            Store(home)
+        if (home / DB_FILE).exists():
+            LocalRegistry(home)
+    except DamagedStore as exc:
+        raise CliError(str(exc)) from None
 
 
 def _show_local(args, home: Path) -> int:
@@ -328,6 +345,7 @@ def _show_local(args, home: Path) -> int:
                            f"or $DOGBREED_HOME)")
         print(f"no local executions under {home}")
         return 0
+    check_stores(home)
     store = Store(home)
     store.fail_orphans()
     try:

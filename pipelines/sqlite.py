@@ -3,6 +3,8 @@
 Several processes (parallel pipeline runs, tuning trials) use one database file: it is put in
 WAL mode once, when created, and every connection waits up to a minute for a writer. Changing
 the journal mode needs an exclusive lock that SQLite does not wait for, so creation retries.
+Each store is checked when it is opened (``PRAGMA quick_check``): a damaged file is a
+``DamagedStore`` naming it and what to do, never a raw sqlite traceback halfway through a run.
 """
 
 from __future__ import annotations
@@ -13,6 +15,33 @@ import time
 from pathlib import Path
 
 
+class DamagedStore(Exception):
+    """A state store (an SQLite file of ours) that cannot be read: the message names the file
+    and what to do."""
+
+
+def check(path: str | Path, advice: str) -> None:
+    """Raise DamagedStore unless ``path`` (when it exists) is a readable, intact database."""
+    path = Path(path)
+    if not path.exists():
+        return
+    try:
+        # read-write: a read-only connection cannot open a WAL database whose -shm another
+        # process is creating; the check itself writes nothing
+        db = sqlite3.connect(path, timeout=60)
+        try:
+            found = [row[0] for row in db.execute("PRAGMA quick_check")]
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc):  # busy, not damaged: the writer's check is its own
+            return
+        found = [str(exc)]
+    if found != ["ok"]:
+        detail = "; ".join(found[:3])
+        raise DamagedStore(f"{path} is damaged ({detail}): {advice}")
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=60, isolation_level=None)  # autocommit
     db.row_factory = sqlite3.Row
@@ -20,10 +49,13 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return db
 
 
-def initialize(path: str | Path, schema: str, attempts: int = 200) -> None:
-    """Create the tables (idempotent) and switch to WAL, retrying while another process
-    holds the lock."""
+def initialize(path: str | Path, schema: str, attempts: int = 200, *,
+               advice: str = "move it aside and run again (a new, empty one is created)"
+               ) -> None:
+    """Check the store (``advice``: what to do if it is damaged), create the tables
+    (idempotent) and switch to WAL, retrying while another process holds the lock."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    check(path, advice)
     for attempt in range(attempts):
         db = connect(path)
         try:

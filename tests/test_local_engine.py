@@ -148,23 +148,29 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
     assert events.stat().st_size > 0
 
 
-def test_rerun_hits_the_cache_and_registers_a_new_version(home):
+def test_a_rerun_of_cache_hits_registers_no_duplicate_version(home):
     lines: list[str] = []
+    before = LocalRegistry(home["home"]).list("DogBreedModels")
     result = run_engine(home, lines, {**SMALL, "InputDataUrl": str(home["data"])})
     assert result.status == "Succeeded"
     assert all(s.cached_from for s in result.steps[:6])
     assert len(result.rules) == 6  # the verdicts come back with the cached step
     assert set(result.reports) == {"evaluation", "confusion_matrix", "profiler_report"}
     assert all(os.path.exists(path) for path in result.reports.values())
-    assert result.registered_version == 2
+    # the same model archive: the version registered before, not a duplicate of it
+    assert result.registered_version == before[0].version == 1
+    assert LocalRegistry(home["home"]).list("DogBreedModels") == before
+    assert "[RegisterModel-RegisterModel] this model archive is already registered as " \
+           "DogBreedModels version 1 (PendingManualApproval): not registered again" in lines
     assert sum(s.seconds for s in result.steps) < 30
     # both accuracies on the version, as in SageMaker (test: the metrics; valid: beside them)
-    package = LocalRegistry(home["home"]).describe("DogBreedModels", 2)
+    package = LocalRegistry(home["home"]).describe("DogBreedModels", 1)
     assert package.accuracy == result.test_accuracy
     assert package.validation_accuracy == result.accuracy
 
 
 def test_accuracy_below_threshold_fails_with_the_numbers(home, capsys):
+    versions = len(LocalRegistry(home["home"]).list("DogBreedModels"))
     code = run.main(["--local", "--home", str(home["home"]),
                      *[f"--param={k}={v}" for k, v in SMALL.items() if k != "AccuracyThreshold"],
                      f"--param=InputDataUrl={home['data']}", "--param=AccuracyThreshold=0.99"])
@@ -174,7 +180,7 @@ def test_accuracy_below_threshold_fails_with_the_numbers(home, capsys):
     assert "Validation accuracy 0." in out
     assert "validation accuracy:" in out and "test accuracy:" in out
     assert execution_rows(home)[-1][1] == "Failed"
-    assert len(LocalRegistry(home["home"]).list("DogBreedModels")) == 2  # nothing registered
+    assert len(LocalRegistry(home["home"]).list("DogBreedModels")) == versions  # none new
 
 
 def test_a_blocking_rule_finding_keeps_the_model_out_of_the_registry(home, monkeypatch, capsys,

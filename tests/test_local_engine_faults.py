@@ -245,3 +245,29 @@ def test_executions_started_in_the_same_second_list_newest_first(tmp_path, monke
     newer = store.new_execution("DogBreedBuild", {})
     assert older.endswith("ffffff") and newer.endswith("000000")
     assert [e["id"] for e in store.executions()] == [newer, older]
+
+
+@linux_only
+def test_sigterm_of_the_engine_is_recorded_as_stopped_and_takes_its_job(tmp_path):
+    data = make_image_folder(tmp_path / "data", 40)
+    home = tmp_path / "home"
+    engine = subprocess.Popen(engine_command(home, data, "--tuning-mode", "fine-tune",
+                                             ImageSize=256, PreprocessImageSize=256,
+                                             TuningEpochs=50),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=engine_env())
+    try:
+        wait_for(lambda: any("train.py" in cmd for cmd in processes_using(str(home)).values()),
+                 120, "a tuning trial to start")
+        engine.send_signal(signal.SIGTERM)  # as `timeout` or `kill` would
+        out = engine.communicate(timeout=60)[0]
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+    assert engine.returncode == 130, out
+    assert "Traceback" not in out, out
+    (execution,) = Store(home).executions()
+    assert execution["status"] == "Stopped" and execution["error"] == "stopped by SIGTERM"
+    steps = {s["name"]: s["status"] for s in Store(home).execution(execution["id"])["steps"]}
+    assert steps["HPTuning"] == "Stopped" and "Executing" not in steps.values()
+    assert wait_for(lambda: not processes_using(str(home)), 10, "the trial to end")

@@ -31,11 +31,16 @@ Layout under the home folder::
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import signal
+import sqlite3
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -43,7 +48,7 @@ from pathlib import Path
 
 from breedkit.contract import cpu_count
 from pipelines import shapes
-from pipelines.registry import LocalRegistry
+from pipelines.registry import LocalRegistry, sha256_of
 
 from . import jobs, presentation, tuning
 from .expressions import ResolveError, Resolver, Unsupported, is_expression
@@ -178,6 +183,43 @@ def _references(step: dict) -> set[str]:
     return found
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+MIN_FREE_MB = 512  # free space a job step needs to start under the home ($DOGBREED_MIN_FREE_MB)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, ``kill``, a service manager): handled as Ctrl-C is."""
+
+
+@contextlib.contextmanager
+def sigterm_stops():
+    """While the engine runs, SIGTERM stops the execution as Ctrl-C does (recorded Stopped,
+    the running job stopped with it); only the main thread can take signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def min_free_bytes() -> int:
+    try:
+        return int(float(os.environ.get("DOGBREED_MIN_FREE_MB", MIN_FREE_MB)) * 2**20)
+    except ValueError:
+        return MIN_FREE_MB * 2**20
+
+
 class LocalEngine:
     def __init__(self, home: str | os.PathLike, echo=print, tracking_uri: str | None = None):
         self.home = Path(home).expanduser().resolve()  # steps run in other folders
@@ -219,17 +261,46 @@ class LocalEngine:
         self.presenter = presentation.Presenter(self)
         self.echo(f"local execution {execution_id} of {pipeline_name} (home {self.home})")
         try:
-            self._run_steps(list(definition["Steps"]))
+            with sigterm_stops():
+                self._run_steps(list(definition["Steps"]))
             self.result.status = "Succeeded"
-        except KeyboardInterrupt:
-            self.result.status, self.result.error = "Stopped", "stopped by the user (Ctrl-C)"
+        except KeyboardInterrupt as exc:
+            self.result.status, self.result.error = "Stopped", _stopped_by(exc)
         except (StepFailed, PipelineFailed) as exc:
             self.result.status, self.result.error = "Failed", str(exc)
+        except sqlite3.Error as exc:  # the records cannot be written: a full disk, I/O errors
+            return self._unrecorded(exc)
         except Exception as exc:  # an engine bug: record it, then let it surface
             self.result.status, self.result.error = "Failed", f"{type(exc).__name__}: {exc}"
             self.store.end_execution(execution_id, "Failed", self.result.error)
             raise
-        self.store.end_execution(execution_id, self.result.status, self.result.error)
+        try:
+            self.store.end_execution(execution_id, self.result.status, self.result.error)
+        except sqlite3.Error as exc:
+            return self._unrecorded(exc)
+        return self.result
+
+    def _no_space(self) -> str:
+        free = free_bytes(self.home) / 2**20
+        return (f"no space left on device under {self.home} ({free:.0f} MB free): free some "
+                f"(old executions are under {self.home / 'pipelines'}, downloads under "
+                f"{self.home / 'cache'}) and run again; completed steps come from the cache")
+
+    def _unrecorded(self, exc: sqlite3.Error) -> RunResult:
+        """The engine's records cannot be written: say why in one line, and leave the reason
+        where the next start finds it (the execution's lock file, written in place)."""
+        full = "full" in str(exc) or free_bytes(self.home) < 64 * 2**20
+        reason = self._no_space() if full else \
+            f"the engine's records under {self.home} cannot be written ({exc})"
+        if self.result.error and self.result.error not in reason:
+            reason = f"{reason}; before that: {self.result.error}"
+        self.result.status, self.result.error = "Failed", reason
+        try:
+            self.store.end_execution(self.result.execution_id, "Failed", reason)
+        except sqlite3.Error:
+            self.store.leave_note(self.result.execution_id, reason)
+            self.echo(f"error: {reason}. The execution is recorded as Failed at the next "
+                      f"start.")
         return self.result
 
     def _run_steps(self, pending: list[dict]) -> None:
@@ -277,6 +348,8 @@ class LocalEngine:
                     self.echo(f"[{name}] cache hit: reusing the outputs of execution "
                               f"{cached_from}")
                 else:
+                    if kind in ("Processing", "Training", "Tuning"):
+                        self._check_free_space(name)
                     runner = {"Processing": self._processing, "Training": self._training,
                               "Tuning": self._tuning, "RegisterModel": self._register}[kind]
                     self.described[name] = runner(step, request, step_dir)
@@ -285,8 +358,8 @@ class LocalEngine:
                     self.store.remember(self.name, name, key, self.result.execution_id,
                                         outputs)
             self.presenter.after(step)
-        except KeyboardInterrupt:
-            self._end(name, "Stopped", start, error="stopped by the user")
+        except KeyboardInterrupt as exc:
+            self._end(name, "Stopped", start, error=_stopped_by(exc))
             raise
         except (StepFailed, PipelineFailed) as exc:
             self._end(name, "Failed", start, error=str(exc))
@@ -294,11 +367,27 @@ class LocalEngine:
         except (ResolveError, Unsupported, StoreError, jobs.JobSetupError) as exc:
             self._end(name, "Failed", start, error=str(exc))
             raise StepFailed(name, str(exc)) from None
+        except OSError as exc:
+            if exc.errno not in NO_SPACE:
+                self._end(name, "Failed", start, error=f"{type(exc).__name__}: {exc}")
+                raise
+            self._end(name, "Failed", start, error=self._no_space())
+            raise StepFailed(name, self._no_space()) from None
+        except sqlite3.Error:
+            raise  # the records cannot be written: run() says so once
         except Exception as exc:
             self._end(name, "Failed", start, error=f"{type(exc).__name__}: {exc}")
             raise
         self._end(name, "Succeeded", start, outputs=outputs, key=key, cached_from=cached_from)
         return branch
+
+    def _check_free_space(self, name: str) -> None:
+        free, needed = free_bytes(self.home), min_free_bytes()
+        if free < needed:
+            raise StepFailed(name, f"only {free / 2**20:.0f} MB free under {self.home}, and a "
+                                   f"job step needs {needed / 2**20:.0f} MB to start: free "
+                                   f"some (old executions are under {self.home / 'pipelines'})"
+                                   f" or set DOGBREED_MIN_FREE_MB, and run again")
 
     def _end(self, name, status, start, *, outputs=None, key=None, cached_from=None,
              error=None):
@@ -532,7 +621,9 @@ class LocalEngine:
 
     def _register(self, step: dict, request: dict, step_dir: Path) -> dict:
         """CreateModelPackage into the local registry: the model's archive is copied out of
-        the execution (it must outlive it), with the version's metrics and metadata."""
+        the execution (it must outlive it), with the version's metrics and metadata. An
+        archive already registered in the group (a rerun whose steps all came from the cache)
+        is not registered again: the step reports that version."""
         (container, *_) = request["InferenceSpecification"]["Containers"]
         model_uri = container["ModelDataUrl"]
         group = request["ModelPackageGroupName"]
@@ -541,6 +632,11 @@ class LocalEngine:
         if not model_path.is_file():
             raise jobs.JobSetupError(f"the model {model_uri} is not in the local object store "
                                      f"({model_path})")
+        registry = LocalRegistry(self.home)
+        digest = sha256_of(model_path)
+        known = registry.find_artifact(group, digest)
+        if known is not None:
+            return self._registered(step, known, False)
         artifact.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(model_path, artifact)
         quality = request.get("ModelMetrics", {}).get("ModelQuality", {}).get("Statistics")
@@ -561,20 +657,32 @@ class LocalEngine:
         if local.get("mlflow_run"):
             lineage["mlflow_run_id"] = local["mlflow_run"]["run_id"]
             metadata.setdefault("mlflow_run", local["mlflow_run"]["run_id"])
-        package = LocalRegistry(self.home).register(
-            group, str(artifact), metrics=metrics,
+        package, created = registry.register_once(
+            group, str(artifact), sha256=digest, metrics=metrics,
             hyperparameters=_natural(self.described[training].get("HyperParameters", {}))
             if training else {},
             lineage=lineage, approval_status=request.get("ModelApprovalStatus",
                                                          "PendingManualApproval"),
             metadata=metadata, description=request.get("ModelPackageDescription", ""))
+        if not created:  # a parallel run registered the same archive meanwhile
+            artifact.unlink()
+        return self._registered(step, package, created)
+
+    def _registered(self, step: dict, package, created: bool) -> dict:
+        """The RegisterModel step's properties for ``package``; says what happened."""
+        group = package.group
         self.result.registered_version = package.version
-        self.echo(f"[{step['Name']}] {group} version {package.version} "
-                  f"({package.approval_status})")
+        if created:
+            self.echo(f"[{step['Name']}] {group} version {package.version} "
+                      f"({package.approval_status})")
+        else:
+            self.echo(f"[{step['Name']}] this model archive is already registered as {group} "
+                      f"version {package.version} ({package.approval_status}): not registered "
+                      f"again")
         return {"ModelPackageArn": self._arn("model-package", f"{group}/{package.version}"),
                 "ModelPackageGroupName": group, "ModelPackageVersion": package.version,
                 "ModelApprovalStatus": package.approval_status, "ModelPackageStatus":
-                    "Completed", "ModelDataUrl": str(artifact)}
+                    "Completed", "ModelDataUrl": package.model_data}
 
     def _trained(self, model_uri: str) -> str | None:
         """The training step of this execution whose model is ``model_uri``."""
@@ -748,6 +856,11 @@ def _duration(text: str | None) -> timedelta | None:
         return None
     weeks, days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
     return timedelta(weeks=weeks, days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+def _stopped_by(exc: KeyboardInterrupt) -> str:
+    return "stopped by SIGTERM" if isinstance(exc, Terminated) else \
+        "stopped by the user (Ctrl-C)"
 
 
 def summary(result: RunResult) -> str:

@@ -2,7 +2,9 @@
 
 An execution is ``Executing`` only while its engine process lives: the engine holds an
 exclusive lock on ``<home>/locks/<execution>.lock`` (released by the system however the
-process ends), and ``fail_orphans`` marks executions whose lock nobody holds as Failed.
+process ends), and ``fail_orphans`` marks executions whose lock nobody holds as Failed. The
+lock file also holds room for a note: where the records themselves cannot be written (a full
+disk), the engine writes the reason there in place, and the next start records it.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipelines.sqlite import connect, initialize
+
+NOTE_BYTES = 1024  # written when the lock is taken, so a note later needs no new disk blocks
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
@@ -55,7 +59,10 @@ class Store:
     def __init__(self, home: Path):
         self.path = Path(home) / "engine.sqlite"
         self.locks = Path(home) / "locks"
-        initialize(self.path, _SCHEMA)
+        initialize(self.path, _SCHEMA, advice=(
+            f"move it aside (mv {self.path} {self.path}.damaged) and run again: a new one is "
+            f"created, with no execution history or step cache (the outputs under "
+            f"{Path(home) / 'pipelines'} stay)"))
         with self._db() as db:  # homes written before the engine's pid was recorded
             columns = {row["name"] for row in db.execute("PRAGMA table_info(executions)")}
             if "engine_pid" not in columns:
@@ -78,6 +85,7 @@ class Store:
         self.locks.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._lock_path(execution_id), os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)  # a new file: nobody else holds it
+        os.write(fd, b" " * NOTE_BYTES)
         self._held[execution_id] = fd
         with self._db() as db:
             db.execute("INSERT INTO executions (id, pipeline, status, parameters, started_at, "
@@ -94,6 +102,25 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 self._lock_path(execution_id).unlink()
             os.close(fd)
+
+    def leave_note(self, execution_id: str, reason: str) -> None:
+        """The records cannot be written: leave ``reason`` in the execution's lock file (in
+        the room reserved for it) and release the lock, for the next start to record."""
+        fd = self._held.pop(execution_id, None)
+        if fd is None:
+            return
+        try:
+            os.pwrite(fd, reason.encode()[:NOTE_BYTES].ljust(NOTE_BYTES), 0)
+        except OSError:
+            pass  # the next start says the engine died, which is true too
+        finally:
+            os.close(fd)
+
+    def _note(self, execution_id: str) -> str:
+        try:
+            return self._lock_path(execution_id).read_bytes().decode(errors="replace").strip()
+        except OSError:
+            return ""
 
     def _lock_path(self, execution_id: str) -> Path:
         return self.locks / f"{execution_id}.lock"
@@ -124,8 +151,11 @@ class Store:
                 continue
             pid = row["engine_pid"]
             engine = f"engine process {pid}" if pid is not None else "its engine process"
-            error = (f"{engine} died while this execution was running (killed or crashed); "
-                     f"run the pipeline again: completed steps are reused from the cache")
+            note = self._note(row["id"])
+            error = (f"{note} (recorded at the next start: the engine could not write its "
+                     f"records)") if note else (
+                f"{engine} died while this execution was running (killed or crashed); "
+                f"run the pipeline again: completed steps are reused from the cache")
             with self._db() as db:
                 db.execute("BEGIN IMMEDIATE")
                 # the status condition: an engine that just ended has its real status already

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -221,6 +223,20 @@ def flip_tta_by_default(config: dict) -> bool:
     return bool(config.get("training", {}).get("hyperparameters", {}).get("hflip", False))
 
 
+def load_state(path: str | os.PathLike) -> dict:
+    """``torch.load(path, weights_only=True)``. A file holding more than tensors (a pickle
+    that could run code) is a UserError of ours: torch's own message advises loading it with
+    ``weights_only=False``, which is exactly what must not happen to a file from elsewhere."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = f" (it names {found.group(1)})" if found else ""
+        raise UserError(f"{path} holds more than tensors{what}: it was not written by our "
+                        f"training job and is not loaded, since loading it could run code. "
+                        f"Use a model.tar.gz written by a training job") from None
+
+
 def load_model(model_dir: str | os.PathLike, device=None,
                tta_hflip: bool | None = None) -> tuple[nn.Module, dict]:
     """Rebuild the classifier from a model directory (never downloads weights), wrapped in
@@ -230,7 +246,7 @@ def load_model(model_dir: str | os.PathLike, device=None,
     model = build_model(config["arch"], len(config["class_names"]), pretrained=False)
     weights = Path(model_dir) / WEIGHTS_FILE
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = load_state(weights)
         model.backbone.load_state_dict(state)
     except FileNotFoundError:
         raise UserError(f"{weights} not found in the model directory") from None

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from .contract import UserError
+from .model import load_state
 
 log = logging.getLogger("breedkit.probe")
 
@@ -151,8 +152,8 @@ def load_head(path: str, model, class_names: list[str], expected: dict) -> dict 
             return None
         try:
             meta = json.loads((folder / HEAD_META).read_text())
-            state = torch.load(folder / HEAD_FILE, map_location="cpu", weights_only=True)
-        except (OSError, ValueError, RuntimeError) as exc:
+            state = load_state(folder / HEAD_FILE)
+        except (OSError, ValueError, RuntimeError, UserError) as exc:
             raise UserError(f"cannot read the probed head in {path}: {exc}") from None
     diff = features.mismatch(meta.get("signature", {}), expected,
                              keys=(*features.CHECKED, "seed", "backbone_checksum"))

@@ -17,6 +17,7 @@ import torch
 
 from . import distributed
 from .contract import UserError
+from .model import load_state
 
 log = logging.getLogger("breedkit.training")
 
@@ -299,7 +300,7 @@ class Checkpoints:
             return None
         path, best_path = self.dir / CHECKPOINT_FILE, self.dir / BEST_FILE
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_state(path)
         except Exception as exc:  # unreadable: start over rather than fail the job
             log.warning("ignoring unreadable checkpoint %s (%s); starting from scratch", path, exc)
             return None
@@ -313,7 +314,7 @@ class Checkpoints:
         best = None
         if best_path.is_file():
             try:
-                best = torch.load(best_path, map_location="cpu", weights_only=True)
+                best = load_state(best_path)
             except Exception as exc:
                 log.warning("cannot read %s (%s)", best_path, exc)
         found = best.get("epoch") if isinstance(best, dict) else None
