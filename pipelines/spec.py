@@ -342,7 +342,10 @@ JOB_REQUIREMENTS = {"preprocess": None, "features": None, "tuning": None, "train
                     "evaluate": "evaluate.txt"}
 REQUIREMENTS_DIR = "requirements"  # under SCRIPTS_DIR; never uploaded itself
 
-# Containers: the newest PyTorch DLC with both training and inference images in SDK 2.257.
+# Containers: the newest PyTorch version with both a SageMaker training and a SageMaker
+# inference DLC (2026-12: AWS publishes pytorch-inference only up to 2.6, the last with
+# TorchServe; training images go on to 2.10, then a training-only repository). README: "The
+# PyTorch version the jobs and endpoints run".
 FRAMEWORK_VERSION = "2.6.0"
 PY_VERSION = "py312"
 
