@@ -2,7 +2,9 @@
 
 ``run_ranks(fn, n, tmp_path, *args)`` starts ``fn(rank, world_size, *args)`` in n spawned
 processes and returns each rank's return value (pickled through a file), or the exception text
-it raised. A rank still running after ``timeout`` seconds (a hang in a collective) fails the test.
+it raised. A rank that has not answered after ``timeout`` seconds (a hang in a collective)
+fails the test; once every rank has answered, ranks stuck in the group's teardown are killed
+after 10 s (torch 2.6's gloo: pytorch#75097).
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ def _entry(rank: int, world_size: int, store: str, out: str, fn, args) -> None:
         result = ("ok", fn(rank, world_size, *args))
     except BaseException as exc:  # noqa: BLE001 - reported to the test
         result = ("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
-    with open(Path(out) / f"rank{rank}.pkl", "wb") as fh:
+    partial = Path(out) / f"rank{rank}.partial"
+    with open(partial, "wb") as fh:
         pickle.dump(result, fh)
+    os.replace(partial, Path(out) / f"rank{rank}.pkl")  # whole, once it is there
     dist.destroy_process_group()
 
 
@@ -42,8 +46,25 @@ def run_ranks(fn, world_size: int, tmp_path: Path, *args, timeout: float = 90) -
     ctx = mp.start_processes(_entry, args=(world_size, str(out / "store"), str(out), fn, args),
                              nprocs=world_size, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
+    files = [out / f"rank{rank}.pkl" for rank in range(world_size)]
+    finished_at = None
+    while True:
+        try:
+            if ctx.join(timeout=1):
+                break
+        except mp.ProcessExitedException:
+            if not all(f.exists() for f in files):
+                raise
+        if all(f.exists() for f in files):
+            # every rank has answered; what is left is the group's teardown, which under torch
+            # 2.6's gloo now and then hangs or aborts once a peer has gone (pytorch#75097):
+            # not what these tests are about
+            finished_at = finished_at or time.monotonic()
+            if time.monotonic() - finished_at > 10:
+                for proc in ctx.processes:
+                    proc.kill()
+                break
+        elif time.monotonic() > deadline:
             for proc in ctx.processes:
                 proc.kill()
             raise AssertionError(f"ranks still running after {timeout}s: a collective hangs")
