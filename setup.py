@@ -30,7 +30,7 @@ INSTALL_REQUIRES = [
     "boto3",
     # the local engine's tuner, and the local endpoint's HTTP server
     "optuna>=4,<6",
-    "aiohttp>=3.9",
+    "aiohttp>=3.14.5,<4",  # keep-alive timer armed at connect: the header timeout
 ]
 
 # experiment tracking, optional (pip install -e '.[mlflow]'): MLflow's client without its server

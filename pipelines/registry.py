@@ -149,43 +149,71 @@ class LocalRegistry:
                 f"(mv {self.path} {self.path}.damaged) to start an empty registry")
 
     def _backup(self) -> None:
-        """Copy the registry, just changed, to registry.sqlite.bak (atomically)."""
-        partial = self.backup_path.with_name(f"{self.backup_path.name}.{os.getpid()}."
-                                             f"{os.urandom(4).hex()}.partial")
+        """Copy the registry, just changed, to registry.sqlite.bak (atomically, one process
+        at a time, so an older copy never replaces a newer one). Best effort: the change is
+        made either way, and a failed copy is one warning."""
+        import fcntl
+
+        partial = self.backup_path.with_name(f"{self.backup_path.name}.{os.getpid()}.partial")
         try:
-            with self._connect() as db, contextlib.closing(sqlite3.connect(partial)) as copy:
-                db.backup(copy)
-            os.replace(partial, self.backup_path)  # the last writer's copy wins: all are good
+            with open(self.backup_path.with_name(self.backup_path.name + ".lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                with self._connect() as db, contextlib.closing(sqlite3.connect(partial)) as copy:
+                    db.backup(copy)
+                os.replace(partial, self.backup_path)
+        except (OSError, sqlite3.Error) as exc:
+            print(f"warning: the change is made, but the registry's backup "
+                  f"{self.backup_path} could not be written ({exc})", file=sys.stderr)
         finally:
             partial.unlink(missing_ok=True)
 
-    def restore(self) -> Path:
-        """Bring back registry.sqlite from its backup; the damaged file is kept beside it.
-        Returns where the damaged file went."""
+    def restore(self, force: bool = False) -> Path | None:
+        """Bring back registry.sqlite from its backup, keeping the current file beside it
+        (``registry.sqlite.damaged``, numbered if taken); where it went, or None when there
+        was none. A registry that is not damaged is left alone unless ``force``."""
         if not self.backup_path.exists():
             raise RegistryError(f"no backup {self.backup_path} to restore")
         check(self.backup_path, "the backup is damaged too: move both aside to start an "
                                 "empty registry")
-        damaged = self.path.with_name(DB_FILE + ".damaged")
-        for suffix in ("", "-wal", "-shm"):
-            current = self.path.with_name(DB_FILE + suffix)
-            if current.exists():
-                os.replace(current, damaged.with_name(damaged.name + suffix))
-        partial = self.path.with_name(DB_FILE + ".restoring")
+        if not force and self.path.exists():
+            try:
+                check(self.path, "")
+            except DamagedStore:
+                pass
+            else:
+                raise RegistryError(f"{self.path} is not damaged: restore replaces it with "
+                                    f"the backup of its last change; add --force to do that")
+        restoring = self.path.with_name(DB_FILE + ".restoring")
         with contextlib.closing(sqlite3.connect(self.backup_path)) as src, \
-                contextlib.closing(sqlite3.connect(partial)) as dst:
-            src.backup(dst)
-        os.replace(partial, self.path)
+                contextlib.closing(sqlite3.connect(restoring)) as dst:
+            src.backup(dst)  # the copy first: a kill from here on still leaves a registry
+        damaged = None
+        if self.path.exists():
+            damaged = self.path.with_name(DB_FILE + ".damaged")
+            n = 1
+            while damaged.exists():
+                n += 1
+                damaged = self.path.with_name(f"{DB_FILE}.damaged.{n}")
+            os.link(self.path, damaged)  # kept; registry.sqlite itself is replaced below
+        for suffix in ("-wal", "-shm"):  # the damaged file's journal is not the backup's
+            journal = self.path.with_name(DB_FILE + suffix)
+            if journal.exists():
+                if damaged:
+                    os.replace(journal, damaged.with_name(damaged.name + suffix))
+                else:
+                    journal.unlink()
+        os.replace(restoring, self.path)
         return damaged
 
     @classmethod
-    def restore_in(cls, home: str | os.PathLike | None = None) -> tuple[Path, Path]:
+    def restore_in(cls, home: str | os.PathLike | None = None,
+                   force: bool = False) -> tuple[Path | None, Path]:
         """``restore`` without opening (checking) the damaged registry first."""
         registry = cls.__new__(cls)
         registry.home = home_dir(home)
         registry.path = registry.home / DB_FILE
         registry.backup_path = registry.path.with_name(DB_FILE + BACKUP_SUFFIX)
-        return registry.restore(), registry.path
+        return registry.restore(force), registry.path
 
     def _add_column(self, name: str, definition: str) -> None:
         with self._connect() as db:
@@ -232,12 +260,14 @@ class LocalRegistry:
         db = self._open()
         try:
             db.execute("BEGIN IMMEDIATE")  # one writer at a time: versions never collide
-            existing = db.execute("SELECT version FROM model_packages WHERE group_name = ? AND "
-                                  "artifact_sha256 = ? ORDER BY version DESC LIMIT 1",
-                                  (group, digest)).fetchone() if once and digest else None
+            existing = next((row for row in db.execute(
+                "SELECT * FROM model_packages WHERE group_name = ? AND artifact_sha256 = ? "
+                "ORDER BY version DESC", (group, digest))
+                if self.artifact_problem(_from_row(row), full=False) is None),
+                None) if once and digest else None
             if existing:
                 db.execute("ROLLBACK")
-                return self.describe(group, existing[0]), False
+                return _from_row(existing), False
             db.execute("INSERT OR IGNORE INTO model_package_groups (name, created_at) "
                        "VALUES (?, ?)", (group, now))
             version = db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM model_packages "
@@ -262,29 +292,32 @@ class LocalRegistry:
         return self.describe(group, version), True
 
     def find_artifact(self, group: str, sha256: str) -> ModelPackage | None:
-        """The newest version of ``group`` registered with an archive of this sha256."""
+        """The newest version of ``group`` registered with an archive of this sha256 that is
+        still there, unchanged (one whose archive is gone can be registered again)."""
         with self._connect() as db:
-            row = db.execute("SELECT * FROM model_packages WHERE group_name = ? AND "
-                             "artifact_sha256 = ? ORDER BY version DESC LIMIT 1",
-                             (group, sha256)).fetchone()
-        return _from_row(row) if row else None
+            rows = db.execute("SELECT * FROM model_packages WHERE group_name = ? AND "
+                              "artifact_sha256 = ? ORDER BY version DESC",
+                              (group, sha256)).fetchall()
+        return next((p for p in map(_from_row, rows) if self.artifact_problem(p) is None), None)
 
     @staticmethod
     def artifact_problem(package: ModelPackage, full: bool = True) -> str | None:
         """What is wrong with the version's model archive now (gone, or not the archive
         registered: its size, and with ``full`` its sha256), or None."""
         path = Path(package.model_data)
+        registered = f"{package.artifact_bytes} bytes" if package.artifact_bytes is not None \
+            else "its size was not recorded"
         if not path.exists():
-            return (f"its model archive {path} is gone (registered "
-                    f"{package.artifact_bytes or 'unknown'} bytes); register the model again")
+            return (f"its model archive {path} is gone (registered: {registered}); register "
+                    f"the model again")
         if package.artifact_bytes is None or not path.is_file():
             return None  # a folder, or registered before sizes were recorded
         size = path.stat().st_size
         if size != package.artifact_bytes or (full and package.artifact_sha256 and
                                               sha256_of(path) != package.artifact_sha256):
             return (f"its model archive {path} changed since it was registered ({size} bytes "
-                    f"now, {package.artifact_bytes} then; sha256 {package.artifact_sha256[:12]}"
-                    f"... registered); register the model again")
+                    f"now, {registered}; sha256 then {package.artifact_sha256[:12]}...); "
+                    f"register the model again")
         return None
 
     def list(self, group: str, status: str | None = None) -> list[ModelPackage]:
@@ -432,8 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", help="versions, newest first")
     ls.add_argument("--status", choices=STATUSES)
-    sub.add_parser("restore", help="bring back a damaged registry.sqlite from "
-                                   "registry.sqlite.bak (local only)")
+    restore = sub.add_parser("restore", help="bring back a damaged registry.sqlite from "
+                                             "registry.sqlite.bak (local only)")
+    restore.add_argument("--force", action="store_true",
+                         help="also when registry.sqlite is not damaged")
     for name in ("describe", "approve", "reject"):
         cmd = sub.add_parser(name)
         cmd.add_argument("version", type=int)
@@ -457,9 +492,9 @@ def main(argv=None) -> int:
             except (ClientError, BotoCoreError) as exc:
                 raise RegistryError(describe_aws_error(exc)) from None
         if args.command == "restore":
-            damaged, path = LocalRegistry.restore_in(args.home)
-            print(f"restored {path} from its backup (the previous file is kept as "
-                  f"{damaged.name})")
+            damaged, path = LocalRegistry.restore_in(args.home, args.force)
+            kept = f" (the previous file is kept as {damaged.name})" if damaged else ""
+            print(f"restored {path} from its backup{kept}")
             return 0
         return _command(LocalRegistry(args.home), args)
     except (RegistryError, DamagedStore) as exc:

@@ -296,7 +296,7 @@ def _run_local(args) -> int:
     advice = spec.tuning_advice(params, args.tuning_mode)
     if advice and not args.definition:
         print(advice, file=sys.stderr)
-    from pipelines.local.engine import DefinitionError, summary
+    from pipelines.local.engine import DefinitionError, HomeError, summary
     from pipelines.local.tracking import tracking_uri
     from pipelines.localrun import run_local
 
@@ -309,7 +309,7 @@ def _run_local(args) -> int:
     try:
         result = run_local(args, home, params, echo=lambda line: print(line, flush=True),
                            tracking_uri=uri)
-    except DefinitionError as exc:
+    except (DefinitionError, HomeError) as exc:
         raise CliError(str(exc)) from None
     print(summary(result), flush=True)
     return 0 if result.status == "Succeeded" else 130 if result.status == "Stopped" else 1

@@ -272,3 +272,27 @@ def test_the_server_times_out_half_sent_requests_and_logs_one_line_for_bad_heade
     bad = [line for line in text.splitlines() if "bad request" in line]
     assert len(bad) == 1 and "header" in bad[0].lower(), text
     assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+
+
+def test_a_server_started_by_hand_and_a_reused_pid_are_left_alone(home, capsys):
+    # the README's standalone server, on a model under the home: not ours to stop
+    model = home["home"] / "models" / "stub.tar.gz"
+    model.parent.mkdir(parents=True)
+    model.write_bytes(home["archive"].read_bytes())
+    by_hand = subprocess.Popen([sys.executable, "-m", "pipelines.deploy.server",
+                                "--model-data", str(model), "--port",
+                                str(endpoint.free_port())], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sleeper = subprocess.Popen(["sleep", "60"])  # what a dead server's pid may now be
+    try:
+        assert wait_until(lambda: servers_of(str(home["tmp"])) == [by_hand.pid])
+        assert endpoint.Endpoints(home["home"]).untracked() == []
+        assert deploy.main(["--local", "--home", str(home["home"])]) == 0
+        assert "untracked" not in capsys.readouterr().out
+        assert by_hand.poll() is None
+        endpoint.stop(sleeper.pid)
+        assert sleeper.poll() is None, "stop() signalled a process that is not a model server"
+    finally:
+        for proc in (by_hand, sleeper):
+            proc.kill()
+            proc.wait()

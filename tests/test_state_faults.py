@@ -175,3 +175,52 @@ def test_a_weights_file_holding_more_than_tensors_is_refused_without_torchs_advi
     assert "add_safe_globals" not in message and "trust" not in message
     torch.save({"fc.weight": torch.zeros(2)}, weights)
     assert load_state(weights)["fc.weight"].shape == (2,)
+
+
+def test_restore_leaves_a_healthy_registry_alone_unless_forced(tmp_path, capsys):
+    home = tmp_path / "home"
+    archive = tmp_path / "model.tar.gz"
+    archive.write_bytes(b"model")
+    registry = LocalRegistry(home)
+    registry.register(GROUP, str(archive))
+    registry.register(GROUP, str(archive))
+    assert registry_cli.main(["--home", str(home), "restore"]) == 2
+    assert "is not damaged" in capsys.readouterr().err
+    assert registry_cli.main(["--home", str(home), "restore", "--force"]) == 0
+    assert len(LocalRegistry(home).list(GROUP)) == 2  # the backup of the last change
+
+
+def test_an_archive_whose_registered_copy_is_gone_can_be_registered_again(tmp_path):
+    registry = LocalRegistry(tmp_path / "home")
+    first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
+    first.write_bytes(b"same model")
+    second.write_bytes(b"same model")
+    package, created = registry.register_once(GROUP, str(first))
+    assert created and registry.register_once(GROUP, str(second)) == (package, False)
+    first.unlink()
+    again, created = registry.register_once(GROUP, str(second))
+    assert created and again.version == 2 and again.model_data == str(second)
+
+
+def test_a_full_disk_before_the_execution_starts_is_one_line(tmp_path, capsys, monkeypatch,
+                                                            image_folder):
+    home = tmp_path / "home"
+
+    def records_fail(*args, **kwargs):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Store, "new_execution", records_fail)
+    assert local_run(home, image_folder) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no space left on device under {home}") and \
+        "Traceback" not in err
+
+
+def test_a_damaged_weights_file_is_not_called_a_pickle_that_runs_code(tmp_path):
+    from breedkit.contract import UserError
+    from breedkit.model import load_state
+
+    weights = tmp_path / "model.pth"
+    weights.write_bytes(b"garbage: this is not a torch file")
+    with pytest.raises(UserError, match=r"cannot read .*model.pth: it is not a weights file"):
+        load_state(weights)

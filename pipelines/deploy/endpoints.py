@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -81,7 +82,7 @@ class Endpoints:
         with contextlib.closing(connect(self.path)) as db:  # records before 2026-12
             columns = {row[1] for row in db.execute("PRAGMA table_info(endpoints)")}
             if "workdir" not in columns:
-                with contextlib.suppress(Exception):  # another process added it first
+                with contextlib.suppress(sqlite3.OperationalError):  # added by another process
                     db.execute("ALTER TABLE endpoints ADD COLUMN workdir TEXT NOT NULL "
                                "DEFAULT ''")
 
@@ -143,22 +144,21 @@ class Endpoints:
 
     def servers(self) -> list[Server]:
         """The model servers of this home that are running: those started with a folder
-        under ``<home>/endpoints/run``, or (deploys before 2026-12) serving a model under the
-        home."""
+        under ``<home>/endpoints/run``, or (deploys before 2026-12) started by a deploy, in
+        a session of their own, serving a model under the home. A server you started by hand
+        (no ``--workdir`` of ours, not a session leader) is never counted."""
         found = []
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
-            try:
-                words = [w.decode(errors="replace")
-                         for w in (entry / "cmdline").read_bytes().split(b"\0")]
-                if SERVER_MODULE not in words or _state(entry) == "Z":
-                    continue
-            except OSError:  # it ended meanwhile, or is not ours to read
+            pid = int(entry.name)
+            words = _server_words(pid)
+            if not words:
                 continue
             workdir, model_data = _option(words, "--workdir"), _option(words, "--model-data")
-            if _under(workdir, self.run_dir) or (not workdir and _under(model_data, self.home)):
-                found.append(Server(int(entry.name), workdir, model_data))
+            if _under(workdir, self.run_dir, pid) or (
+                    not workdir and _session_leader(pid) and _under(model_data, self.home, pid)):
+                found.append(Server(pid, workdir, model_data))
         return found
 
     def untracked(self) -> list[Server]:
@@ -166,12 +166,14 @@ class Endpoints:
         recorded = {e.pid for e in self.all()}
         return [s for s in self.servers() if s.pid not in recorded]
 
-    def sweep(self, echo=print) -> None:
+    def sweep(self, echo=print) -> int:
         """Stop the servers no record names and remove the folders no record or server
-        names. Only while holding ``deploying()``: a deploy's own new server is not recorded
-        until it passed its smoke test."""
+        names; how many servers it stopped. Only while holding ``deploying()``: a deploy's own
+        new server is not recorded until it passed its smoke test."""
+        stopped = 0
         for server in self.untracked():
             stop(server.pid, server.workdir or None)
+            stopped += 1
             echo(f"stopped untracked model server (process {server.pid}, "
                  f"{server.workdir or server.model_data})")
         if self.run_dir.is_dir():
@@ -179,6 +181,7 @@ class Endpoints:
             for folder in self.run_dir.iterdir():
                 if str(folder) not in named:
                     shutil.rmtree(folder, ignore_errors=True)
+        return stopped
 
 
 def _option(words: list[str], name: str) -> str:
@@ -190,13 +193,35 @@ def _option(words: list[str], name: str) -> str:
     return ""
 
 
-def _under(path: str, folder: Path) -> bool:
+def _under(path: str, folder: Path, pid: int) -> bool:
+    """Whether ``path``, as process ``pid`` sees it (relative to its working folder), is
+    under ``folder``."""
     if not path:
         return False
     try:
-        return Path(path).resolve().is_relative_to(folder)
+        full = Path(path) if os.path.isabs(path) else Path(os.readlink(f"/proc/{pid}/cwd")) / path
+        return full.resolve().is_relative_to(folder)
     except (OSError, ValueError):
         return False
+
+
+def _session_leader(pid: int) -> bool:
+    try:
+        return os.getsid(pid) == pid
+    except OSError:
+        return False
+
+
+def _server_words(pid: int) -> list[str]:
+    """The command line of ``pid`` if it is a live model server of ours, else []."""
+    proc = Path(f"/proc/{pid}")
+    try:
+        words = [w.decode(errors="replace") for w in (proc / "cmdline").read_bytes().split(b"\0")]
+        if SERVER_MODULE in words and _state(proc) != "Z":
+            return words
+    except OSError:  # it ended meanwhile, or is not ours to read
+        pass
+    return []
 
 
 def _state(proc: Path) -> str:
@@ -264,9 +289,11 @@ def start_server(home: Path, name: str, model_data: str, version: int,
 
 
 def stop(pid: int, workdir: str | os.PathLike | None = None) -> None:
-    """Stop the server ``pid`` (its process group), then remove its folder."""
+    """Stop the server ``pid`` (its process group), then remove its folder. A pid that is no
+    longer a model server (the server died and the pid was reused) is left alone."""
     try:
-        _stop(pid)
+        if _server_words(pid):
+            _stop(pid)
     finally:
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -315,6 +342,14 @@ def invoke(url: str, body: bytes, content_type: str, timeout: float = 60.0):
                          timeout=timeout)
 
 
+def _named(endpoints: Endpoints, name: str) -> Endpoint:
+    endpoint = endpoints.get(name)
+    if endpoint is None:
+        known = ", ".join(e.name for e in endpoints.all()) or "none"
+        raise EndpointError(f"no local endpoint named {name} (known: {known})")
+    return endpoint
+
+
 def list_endpoints(endpoints: Endpoints) -> int:
     items = endpoints.all()
     if not items:
@@ -355,18 +390,17 @@ def main(argv=None) -> int:
             return list_endpoints(endpoints)
         if args.command == "clean":
             with endpoints.deploying():
-                endpoints.sweep()
+                if not endpoints.sweep():
+                    print("no untracked model servers")
             return 0
-        endpoint = endpoints.get(args.name)
-        if endpoint is None:
-            known = ", ".join(e.name for e in endpoints.all()) or "none"
-            raise EndpointError(f"no local endpoint named {args.name} (known: {known})")
         if args.command == "delete":
-            with endpoints.deploying():
+            with endpoints.deploying():  # the record as it is once no deploy is changing it
+                endpoint = _named(endpoints, args.name)
                 stop(endpoint.pid, endpoint.workdir or None)
                 endpoints.remove(endpoint.name)
             print(f"deleted {endpoint.name}")
             return 0
+        endpoint = _named(endpoints, args.name)
         path = Path(args.file)
         if not path.is_file():
             raise EndpointError(f"{path} is not a file")

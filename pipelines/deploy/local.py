@@ -48,18 +48,21 @@ def deploy_local(home, group: str, name: str, version: int, model_data: str, ech
     proc, url, log_path, workdir = start_server(home_dir(home), name, model_data, version)
     keeps = lambda: f"; version {current.version} keeps serving" \
         if current and alive(current) else ""  # noqa: E731
-    problem = smoke_test(url)
-    if problem:
+    try:
+        problem = smoke_test(url)
+        if problem:
+            raise DeployError(f"smoke test of {name} version {version} failed: {problem}"
+                              f"{keeps()}")
+        status = still_approved() if still_approved else "Approved"
+        if status != "Approved":
+            raise DeployError(f"{group} version {version} is {status} now (changed while it "
+                              f"was being deployed): it was not put live{keeps()}")
+        endpoints.put(Endpoint(name, url, proc.pid, group, version, model_data, str(log_path),
+                               datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               str(workdir)))
+    except BaseException:  # not put live, whatever stopped it: the new server goes
         stop(proc.pid, workdir)
-        raise DeployError(f"smoke test of {name} version {version} failed: {problem}{keeps()}")
-    status = still_approved() if still_approved else "Approved"
-    if status != "Approved":
-        stop(proc.pid, workdir)
-        raise DeployError(f"{group} version {version} is {status} now (changed while it was "
-                          f"being deployed): it was not put live{keeps()}")
-    endpoints.put(Endpoint(name, url, proc.pid, group, version, model_data, str(log_path),
-                           datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           str(workdir)))
+        raise
     if current:
         stop(current.pid, current.workdir or None)
     echo(f"{name}: {group} version {version} InService at {url} (smoke test passed)")

@@ -41,6 +41,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -53,6 +54,7 @@ IDLE_TRIM_SECONDS = 1.0
 HEADER_TIMEOUT_SECONDS = 30.0
 BODY_TIMEOUT_SECONDS = 60.0
 ADOPTION_POLL_SECONDS = 0.25
+UNPACKING = threading.Lock()  # held while the model archive is extracted
 LINGER_SECONDS = 1.0  # reading the unread rest of a refused body, before closing (aiohttp: 10)
 
 
@@ -74,10 +76,10 @@ def load_handlers(model_data: str | os.PathLike, workdir: str | os.PathLike):
         import tarfile
 
         model_dir = Path(workdir) / "model"
-        model_dir.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(path, "r:*") as tar:
+        with UNPACKING, tarfile.open(path, "r:*") as tar:
             from breedkit import archives
 
+            model_dir.mkdir(parents=True, exist_ok=True)
             archives.extract(tar, model_dir)
     code = model_dir / "code"
     sys.path.insert(0, str(code))
@@ -232,27 +234,34 @@ class OneLineBadRequests(logging.Filter):
         return True
 
 
-def recorded(record: str, pid: int) -> bool:
-    """Whether the deploy's endpoint records (``endpoints.sqlite``) name process ``pid``."""
+def recorded(record: str, pid: int) -> bool | None:
+    """Whether the deploy's endpoint records (``endpoints.sqlite``) name process ``pid``;
+    None when they cannot be read just now (busy, being created)."""
     try:
-        db = sqlite3.connect(f"file:{record}?mode=ro", uri=True, timeout=5)
+        # read-write (never creating it): a read-only connection cannot open a WAL database
+        # whose -shm another process is creating
+        db = sqlite3.connect(f"file:{record}?mode=rw", uri=True, timeout=5)
         try:
             return db.execute("SELECT 1 FROM endpoints WHERE pid = ?", (pid,)).fetchone() \
                 is not None
         finally:
             db.close()
     except sqlite3.Error:
-        return False
+        return None
 
 
 async def stop_unless_adopted(record: str, started_by: int, workdir: Path | None) -> None:
     """Until ``record`` names this server, stop it when the process that started it ends (a
     deploy killed before it recorded the server): nothing runs that no record knows."""
-    while not recorded(record, os.getpid()):
-        if os.getppid() != started_by:
+    pid = os.getpid()
+    while not await asyncio.to_thread(recorded, record, pid):
+        # its parent gone, and (asked again after that) still not recorded: abandoned
+        if os.getppid() != started_by and \
+                await asyncio.to_thread(recorded, record, pid) is False:
             log.warning("the deploy (process %d) that started this server ended before "
                         "recording it: stopping", started_by)
-            if workdir is not None:
+            if workdir is not None:  # once the model is unpacked, not while it is written
+                await asyncio.to_thread(UNPACKING.acquire, True, 120)
                 shutil.rmtree(workdir, ignore_errors=True)
             logging.shutdown()
             os._exit(0)

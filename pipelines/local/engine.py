@@ -187,6 +187,10 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 MIN_FREE_MB = 512  # free space a job step needs to start under the home ($DOGBREED_MIN_FREE_MB)
 
 
+class HomeError(Exception):
+    """The home cannot take a new execution (a full disk, unwritable records): nothing ran."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``timeout``, ``kill``, a service manager): handled as Ctrl-C is."""
 
@@ -237,11 +241,17 @@ class LocalEngine:
         with a registered version (the input, its fingerprint, the code version)."""
         check_definition(definition)
         params = resolve_parameters(definition, overrides or {})
-        for orphan in self.store.fail_orphans():
-            self.echo(f"execution {orphan['id']} marked Failed: {orphan['error']}")
+        try:
+            for orphan in self.store.fail_orphans():
+                self.echo(f"execution {orphan['id']} marked Failed: {orphan['error']}")
+            execution_id = self.store.new_execution(pipeline_name, params)
+        except (sqlite3.Error, OSError) as exc:  # nothing has run: one line, no execution
+            full = "full" in str(exc) or getattr(exc, "errno", None) in NO_SPACE
+            raise HomeError(self._no_space() if full else
+                            f"cannot write the engine's records under {self.home}: {exc}"
+                            ) from None
         self.name = pipeline_name
         self.lineage = lineage or {}
-        execution_id = self.store.new_execution(pipeline_name, params)
         self.root = self.home / "pipelines" / pipeline_name / execution_id
         self.result = RunResult(execution_id, "Executing")
         self.described: dict[str, dict] = {}  # step name -> its Describe* response

@@ -84,13 +84,20 @@ class Store:
             uuid.uuid4().hex[:6]
         self.locks.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._lock_path(execution_id), os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # a new file: nobody else holds it
-        os.write(fd, b" " * NOTE_BYTES)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # a new file: nobody else holds it
+            os.write(fd, b" " * NOTE_BYTES)
+            with self._db() as db:
+                db.execute("INSERT INTO executions (id, pipeline, status, parameters, "
+                           "started_at, engine_pid) VALUES (?, ?, 'Executing', ?, ?, ?)",
+                           (execution_id, pipeline, json.dumps(parameters), now(),
+                            os.getpid()))
+        except BaseException:  # (a full disk): no execution, and no lock left behind
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                self._lock_path(execution_id).unlink()
+            raise
         self._held[execution_id] = fd
-        with self._db() as db:
-            db.execute("INSERT INTO executions (id, pipeline, status, parameters, started_at, "
-                       "engine_pid) VALUES (?, ?, 'Executing', ?, ?, ?)",
-                       (execution_id, pipeline, json.dumps(parameters), now(), os.getpid()))
         return execution_id
 
     def end_execution(self, execution_id: str, status: str, error: str | None = None) -> None:

@@ -231,10 +231,14 @@ def load_state(path: str | os.PathLike) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        what = f" (it names {found.group(1)})" if found else ""
-        raise UserError(f"{path} holds more than tensors{what}: it was not written by our "
-                        f"training job and is not loaded, since loading it could run code. "
-                        f"Use a model.tar.gz written by a training job") from None
+        if found is None:  # not a pickle at all: damaged, or not a weights file
+            raise UserError(f"cannot read {path}: it is not a weights file written by "
+                            f"torch.save (damaged, or something else). Use a model.tar.gz "
+                            f"written by a training job") from None
+        raise UserError(f"{path} holds more than tensors (it names {found.group(1)}): it was "
+                        f"not written by our training job and is not loaded, since loading it "
+                        f"could run code. Use a model.tar.gz written by a training job"
+                        ) from None
 
 
 def load_model(model_dir: str | os.PathLike, device=None,
