@@ -282,7 +282,8 @@ def test_a_server_started_by_hand_and_a_reused_pid_are_left_alone(home, capsys):
     by_hand = subprocess.Popen([sys.executable, "-m", "pipelines.deploy.server",
                                 "--model-data", str(model), "--port",
                                 str(endpoint.free_port())], cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "TMPDIR": str(home["tmp"])})
     sleeper = subprocess.Popen(["sleep", "60"])  # what a dead server's pid may now be
     try:
         assert wait_until(lambda: servers_of(str(home["tmp"])) == [by_hand.pid])
@@ -294,5 +295,6 @@ def test_a_server_started_by_hand_and_a_reused_pid_are_left_alone(home, capsys):
         assert sleeper.poll() is None, "stop() signalled a process that is not a model server"
     finally:
         for proc in (by_hand, sleeper):
-            proc.kill()
-            proc.wait()
+            proc.terminate()
+            proc.wait(timeout=20)
+    assert not list(home["tmp"].glob("endpoint-*"))  # it removed what it unpacked
