@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipelines import spec
-from pipelines.sqlite import DamagedStore, check, connect, initialize
+from pipelines.sqlite import DamagedStore, add_column, check, connect, initialize
 
 STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 DEFAULT_HOME = ".dogbreed"
@@ -136,9 +136,10 @@ class LocalRegistry:
         self.path = self.home / DB_FILE
         self.backup_path = self.path.with_name(DB_FILE + BACKUP_SUFFIX)
         initialize(self.path, _SCHEMA, advice=self._advice())
-        self._add_column("metadata", "TEXT NOT NULL DEFAULT '{}'")  # registries before 2026-11
-        self._add_column("artifact_bytes", "INTEGER")  # registries before 2026-12
-        self._add_column("artifact_sha256", "TEXT NOT NULL DEFAULT ''")
+        for name, definition in (("metadata", "TEXT NOT NULL DEFAULT '{}'"),  # before 2026-11
+                                 ("artifact_bytes", "INTEGER"),  # before 2026-12
+                                 ("artifact_sha256", "TEXT NOT NULL DEFAULT ''")):
+            add_column(self.path, "model_packages", name, definition)
 
     def _advice(self) -> str:
         restore = f"python -m pipelines.registry --home {self.home} restore"
@@ -215,17 +216,6 @@ class LocalRegistry:
         registry.backup_path = registry.path.with_name(DB_FILE + BACKUP_SUFFIX)
         return registry.restore(force), registry.path
 
-    def _add_column(self, name: str, definition: str) -> None:
-        with self._connect() as db:
-            columns = {row[1] for row in db.execute("PRAGMA table_info(model_packages)")}
-            if name in columns:
-                return
-            try:
-                db.execute(f"ALTER TABLE model_packages ADD COLUMN {name} {definition}")
-            except sqlite3.OperationalError as exc:
-                if "duplicate column" not in str(exc):  # another process added it first
-                    raise
-
     def _open(self) -> sqlite3.Connection:
         return connect(self.path)
 
@@ -254,8 +244,7 @@ class LocalRegistry:
                   description, metadata, once: bool = False, sha256: str | None = None
                   ) -> tuple[ModelPackage, bool]:
         _check_status(approval_status)
-        size, digest = _artifact(model_data)
-        digest = sha256 or digest
+        size, digest = _artifact(model_data, sha256)
         now = _now()
         db = self._open()
         try:
@@ -293,12 +282,14 @@ class LocalRegistry:
 
     def find_artifact(self, group: str, sha256: str) -> ModelPackage | None:
         """The newest version of ``group`` registered with an archive of this sha256 that is
-        still there, unchanged (one whose archive is gone can be registered again)."""
+        still there, of its registered size (one whose archive is gone can be registered
+        again); the sha256 matched already, so its archive is not read again."""
         with self._connect() as db:
             rows = db.execute("SELECT * FROM model_packages WHERE group_name = ? AND "
                               "artifact_sha256 = ? ORDER BY version DESC",
                               (group, sha256)).fetchall()
-        return next((p for p in map(_from_row, rows) if self.artifact_problem(p) is None), None)
+        return next((p for p in map(_from_row, rows)
+                     if self.artifact_problem(p, full=False) is None), None)
 
     @staticmethod
     def artifact_problem(package: ModelPackage, full: bool = True) -> str | None:
@@ -422,12 +413,13 @@ class SageMakerRegistry:
                             created_at=str(s.get("CreationTime", "")), arn=s["ModelPackageArn"])
 
 
-def _artifact(model_data) -> tuple[int | None, str]:
-    """Size and sha256 of a model archive (None, "" for a folder or a path not here)."""
+def _artifact(model_data, sha256: str | None = None) -> tuple[int | None, str]:
+    """Size and sha256 (``sha256`` if the caller has it) of a model archive; None, "" for a
+    folder or a path not here."""
     path = Path(str(model_data))
     if not path.is_file():
         return None, ""
-    return path.stat().st_size, sha256_of(path)
+    return path.stat().st_size, sha256 or sha256_of(path)
 
 
 def _check_status(status: str) -> None:

@@ -49,6 +49,21 @@ def connect(path: str | Path) -> sqlite3.Connection:
     return db
 
 
+def add_column(path: str | Path, table: str, name: str, definition: str) -> None:
+    """``ALTER TABLE table ADD COLUMN name definition`` unless the column is there (stores
+    written by an older version); another process adding it first is fine."""
+    db = connect(path)
+    try:
+        if name in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            return
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+    except sqlite3.OperationalError as exc:
+        if "duplicate column" not in str(exc):
+            raise
+    finally:
+        db.close()
+
+
 def initialize(path: str | Path, schema: str, attempts: int = 200, *,
                advice: str = "move it aside and run again (a new, empty one is created)"
                ) -> None:

@@ -26,7 +26,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.registry import home_dir
-from pipelines.sqlite import DamagedStore, connect, initialize
+from pipelines.sqlite import DamagedStore, add_column, connect, initialize
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS endpoints (
@@ -79,12 +78,7 @@ class Endpoints:
         initialize(self.path, _SCHEMA, advice=(
             f"move it aside (mv {self.path} {self.path}.damaged): the endpoints it named "
             f"are then untracked, and python -m pipelines.deploy.endpoints clean stops them"))
-        with contextlib.closing(connect(self.path)) as db:  # records before 2026-12
-            columns = {row[1] for row in db.execute("PRAGMA table_info(endpoints)")}
-            if "workdir" not in columns:
-                with contextlib.suppress(sqlite3.OperationalError):  # added by another process
-                    db.execute("ALTER TABLE endpoints ADD COLUMN workdir TEXT NOT NULL "
-                               "DEFAULT ''")
+        add_column(self.path, "endpoints", "workdir", "TEXT NOT NULL DEFAULT ''")  # before 2026-12
 
     @contextlib.contextmanager
     def deploying(self, echo=print):
@@ -140,7 +134,6 @@ class Endpoints:
             db.execute("DELETE FROM endpoints WHERE name = ?", (name,))
         finally:
             db.close()
-
 
     def servers(self) -> list[Server]:
         """The model servers of this home that are running: those started with a folder

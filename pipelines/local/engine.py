@@ -246,8 +246,7 @@ class LocalEngine:
                 self.echo(f"execution {orphan['id']} marked Failed: {orphan['error']}")
             execution_id = self.store.new_execution(pipeline_name, params)
         except (sqlite3.Error, OSError) as exc:  # nothing has run: one line, no execution
-            full = "full" in str(exc) or getattr(exc, "errno", None) in NO_SPACE
-            raise HomeError(self._no_space() if full else
+            raise HomeError(self._no_space() if self._out_of_space(exc) else
                             f"cannot write the engine's records under {self.home}: {exc}"
                             ) from None
         self.name = pipeline_name
@@ -290,6 +289,12 @@ class LocalEngine:
             return self._unrecorded(exc)
         return self.result
 
+    def _out_of_space(self, exc: Exception) -> bool:
+        """Whether ``exc`` (an OSError, or sqlite's "database or disk is full" / "disk I/O
+        error") comes of a full disk under the home."""
+        return getattr(exc, "errno", None) in NO_SPACE or "full" in str(exc) or \
+            free_bytes(self.home) < 64 * 2**20
+
     def _no_space(self) -> str:
         free = free_bytes(self.home) / 2**20
         return (f"no space left on device under {self.home} ({free:.0f} MB free): free some "
@@ -299,8 +304,7 @@ class LocalEngine:
     def _unrecorded(self, exc: sqlite3.Error) -> RunResult:
         """The engine's records cannot be written: say why in one line, and leave the reason
         where the next start finds it (the execution's lock file, written in place)."""
-        full = "full" in str(exc) or free_bytes(self.home) < 64 * 2**20
-        reason = self._no_space() if full else \
+        reason = self._no_space() if self._out_of_space(exc) else \
             f"the engine's records under {self.home} cannot be written ({exc})"
         if self.result.error and self.result.error not in reason:
             reason = f"{reason}; before that: {self.result.error}"
@@ -378,7 +382,7 @@ class LocalEngine:
             self._end(name, "Failed", start, error=str(exc))
             raise StepFailed(name, str(exc)) from None
         except OSError as exc:
-            if exc.errno not in NO_SPACE:
+            if not self._out_of_space(exc):
                 self._end(name, "Failed", start, error=f"{type(exc).__name__}: {exc}")
                 raise
             self._end(name, "Failed", start, error=self._no_space())

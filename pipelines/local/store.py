@@ -13,12 +13,11 @@ import contextlib
 import fcntl
 import json
 import os
-import sqlite3
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipelines.sqlite import connect, initialize
+from pipelines.sqlite import add_column, connect, initialize
 
 NOTE_BYTES = 1024  # written when the lock is taken, so a note later needs no new disk blocks
 
@@ -63,11 +62,7 @@ class Store:
             f"move it aside (mv {self.path} {self.path}.damaged) and run again: a new one is "
             f"created, with no execution history or step cache (the outputs under "
             f"{Path(home) / 'pipelines'} stay)"))
-        with self._db() as db:  # homes written before the engine's pid was recorded
-            columns = {row["name"] for row in db.execute("PRAGMA table_info(executions)")}
-            if "engine_pid" not in columns:
-                with contextlib.suppress(sqlite3.OperationalError):  # another process did it
-                    db.execute("ALTER TABLE executions ADD COLUMN engine_pid INTEGER")
+        add_column(self.path, "executions", "engine_pid", "INTEGER")  # homes before 2026-11
         self._held: dict[str, int] = {}  # execution id -> its lock's file descriptor
 
     @contextlib.contextmanager
