@@ -16,6 +16,7 @@ from typing import Any
 
 from breedkit import rulespec
 from breedkit.archs import ARCHS
+from breedkit.capture import BASELINE_FILE
 from breedkit.features import MAX_VIEWS
 from breedkit.logformat import METRIC_DEFINITIONS, OBJECTIVE_METRIC, OBJECTIVE_TYPE
 
@@ -299,6 +300,9 @@ VALIDATION_REPORT = "ValidationReport"
 VALIDATION_FILE = "validation.json"
 EVALUATION_REPORT = "EvaluationReport"
 EVALUATION_FILE = "evaluation.json"
+# the version's drift baseline (Evaluate's output; RegisterModel's DriftCheckBaselines
+# ModelDataQuality statistics; what the monitoring job compares live traffic with)
+DRIFT_BASELINE_FILE = BASELINE_FILE
 # the two accuracies, also as the registered version's CustomerMetadataProperties
 ACCURACY_METADATA = {"validation_accuracy": VALIDATION_REPORT,
                      "test_accuracy": EVALUATION_REPORT}

@@ -10,6 +10,9 @@ Outputs: --output-dir (default /opt/ml/processing/evaluation)
          validation.json      valid split, same format (the pipeline's accuracy gate reads it)
          confusion_matrix.png test split
          predictions.csv      test split: file, true class, predicted class, probability
+         baseline.json        valid split (the test split without --valid-dir): the predicted
+                              classes, top-1 confidences and input image statistics that
+                              monitor.py compares live traffic with (breedkit.drift)
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from breedkit.contract import (UserError, cpu_count, parse_args, run_main,  # noqa: E402
                                setup_logging)
+from breedkit.drift import BASELINE_FILE  # noqa: E402
 
 log = logging.getLogger("evaluate")
 
@@ -65,6 +69,23 @@ def locate_model(path: str, scratch: str) -> str:
         return str(extract_archive(archive, scratch))
     raise UserError(f"{path} holds neither {CONFIG_FILE} nor model.tar.gz: it is not the "
                     f"output of train.py")
+
+
+def drift_baseline(dataset, probs, split: str, config: dict) -> dict:
+    """What monitor.py compares a version's live traffic with: the model's predictions on
+    ``split`` and those images' statistics (a sample of at most breedkit.drift.MAX_SAMPLE)."""
+    from breedkit.capture import image_stats
+    from breedkit.drift import MAX_SAMPLE, make_baseline
+    from breedkit.transforms import eval_size
+
+    stats = []
+    step = max(1, len(dataset.samples) // MAX_SAMPLE)
+    for path, _ in dataset.samples[::step]:
+        with open(path, "rb") as fh:
+            found = image_stats(fh.read())
+        if found is not None:
+            stats.append(found)
+    return make_baseline(config["class_names"], probs, stats, eval_size(config)[0], split)
 
 
 def main(argv=None) -> int:
@@ -112,10 +133,14 @@ def main(argv=None) -> int:
         if not os.path.isdir(args.valid_dir):
             raise UserError(f"--valid-dir {args.valid_dir} is not a folder: pass the valid "
                             f"split's <class>/<image> folder, or leave --valid-dir out")
-        validation, _, _ = score(args.valid_dir, "valid")
+        validation, valid_set, valid_probs = score(args.valid_dir, "valid")
     report, dataset, probs_np = score(args.test_dir, "test")
 
     os.makedirs(args.output_dir, exist_ok=True)
+    baseline = drift_baseline(*((valid_set, valid_probs, "valid") if validation is not None
+                                else (dataset, probs_np, "test")), config)
+    with open(os.path.join(args.output_dir, BASELINE_FILE), "w") as fh:
+        json.dump(baseline, fh)
     with open(os.path.join(args.output_dir, "evaluation.json"), "w") as fh:
         json.dump(report, fh, indent=2)
     if validation is not None:

@@ -1,7 +1,8 @@
 """Evaluate: scripts/evaluate.py scores the trained model on the valid and the test split.
 
 validation.json (Model Registry multiclass format) is the PropertyFile CheckAccuracy reads;
-evaluation.json (the test split, same format) is what RegisterModel attaches as model metrics.
+evaluation.json (the test split, same format) is what RegisterModel attaches as model metrics,
+and baseline.json (the valid split's predictions and image statistics) its drift baseline.
 Both are PropertyFiles: RegisterModel also records both accuracies on the version.
 """
 
@@ -38,3 +39,9 @@ def make_step(ctx: BuildContext, preprocess: ProcessingStep, train: TrainingStep
 def report_uri(step: ProcessingStep):
     """S3 URI of evaluation.json (the test split's metrics)."""
     return Join(on="/", values=[output_uri(step, OUTPUT_NAME), spec.EVALUATION_FILE])
+
+
+def baseline_uri(step: ProcessingStep):
+    """S3 URI of baseline.json (the valid split's predictions and image statistics: what the
+    monitoring job compares an endpoint's traffic with)."""
+    return Join(on="/", values=[output_uri(step, OUTPUT_NAME), spec.DRIFT_BASELINE_FILE])

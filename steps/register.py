@@ -18,6 +18,7 @@ documentation: no tags with ModelPackageGroupName): the build's tags (``--tag``,
 from __future__ import annotations
 
 from sagemaker import image_uris
+from sagemaker.drift_check_baselines import DriftCheckBaselines
 from sagemaker.model import Model
 from sagemaker.model_metrics import MetricsSource, ModelMetrics
 from sagemaker.workflow.functions import Join
@@ -29,6 +30,7 @@ from pipelines import spec
 from .common import service_retry_policy
 from .condition import accuracy
 from .context import BuildContext
+from .evaluate import baseline_uri
 from .evaluate import report_uri as evaluation_uri
 from .rules import blocking_summary, report_uri, verdict
 from .train import mlflow_run_name, model_artifact
@@ -60,6 +62,9 @@ def make_step(ctx: BuildContext, train: TrainingStep, evaluate: ProcessingStep,
         model_package_group_name=ctx.model_package_group,
         approval_status=ctx.p("ModelApprovalStatus"),
         model_metrics=metrics,
+        # what the monitoring job judges the version's live traffic against
+        drift_check_baselines=DriftCheckBaselines(model_data_statistics=MetricsSource(
+            s3_uri=baseline_uri(evaluate), content_type="application/json")),
         description="ResNet fine-tuned by the DogBreedBuild pipeline",
         # for the approver (Studio, pipelines.registry describe) and the deploy pipeline
         customer_metadata_properties=metadata(ctx, evaluate, reports, rules),

@@ -60,10 +60,25 @@ def expected_version(text: str) -> int | str:
 def deploy_once(args, stage: str, echo=print) -> int:
     from pipelines.deploy import local
 
-    package = local.deploy_stage(args.home, args.group, args.prefix, stage, echo)
+    package = local.deploy_stage(args.home, args.group, args.prefix, stage, echo,
+                                 capture_percent=capture_percent(args))
     write_outputs(args.outputs, nothing_deployed(args) if package is None
                   else local.outputs(package, f"{args.prefix}-{stage}"))
     return 0
+
+
+def capture_percent(args) -> float:
+    return 0.0 if args.no_data_capture else args.capture_percent
+
+
+def percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"a percentage from 0 to 100, got {text!r}")
+    return value
 
 
 def deploy_local(args) -> int:
@@ -102,7 +117,8 @@ def settings(args, session):
                           role_arn=resolve_role(args.role_arn),
                           bucket=resolve_bucket(session, args.bucket),
                           instance_type=args.instance_type, instance_count=args.instance_count,
-                          data_capture=not args.no_data_capture, poll_seconds=args.poll_seconds)
+                          capture_percent=capture_percent(args),
+                          poll_seconds=args.poll_seconds)
 
 
 def deploy_sagemaker(args, echo=print) -> int:
@@ -160,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", metavar="FILE",
                    help="after a successful deploy, write KEY=VALUE shell lines: "
                         + ", ".join(OUTPUT_KEYS))
+    p.add_argument("--capture-percent", type=percent, default=100.0,
+                   help="the share of this stage's requests captured (images and answers) for "
+                        "monitoring, 0-100 (default 100); captured images are users' data")
+    p.add_argument("--no-data-capture", action="store_true", help="the same as "
+                                                                  "--capture-percent 0")
     aws = p.add_argument_group("SageMaker (without --local)")
     aws.add_argument("--region")
     aws.add_argument("--profile")
@@ -168,7 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     aws.add_argument("--instance-type", default="ml.m5.large",
                      help="ml.g*/ml.p* types use the package's GPU inference image")
     aws.add_argument("--instance-count", type=int, default=1)
-    aws.add_argument("--no-data-capture", action="store_true")
     aws.add_argument("--expect-version", type=expected_version, metavar="N",
                      help="with --stage prod: deploy only if staging still serves version N "
                           "(the version the approver saw); 'none': staging deployed nothing, "

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 from pipelines.deploy import smoke
 from pipelines.deploy.endpoints import Endpoint, Endpoints, alive, invoke, start_server, stop
+from pipelines.monitor import capture_root
 from pipelines.registry import LocalRegistry, ModelPackage, home_dir
 
 
@@ -30,12 +31,15 @@ def smoke_test(url: str) -> str | None:
 
 
 def deploy_local(home, group: str, name: str, version: int, model_data: str, echo=print,
-                 artifact_problem=None, still_approved=None) -> bool:
+                 artifact_problem=None, still_approved=None, capture_percent: float = 100.0
+                 ) -> bool:
     """Blue/green: start the new version, smoke-test it, then switch and stop the old one.
     ``artifact_problem()`` (what is wrong with the model's archive, or None) is asked before
     anything starts, ``still_approved()`` (the version's status now) just before the switch:
     a version rejected while it was being deployed does not go live. Returns True when
-    something changed. The caller holds ``Endpoints.deploying()``."""
+    something changed. The caller holds ``Endpoints.deploying()``. ``capture_percent`` of the
+    requests are captured under ``<home>/data-capture/<name>/`` (``pipelines.monitor`` reads
+    them; 0: none)."""
     endpoints = Endpoints(home)
     current = endpoints.get(name)
     if current and current.version == version and alive(current):
@@ -45,7 +49,10 @@ def deploy_local(home, group: str, name: str, version: int, model_data: str, ech
     if problem:
         raise DeployError(f"{group} version {version} cannot be deployed: {problem}")
     echo(f"{name}: starting {group} version {version}")
-    proc, url, log_path, workdir = start_server(home_dir(home), name, model_data, version)
+    capture = ("--capture-dir", str(capture_root(home_dir(home))), "--endpoint-name", name,
+               "--capture-percent", f"{capture_percent:g}") if capture_percent > 0 else ()
+    proc, url, log_path, workdir = start_server(home_dir(home), name, model_data, version,
+                                                extra_args=capture)
     keeps = lambda: f"; version {current.version} keeps serving" \
         if current and alive(current) else ""  # noqa: E731
     try:
@@ -100,7 +107,8 @@ def prod_package(registry: LocalRegistry, endpoints: Endpoints, group: str,
     return package
 
 
-def deploy_stage(home, group: str, prefix: str, stage: str, echo=print) -> ModelPackage | None:
+def deploy_stage(home, group: str, prefix: str, stage: str, echo=print,
+                 capture_percent: float = 100.0) -> ModelPackage | None:
     """Bring ``<prefix>-<stage>`` to the version it should serve; that package, or None when
     there is nothing to deploy. One deploy at a time per home; servers of ours that no record
     names (left by a deploy that died) are stopped first."""
@@ -117,7 +125,8 @@ def deploy_stage(home, group: str, prefix: str, stage: str, echo=print) -> Model
         deploy_local(home_dir(home), group, name, package.version, package.model_data, echo,
                      artifact_problem=lambda: registry.artifact_problem(package),
                      still_approved=lambda: registry.describe(group, package.version
-                                                              ).approval_status)
+                                                              ).approval_status,
+                     capture_percent=capture_percent)
     return package
 
 

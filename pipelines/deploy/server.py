@@ -21,6 +21,10 @@
 - Slow clients: a connection that has not sent a whole request header within
   ``--header-timeout`` seconds is closed; a body not received within ``--body-timeout`` gets a
   408. A malformed or oversized header gets a 4xx and one line in the log.
+- Data capture: with ``--capture-dir``, ``--capture-percent`` of the requests (and their answers,
+  errors included) are written as SageMaker's data-capture records under
+  ``<capture dir>/<endpoint>/AllTraffic/yyyy/mm/dd/hh/`` (``pipelines.deploy.capture``), by a
+  thread of their own, off the request's path; ``python -m pipelines.monitor`` reads them.
 - Files: the model is unpacked under ``--workdir`` (default: a temporary folder) and removed
   when the server stops. Started by a deploy (``--record``), the server stops by itself when
   the process that started it ends before the deploy's record names it: nothing is left
@@ -271,8 +275,15 @@ async def stop_unless_adopted(record: str, started_by: int, workdir: Path | None
 def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
              threads: int = 4, decode_torch_threads: int = 1, model_torch_threads: int = 0,
              workdir: str | None = None, body_timeout: float = BODY_TIMEOUT_SECONDS,
-             record: str | None = None, started_by: int | None = None) -> web.Application:
+             record: str | None = None, started_by: int | None = None,
+             capture_dir: str | None = None, capture_percent: float = 100.0,
+             endpoint_name: str = "local") -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES)
+    capture = None
+    if capture_dir and capture_percent > 0:
+        from pipelines.deploy.capture import Capture
+
+        capture = Capture(capture_dir, endpoint_name, capture_percent)
     executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode",
                                   initializer=torch_threads, initargs=(decode_torch_threads,))
     # one thread runs every forward pass: its OpenMP team stays warm, and batches never
@@ -304,6 +315,8 @@ def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
                 app[name].cancel()
         executor.shutdown(wait=False, cancel_futures=True)
         model_thread.shutdown(wait=False, cancel_futures=True)
+        if capture is not None:
+            await asyncio.to_thread(capture.close)
         # what this server unpacked goes with it
         shutil.rmtree(scratch / "model" if workdir else scratch, ignore_errors=True)
 
@@ -347,9 +360,14 @@ def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
             message = getattr(exc, "message", None) or str(exc)
             if status >= 500:
                 log.exception("invocation failed")
-            return json_error(status, message)
+            response = json_error(status, message)
+            if capture is not None:
+                capture.offer(body, content_type, response.text)
+            return response
         finally:
             batcher.in_flight -= 1
+        if capture is not None:
+            capture.offer(body, content_type, payload)
         return web.Response(text=payload, content_type="application/json",
                             headers={"X-Batch-Images": str(batch_images)})
 
@@ -388,14 +406,23 @@ def main(argv=None) -> int:
                         "when the process that started it ends")
     p.add_argument("--started-by", type=int, help="with --record: that process's id "
                                                   "(default: the parent process)")
+    p.add_argument("--capture-dir", help="write SageMaker data-capture records of the requests "
+                                         "here (default: no capture)")
+    p.add_argument("--capture-percent", type=float, default=100.0,
+                   help="with --capture-dir: the share of requests captured, 0 to 100")
+    p.add_argument("--endpoint-name", default="local",
+                   help="with --capture-dir: the endpoint folder the records go under")
     args = p.parse_args(argv)
+    if not 0 <= args.capture_percent <= 100:
+        p.error(f"--capture-percent must be 0 to 100, got {args.capture_percent:g}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("aiohttp.server").addFilter(OneLineBadRequests())
     app = make_app(args.model_data, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                    threads=args.threads, decode_torch_threads=args.decode_torch_threads,
                    model_torch_threads=args.model_torch_threads, workdir=args.workdir,
                    body_timeout=args.body_timeout, record=args.record,
-                   started_by=args.started_by)
+                   started_by=args.started_by, capture_dir=args.capture_dir,
+                   capture_percent=args.capture_percent, endpoint_name=args.endpoint_name)
     log.info("serving %s on http://%s:%d", args.model_data, args.host, args.port)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None,
                 keepalive_timeout=args.header_timeout,

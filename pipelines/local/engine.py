@@ -661,6 +661,7 @@ class LocalEngine:
             except (OSError, ValueError) as exc:
                 raise jobs.JobSetupError(f"ModelQuality statistics {quality['S3Uri']} cannot "
                                          f"be read from the local object store: {exc}") from None
+        baseline = self._drift_baseline(request, artifact)
         training = self._trained(model_uri)
         local = self.local.get(training, {}) if training else {}
         metadata = dict(request.get("CustomerMetadataProperties") or {})
@@ -668,6 +669,8 @@ class LocalEngine:
                    "model_data_url": model_uri, **self.lineage}
         if training:
             lineage["training_job"] = self.described[training]["TrainingJobName"]
+        if baseline:
+            lineage["drift_baseline"] = baseline
         if local.get("mlflow_run"):
             lineage["mlflow_run_id"] = local["mlflow_run"]["run_id"]
             metadata.setdefault("mlflow_run", local["mlflow_run"]["run_id"])
@@ -680,7 +683,24 @@ class LocalEngine:
             metadata=metadata, description=request.get("ModelPackageDescription", ""))
         if not created:  # a parallel run registered the same archive meanwhile
             artifact.unlink()
+            if baseline:
+                Path(baseline).unlink(missing_ok=True)
         return self._registered(step, package, created)
+
+    def _drift_baseline(self, request: dict, artifact: Path) -> str | None:
+        """The version's drift baseline (DriftCheckBaselines' ModelDataQuality statistics),
+        copied beside its archive: what ``pipelines.monitor`` judges its traffic against."""
+        source = request.get("DriftCheckBaselines", {}).get("ModelDataQuality", {}) \
+            .get("Statistics")
+        if not source:
+            return None
+        path = self.objects.path(source["S3Uri"])
+        if not path.is_file():
+            raise jobs.JobSetupError(f"the drift baseline {source['S3Uri']} is not in the local "
+                                     f"object store ({path})")
+        copy = artifact.with_name(artifact.name.removesuffix(".tar.gz") + "-baseline.json")
+        shutil.copy2(path, copy)
+        return str(copy)
 
     def _registered(self, step: dict, package, created: bool) -> dict:
         """The RegisterModel step's properties for ``package``; says what happened."""
