@@ -47,7 +47,7 @@ def served(home: Path, endpoint: str, group: str | None):
         names = ", ".join(e.name for e in Endpoints(home).all()) or "none"
         raise MonitorError(f"no local endpoint named {endpoint} under {home} (endpoints: "
                            f"{names}); deploy one with python -m pipelines.deploy --local")
-    group = group or record.group
+    group = group or record.model_group
     try:
         package = LocalRegistry(home).describe(group, record.version)
     except RegistryError as exc:

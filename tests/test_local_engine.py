@@ -121,6 +121,10 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
     assert package.approval_status == "PendingManualApproval"
     assert package.lineage["execution"] == second.execution_id
     assert package.lineage["data_fingerprint"].startswith("sha256:")
+    # the drift baseline (Evaluate's valid split) is registered with the version, beside it
+    baseline = json.loads(Path(package.lineage["drift_baseline"]).read_text())
+    assert baseline["split"] == "valid" and baseline["images"] == sum(baseline["predicted_counts"])
+    assert Path(package.lineage["drift_baseline"]).parent == Path(package.model_data).parent
     # the registered metrics are the test split's; the gate's figure is the valid split's
     assert package.accuracy == pytest.approx(second.test_accuracy)
     assert package.validation_accuracy == pytest.approx(second.accuracy)
