@@ -155,10 +155,14 @@ S3_ACTIONS = {"ListBuckets": "ListAllMyBuckets", "HeadObject": "GetObject",
 NO_PERMISSION_NEEDED = {"sts:GetCallerIdentity"}  # "No permissions are required" (STS API ref.)
 # ARN placeholder -> request param of another name; None: no param gives it (a scalable
 # target's ARN ends in its own id, not in the request's ResourceId)
-PLACEHOLDER_PARAMS = {"BucketName": "Bucket", "ObjectName": "Key", "ResourceId": None}
+PLACEHOLDER_PARAMS = {"BucketName": "Bucket", "ObjectName": "Key", "ResourceId": None,
+                      "LogGroupName": "logGroupName", "ScheduleName": "Name"}
+# placeholders a request may leave out, with the value the API then takes
+PLACEHOLDER_DEFAULTS = {"scheduler": {"GroupName": "default"}}  # the account's default group
 PASSED_TO = {"sagemaker": "sagemaker.amazonaws.com", "events": "events.amazonaws.com",
              "codepipeline": "codepipeline.amazonaws.com",
-             "application-autoscaling": "application-autoscaling.amazonaws.com"}
+             "application-autoscaling": "application-autoscaling.amazonaws.com",
+             "scheduler": "scheduler.amazonaws.com"}
 
 # Permissions AWS checks server-side on the caller's behalf, which no client-side recording sees;
 # keyed by (service, operation, ServiceNamespace param). "<type>/*" means "whatever resource AWS
@@ -263,6 +267,8 @@ def _resources(call: dict, action: str, account: str) -> list[str]:
     region = call.get("region") or ""
     params = call["params"] if isinstance(call.get("params"), dict) else {}
     fixed = {"Partition": _partition(region), "Region": region, "Account": account}
+    for placeholder, default in PLACEHOLDER_DEFAULTS.get(prefix, {}).items():
+        fixed[placeholder] = params.get(PLACEHOLDER_PARAMS.get(placeholder, placeholder), default)
     given = [v for v in params.values() if isinstance(v, str) and v.startswith("arn:")]
     views = [params]
     if call["operation"] == "DeleteObjects":  # one s3:DeleteObject per key
@@ -443,14 +449,16 @@ _NO_VALUE = object()
 _NAME_PROPERTY = {"AWS::S3::Bucket": "BucketName", "AWS::IAM::Role": "RoleName",
                   "AWS::CodeBuild::Project": "Name", "AWS::Events::Rule": "Name",
                   "AWS::SageMaker::ModelPackageGroup": "ModelPackageGroupName",
-                  "AWS::SNS::Topic": "TopicName"}
+                  "AWS::SNS::Topic": "TopicName", "AWS::CloudWatch::Alarm": "AlarmName"}
 _ARN_FORMAT = {"AWS::S3::Bucket": "arn:{p}:s3:::{name}",
                "AWS::IAM::Role": "arn:{p}:iam::{a}:role/{name}",
                "AWS::CodeBuild::Project": "arn:{p}:codebuild:{r}:{a}:project/{name}",
                "AWS::Events::Rule": "arn:{p}:events:{r}:{a}:rule/{name}",
                "AWS::SageMaker::ModelPackageGroup":
                    "arn:{p}:sagemaker:{r}:{a}:model-package-group/{name}",
-               "AWS::SNS::Topic": "arn:{p}:sns:{r}:{a}:{name}"}
+               "AWS::SNS::Topic": "arn:{p}:sns:{r}:{a}:{name}",
+               "AWS::KMS::Key": "arn:{p}:kms:{r}:{a}:key/{name}",
+               "AWS::CloudWatch::Alarm": "arn:{p}:cloudwatch:{r}:{a}:alarm:{name}"}
 # Ref gives the ARN for these ("Return values" of their CloudFormation reference pages)
 _REF_IS_ARN = {"AWS::SageMaker::ModelPackageGroup", "AWS::SNS::Topic"}
 

@@ -18,6 +18,8 @@ import iamcheck
 from conftest import ROOT, create_model_package, import_blocker
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
+SCHEDULER_ROLE = "arn:aws:iam::123456789012:role/MonitorScheduler"
+CAPTURE_KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 BUCKET = "deploy-artifacts"
 GROUP = "DogBreedModels"
 GOOD = json.dumps({"predictions": [{"label": "Beagle", "class": "016.Beagle", "index": 15,
@@ -52,8 +54,11 @@ def server(tmp_path, fake_endpoints):
         "ContentType": "application/json",
         "S3Uri": f"s3://{BUCKET}/evaluation/evaluation.json"}}}
     for version in (1, 2):
+        baselines = {"ModelDataQuality": {"Statistics": {
+            "ContentType": "application/json",
+            "S3Uri": f"s3://{BUCKET}/evaluation/{version}/baseline.json"}}}
         create_model_package(sm, GROUP, f"s3://{BUCKET}/model-{version}.tar.gz",
-                             ModelMetrics=metrics)
+                             ModelMetrics=metrics, DriftCheckBaselines=baselines)
         for stage in ("staging", "prod"):
             fake_endpoints.serve(f"dogbreed-{stage}-v{version}", GOOD)
     yield {"env": env, "sm": sm, "tmp": tmp_path, "fake": fake_endpoints}
@@ -97,7 +102,8 @@ def test_every_aws_call_of_the_deploy_is_allowed_by_the_deploy_role(server):
     after a rejection, a prod instance-type change (autoscaling deregistered around it), and a
     GPU deploy (the version's GPU specification added), recorded."""
     sm, record = server["sm"], server["tmp"] / "calls.jsonl"
-    env = {**server["env"], **iamcheck.recording_env(record, server["env"])}
+    env = {**server["env"], **iamcheck.recording_env(record, server["env"]),
+           "MONITOR_ROLE_ARN": SCHEDULER_ROLE, "DATA_CAPTURE_KMS_KEY": CAPTURE_KEY}
 
     def ok(*args):
         proc = deploy(server, *args, env=env)
@@ -119,6 +125,7 @@ def test_every_aws_call_of_the_deploy_is_allowed_by_the_deploy_role(server):
     server["fake"].serve_all(GOOD)
     assert "deregistering autoscaling" in ok("--stage", "prod", "--instance-type",
                                              "ml.m5.xlarge")
+    ok("--stage", "prod", "--capture-percent", "0")  # capture off: the schedule is deleted
     # a GPU instance type: the version gets its GPU inference specification first
     assert "added the 'gpu' inference specification" in ok("--stage", "staging",
                                                            "--instance-type", "ml.g4dn.xlarge")
@@ -128,9 +135,21 @@ def test_every_aws_call_of_the_deploy_is_allowed_by_the_deploy_role(server):
     assert {"sagemaker.UpdateEndpoint", "sagemaker.DeleteEndpoint", "sagemaker.UpdateModelPackage",
             "sagemaker-runtime.InvokeEndpoint",
             "application-autoscaling.RegisterScalableTarget",
-            "application-autoscaling.DeregisterScalableTarget", "s3.GetObject"} <= operations
-    statements = iamcheck.role_statements(
-        ROOT / "infra/template.yaml", "DeployProjectRole",
-        physical_names={"ArtifactBucket": BUCKET,
-                        "SageMakerExecutionRole": ROLE.rpartition("/")[2]})
+            "application-autoscaling.DeregisterScalableTarget", "s3.GetObject",
+            "scheduler.CreateSchedule", "scheduler.UpdateSchedule", "scheduler.DeleteSchedule",
+            "logs.PutMetricFilter", "s3.PutObject"} <= operations
+    names = {"ArtifactBucket": BUCKET, "SageMakerExecutionRole": ROLE.rpartition("/")[2],
+             "MonitorSchedulerRole": SCHEDULER_ROLE.rpartition("/")[2]}
+    statements = iamcheck.role_statements(ROOT / "infra/template.yaml", "DeployProjectRole",
+                                          physical_names=names)
     assert iamcheck.check_calls(calls, statements) == []
+
+    # what the schedule's universal target calls, as the scheduler's role
+    (schedule,) = [c for c in calls if c["operation"] == "CreateSchedule"]
+    request = json.loads(schedule["params"]["Target"]["Input"].replace(
+        "<aws.scheduler.execution-id>", "d32c5kddcf5bb8c3"))
+    job = {"service": "sagemaker", "operation": "CreateProcessingJob", "region": "us-east-1",
+           "params": request}
+    scheduler_statements = iamcheck.role_statements(
+        ROOT / "infra/template.yaml", "MonitorSchedulerRole", physical_names=names)
+    assert iamcheck.check_calls([job], scheduler_statements) == []

@@ -424,3 +424,98 @@ def test_an_outputs_file_that_cannot_be_written_is_one_line(aws, tmp_path, capsy
     assert cli("--outputs", str(tmp_path / "no-such-folder" / "deploy.env")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot write --outputs") and "Traceback" not in err
+
+
+SCHEDULER_ROLE = "arn:aws:iam::123456789012:role/MonitorScheduler"
+
+
+def with_baseline(sm, version_uri: str, status="Approved") -> str:
+    return create_model_package(sm, GROUP, version_uri, status, DriftCheckBaselines={
+        "ModelDataQuality": {"Statistics": {
+            "ContentType": "application/json",
+            "S3Uri": version_uri.replace(".tar.gz", "-baseline.json")}}})
+
+
+def test_prod_is_monitored_on_a_schedule_against_the_versions_baseline(aws, capsys):
+    """The deploy writes a schedule whose universal target starts the monitoring job, a request
+    SageMaker would accept once EventBridge Scheduler fills in its run id; metric filters make
+    the job's metrics line CloudWatch metrics; the next version's deploy moves the baseline."""
+    from pipelines.deploy import monitoring
+    from pipelines.shapes import validate_arguments
+
+    sm, fake = aws["sm"], aws["fake"]
+    with_baseline(sm, "s3://deploy-bucket/model-3.tar.gz")
+    for stage in ("staging", "prod"):
+        fake.serve(f"dogbreed-{stage}-v3", GOOD)
+    monitored = ("--monitor-role-arn", SCHEDULER_ROLE, "--capture-percent", "25",
+                 "--capture-kms-key", "alias/dogbreed-capture")
+    assert cli(*monitored) == 0 and cli("--stage", "prod", *monitored) == 0
+    out = capsys.readouterr().out
+    assert "dogbreed-prod: monitored every 1 h against version 3's baseline" in out
+    config = sm.describe_endpoint_config(EndpointConfigName="dogbreed-prod-v3")
+    assert config["DataCaptureConfig"]["InitialSamplingPercentage"] == 25
+    assert config["DataCaptureConfig"]["KmsKeyId"] == "alias/dogbreed-capture"
+
+    scheduler = boto3.client("scheduler")
+    names = [s["Name"] for s in scheduler.list_schedules()["Schedules"]]
+    assert names == ["dogbreed-monitor-prod"]  # staging sees smoke tests only
+    schedule = scheduler.get_schedule(Name="dogbreed-monitor-prod")
+    assert schedule["ScheduleExpression"] == "rate(1 hour)"
+    target = schedule["Target"]
+    assert target["Arn"] == "arn:aws:scheduler:::aws-sdk:sagemaker:createProcessingJob"
+    assert target["RoleArn"] == SCHEDULER_ROLE
+    request = json.loads(target["Input"])
+    filled = json.loads(target["Input"].replace("<aws.scheduler.execution-id>", "d32c5kddcf5bb8c3")
+                        .replace("<aws.scheduler.scheduled-time>", "2026-12-06T15:00:00Z"))
+    assert validate_arguments("CreateProcessingJob", filled) == []
+    assert len(filled["ProcessingJobName"]) <= 63
+    assert request["RoleArn"] == ROLE
+    assert request["AppSpecification"]["ImageUri"] == INFERENCE_IMAGE.format("cpu")
+    args = request["AppSpecification"]["ContainerArguments"]
+    assert args[args.index("--until") + 1] == "<aws.scheduler.scheduled-time>"
+    assert args[args.index("--since") + 1] == "1h" and args[args.index("--model-version") + 1] == "3"
+    inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in request["ProcessingInputs"]}
+    assert inputs["baseline"] == "s3://deploy-bucket/model-3-baseline.json"
+    capture = inputs["capture"]
+    assert capture == config["DataCaptureConfig"]["DestinationS3Uri"] + "/dogbreed-prod/"
+    s3 = boto3.client("s3")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="deploy-bucket")["Contents"]]
+    # the capture prefix is never empty (a job whose input matches no object fails)
+    assert capture.removeprefix("s3://deploy-bucket/") + monitoring.PLACEHOLDER in keys
+    code = inputs["code"].removeprefix("s3://deploy-bucket/")
+    assert sorted(k.removeprefix(code) for k in keys if k.startswith(code)) == \
+        sorted(monitoring.CODE_FILES)
+
+    filters = boto3.client("logs").describe_metric_filters(
+        logGroupName="/aws/sagemaker/ProcessingJobs")["metricFilters"]
+    assert {f["metricTransformations"][0]["metricName"] for f in filters} == \
+        set(monitoring.METRICS)
+    drift = next(f for f in filters if f["filterName"] == "dogbreed-monitor-Drift")
+    assert drift["filterPattern"] == "{ $.dogbreed_monitor = 1 }"
+    assert drift["metricTransformations"][0]["metricNamespace"] == "DogBreed/Monitor"
+
+    # a newer version in prod: the same schedule, on its baseline
+    with_baseline(sm, "s3://deploy-bucket/model-4.tar.gz")
+    for stage in ("staging", "prod"):
+        fake.serve(f"dogbreed-{stage}-v4", GOOD)
+    assert cli(*monitored) == 0 and cli("--stage", "prod", *monitored) == 0
+    request = json.loads(scheduler.get_schedule(Name="dogbreed-monitor-prod")["Target"]["Input"])
+    assert {i["InputName"]: i["S3Input"]["S3Uri"] for i in request["ProcessingInputs"]}[
+        "baseline"] == "s3://deploy-bucket/model-4-baseline.json"
+
+    # capture turned off: the schedule goes (it would fail every hour)
+    fake.serve_all(GOOD)  # the endpoint config of the new settings
+    assert cli("--stage", "prod", "--monitor-role-arn", SCHEDULER_ROLE, "--no-data-capture") == 0
+    assert "not monitored: data capture is off" in capsys.readouterr().out
+    assert scheduler.list_schedules()["Schedules"] == []
+
+
+def test_a_version_without_a_baseline_is_deployed_but_not_monitored(aws, capsys):
+    sm = aws["sm"]
+    approve(sm, 1)
+    assert cli() == 0
+    assert cli("--stage", "prod", "--monitor-role-arn", SCHEDULER_ROLE) == 0
+    out = capsys.readouterr().out
+    assert "dogbreed-prod: not monitored: version 1 has no drift baseline" in out
+    assert "InService" in out
+    assert boto3.client("scheduler").list_schedules()["Schedules"] == []

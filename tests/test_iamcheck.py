@@ -82,6 +82,30 @@ def test_pass_role_is_allowed_only_to_the_service_the_condition_names():
         f"iam:PassRole on {ROLE} (called by events.PutTargets)"]
 
 
+def test_log_groups_and_schedules_are_named_from_their_requests():
+    """CloudWatch Logs names its resource in camelCase (logGroupName), EventBridge Scheduler
+    as Name in a group that defaults to "default": a grant on one log group or one schedule
+    name must not be judged against "any" (which only a wildcard grant allows)."""
+    from iamcheck import required_permissions
+
+    logs = call("logs", "PutMetricFilter", logGroupName="/aws/sagemaker/ProcessingJobs",
+                filterName="f", filterPattern="p", metricTransformations=[])
+    assert required_permissions(logs) == [(
+        "logs:PutMetricFilter",
+        "arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/ProcessingJobs")]
+    schedule = call("scheduler", "CreateSchedule", Name="dogbreed-monitor-prod",
+                    Target={"Arn": "x", "RoleArn": ROLE})
+    assert required_permissions(schedule) == [
+        ("scheduler:CreateSchedule",
+         "arn:aws:scheduler:us-east-1:123456789012:schedule/default/dogbreed-monitor-prod"),
+        ("iam:PassRole", ROLE)]
+    grant = [allow("scheduler:CreateSchedule", "arn:aws:scheduler:us-east-1:123456789012:"
+                                               "schedule/default/dogbreed-monitor-*"),
+             allow("iam:PassRole", ROLE, Condition={
+                 "StringEquals": {"iam:PassedToService": "scheduler.amazonaws.com"}})]
+    assert check_calls([schedule], grant) == []
+
+
 def test_condition_operators_for_missing_keys_and_if_exists():
     def holds(condition, context):
         statement = allow("s3:GetObject", "*", Condition=condition)

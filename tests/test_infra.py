@@ -163,9 +163,15 @@ def test_pipeline_stages_deploy_staging_then_approval_then_prod():
         variables = json.loads(deploy["Configuration"]["EnvironmentVariables"])
         assert variables[0] == {"name": "STAGE", "value": value, "type": "PLAINTEXT"}
         assert deploy["InputArtifacts"] == [{"Name": source_output}]
-    # prod deploys only the version staging served when it was approved
-    assert json.loads(action("DeployStaging")["Configuration"]["EnvironmentVariables"])[1:] == []
-    assert json.loads(action("DeployProd")["Configuration"]["EnvironmentVariables"])[1:] == [
+    # each stage captures its own share of requests; prod deploys only the version staging
+    # served when it was approved
+    shares = {"StagingCapturePercent": "25", "ProdCapturePercent": "5"}
+    assert json.loads(action("DeployStaging", **shares)["Configuration"][
+        "EnvironmentVariables"])[1:] == [
+        {"name": "CAPTURE_PERCENT", "value": "25", "type": "PLAINTEXT"}]
+    assert json.loads(action("DeployProd", **shares)["Configuration"][
+        "EnvironmentVariables"])[1:] == [
+        {"name": "CAPTURE_PERCENT", "value": "5", "type": "PLAINTEXT"},
         {"name": "EXPECTED_VERSION", "value": "#{Staging.MODEL_PACKAGE_VERSION}",
          "type": "PLAINTEXT"}]
     assert action("DeployStaging")["Namespace"] == "Staging"
@@ -467,3 +473,42 @@ def test_deploy_buildspec_exports_the_six_variables_and_installs_no_torch():
     assert editable and all("--no-deps" in c for c in editable)
     assert any(c[c.index("-r") + 1] == "requirements-deploy.txt" for c in pip if "-r" in c)
     assert "torch" not in " ".join(install)
+
+
+# --- monitoring --------------------------------------------------------------------------------
+
+def test_captured_requests_expire_are_encrypted_and_prod_drift_notifies():
+    (rule,) = resource("ArtifactBucket", CaptureRetentionDays="7")["Properties"][
+        "LifecycleConfiguration"]["Rules"]
+    assert rule["Prefix"] == "dogbreed/data-capture/" and rule["ExpirationInDays"] == "7"
+    # the monitoring job's placeholder (a few bytes) stays: its S3 input must not be empty
+    from pipelines.deploy import monitoring
+    assert len(monitoring.PLACEHOLDER_BODY) <= int(rule["ObjectSizeGreaterThan"])
+    env = {v["Name"]: v["Value"] for v in resource("DeployProject")["Properties"][
+        "Environment"]["EnvironmentVariables"]}
+    assert env["MONITOR_ROLE_ARN"] == f"arn:aws:iam::{ACCOUNT}:role/MonitorSchedulerRole"
+    assert env["DATA_CAPTURE_KMS_KEY"] == f"arn:aws:kms:{REGION}:{ACCOUNT}:key/DataCaptureKey"
+    # the endpoints (the SageMaker role) write with the capture key, the job reads with it
+    statements = iamcheck.role_statements(TEMPLATE, "SageMakerExecutionRole", parameters=PARAMS)
+    key = env["DATA_CAPTURE_KMS_KEY"]
+    for action_ in ("kms:Encrypt", "kms:GenerateDataKey", "kms:Decrypt"):
+        assert iamcheck.is_allowed(statements, action_, key), action_
+    trust = resource("MonitorSchedulerRole")["Properties"]["AssumeRolePolicyDocument"]
+    (statement,) = trust["Statement"]
+    assert statement["Principal"] == {"Service": "scheduler.amazonaws.com"}
+    assert statement["Condition"] == {"StringEquals": {"aws:SourceAccount": ACCOUNT}}
+
+    alarm = resource("ProdDriftAlarm")["Properties"]
+    (query,) = alarm["Metrics"]
+    assert query["Expression"] == ('SELECT MAX(Drift) FROM SCHEMA("DogBreed/Monitor", '
+                                   "EndpointName, ModelVersion) WHERE EndpointName = "
+                                   "'dogbreed-prod'")
+    assert monitoring.NAMESPACE == "DogBreed/Monitor" and "Drift" in monitoring.METRICS
+    assert alarm["AlarmActions"] == [TOPIC_ARN] and alarm["TreatMissingData"] == "notBreaching"
+    # CloudWatch may publish the alarm to the encrypted topic
+    policy = resource("NotificationTopicPolicy")["Properties"]["PolicyDocument"]["Statement"]
+    (published,) = [s for s in policy if s["Principal"] == {"Service": "cloudwatch.amazonaws.com"}]
+    assert published["Condition"]["ArnEquals"]["aws:SourceArn"] == \
+        f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:dogbreed-prod-drift"
+    key_policy = resource("NotificationKey")["Properties"]["KeyPolicy"]["Statement"]
+    assert any(s["Principal"] == {"Service": "cloudwatch.amazonaws.com"} for s in key_policy)

@@ -81,6 +81,12 @@ def percent(text: str) -> float:
     return value
 
 
+def hours(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 24:
+        raise argparse.ArgumentTypeError(f"a whole number of hours from 1 to 24, got {text!r}")
+    return int(text)
+
+
 def deploy_local(args) -> int:
     from pipelines.deploy.endpoints import EndpointError
     from pipelines.deploy.local import DeployError
@@ -118,6 +124,11 @@ def settings(args, session):
                           bucket=resolve_bucket(session, args.bucket),
                           instance_type=args.instance_type, instance_count=args.instance_count,
                           capture_percent=capture_percent(args),
+                          capture_kms_key=args.capture_kms_key or
+                          os.environ.get("DATA_CAPTURE_KMS_KEY") or None,
+                          monitor_role_arn=args.monitor_role_arn or
+                          os.environ.get("MONITOR_ROLE_ARN") or None,
+                          monitor_hours=args.monitor_every_hours,
                           poll_seconds=args.poll_seconds)
 
 
@@ -193,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --stage prod: deploy only if staging still serves version N "
                           "(the version the approver saw); 'none': staging deployed nothing, "
                           "so there is nothing to promote")
+    aws.add_argument("--capture-kms-key", help="KMS key that encrypts the captured data "
+                                               "(default $DATA_CAPTURE_KMS_KEY)")
+    aws.add_argument("--monitor-role-arn",
+                     help="EventBridge Scheduler's role: prod gets a monitoring schedule "
+                          "(default $MONITOR_ROLE_ARN; none: not monitored)")
+    aws.add_argument("--monitor-every-hours", type=hours, default=1,
+                     help="how often prod's traffic is judged, 1-24 (default 1)")
     aws.add_argument("--poll-seconds", type=float, default=20.0,
                      help="seconds between endpoint status checks and smoke requests")
     return p

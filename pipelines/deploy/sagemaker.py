@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from pipelines import spec
 from pipelines.aws import describe_or_none
-from pipelines.deploy import smoke
+from pipelines.deploy import monitoring, smoke
 
 VARIANT = "AllTraffic"
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
@@ -46,7 +46,11 @@ class DeploySettings:
     bucket: str
     instance_type: str = "ml.m5.large"
     instance_count: int = 1
-    data_capture: bool = True
+    capture_percent: float = 100.0  # of the requests captured (0: capture off)
+    capture_kms_key: str | None = None  # encrypts the captured objects (the stack's key)
+    monitor_role_arn: str | None = None  # EventBridge Scheduler's role: prod is monitored
+    monitor_hours: int = 1
+    monitor_instance_type: str = "ml.m5.large"
     max_instances: int = 4
     invocations_per_instance: int = 100
     poll_seconds: float = 20.0  # between DescribeEndpoint calls (and smoke requests)
@@ -197,10 +201,11 @@ def ensure_endpoint_config(sm, s: DeploySettings, stage: str, model: str, versio
     variant = {"VariantName": VARIANT, "ModelName": model, "InstanceType": s.instance_type,
                "InitialInstanceCount": s.instance_count}
     capture = {"DataCaptureConfig": {
-        "EnableCapture": True, "InitialSamplingPercentage": 100,
-        "DestinationS3Uri": f"s3://{s.bucket}/{s.prefix}/data-capture/{stage}",
-        "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}]}
-    } if s.data_capture else {}
+        "EnableCapture": True, "InitialSamplingPercentage": round(s.capture_percent),
+        "DestinationS3Uri": monitoring.capture_destination(s.bucket, s.prefix, stage),
+        "CaptureOptions": [{"CaptureMode": "Input"}, {"CaptureMode": "Output"}],
+        **({"KmsKeyId": s.capture_kms_key} if s.capture_kms_key else {})}
+    } if round(s.capture_percent) > 0 else {}
     name = f"{s.prefix}-{stage}-v{version}" + ("-gpu" if model.endswith("-gpu") else "")
     existing = describe_or_none(lambda: sm.describe_endpoint_config(EndpointConfigName=name))
     if existing and not _same_settings(existing, variant, capture):
@@ -219,8 +224,8 @@ def _same_settings(config: dict, variant: dict, capture: dict) -> bool:
     same_variant = all(existing.get(k) == v for k, v in variant.items())
     had = config.get("DataCaptureConfig", {})
     wanted = capture.get("DataCaptureConfig", {})
-    same_capture = bool(had.get("EnableCapture")) == bool(wanted.get("EnableCapture")) and \
-        had.get("DestinationS3Uri") == wanted.get("DestinationS3Uri")
+    same_capture = all(had.get(key) == wanted.get(key) for key in (
+        "EnableCapture", "DestinationS3Uri", "InitialSamplingPercentage", "KmsKeyId"))
     return same_variant and same_capture
 
 
@@ -352,6 +357,24 @@ class Deployment:
         if self.stage == "prod":
             ensure_autoscaling(self.session.client("application-autoscaling"), self.s,
                                self.name, self.echo)
+            self.monitor()
+
+    def monitor(self) -> None:
+        """Prod's monitoring schedule, on this version's baseline (staging sees smoke tests)."""
+        if not self.s.monitor_role_arn:
+            self.echo(f"{self.name}: not monitored: no scheduler role (--monitor-role-arn, "
+                      f"MONITOR_ROLE_ARN; the template's MonitorSchedulerRole)")
+            return
+        try:
+            monitoring.schedule(
+                self.session, endpoint=self.name, stage=self.stage, package=self.package,
+                prefix=self.s.prefix, bucket=self.s.bucket, role_arn=self.s.role_arn,
+                scheduler_role_arn=self.s.monitor_role_arn,
+                capture=round(self.s.capture_percent) > 0, hours=self.s.monitor_hours,
+                instance_type=self.s.monitor_instance_type, echo=self.echo)
+        except monitoring.MonitoringError as exc:
+            raise SageMakerDeployError(f"{self.name} serves {self.label}, but its monitoring "
+                                       f"was not set up: {exc}") from None
 
     def passed(self, current: dict) -> bool:
         tags = _tags(self.sm, current["EndpointArn"])
