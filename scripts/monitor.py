@@ -198,8 +198,14 @@ def _png(fig) -> str:
 
 
 def plots(report: dict, baseline: dict, traffic) -> list[tuple[str, str]]:
-    """(title, base64 PNG) of the class shares, the confidences and the input statistics."""
-    import matplotlib
+    """(title, base64 PNG) of the class shares, the confidences and the input statistics;
+    none where matplotlib is not installed (the SageMaker inference images the scheduled job
+    runs in may lack it): the page then has the tables alone."""
+    try:
+        import matplotlib
+    except ImportError:
+        log.warning("matplotlib is not installed: monitor.html has no plots")
+        return []
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -249,3 +249,20 @@ def test_json_requests_and_error_answers_are_read(tmp_path, baseline):
     assert report["verdicts"]["error_rate"] is True
     assert report["image_size"]["median_width"] == 160
     assert report["image_size"]["smaller_than_model_input"] == 0.0
+
+
+def test_without_matplotlib_the_page_has_the_tables_alone(tmp_path, baseline):
+    """The scheduled job runs in the version's inference image, which may lack matplotlib."""
+    blocker = tmp_path / "blocker" / "matplotlib"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('blocked for the test')\n")
+    write_capture(tmp_path / "capture", images(40, seed=11))
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    proc = run_script("monitor.py", "--capture-dir", tmp_path / "capture",
+                      "--baseline", tmp_path / "baseline.json", "--output-dir", tmp_path / "out",
+                      "--until", NOW.isoformat(),
+                      env={"PYTHONPATH": str(tmp_path / "blocker")})
+    assert proc.returncode == 0, proc.stderr
+    assert "matplotlib is not installed" in proc.stdout
+    page = (tmp_path / "out" / "monitor.html").read_text()
+    assert "no drift" in page and "data:image/png" not in page and "<table>" in page

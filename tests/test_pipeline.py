@@ -302,6 +302,11 @@ def test_definition_in_detail(aws, tmp_path):
     statistics = register["ModelMetrics"]["ModelQuality"]["Statistics"]
     assert "Outputs['evaluation']" in json.dumps(statistics["S3Uri"])
     assert "evaluation.json" in json.dumps(statistics["S3Uri"])  # the test split's metrics
+    # the drift baseline the monitoring job judges the version's traffic against
+    baseline = register["DriftCheckBaselines"]["ModelDataQuality"]["Statistics"]
+    assert baseline["ContentType"] == "application/json"
+    assert "Outputs['evaluation']" in json.dumps(baseline["S3Uri"])
+    assert json.dumps(baseline["S3Uri"]).count("baseline.json") == 1
     # both figures on the version itself, as strings, for the approver and the deploy
     metadata = register["CustomerMetadataProperties"]
     for key, report in (("validation_accuracy", "ValidationReport"),

@@ -102,12 +102,21 @@ class Skipped:
 
 @dataclass
 class Event:
-    """One captured request: its time, input and output, as the record holds them."""
+    """One captured request: its time, input and output, as the record holds them. The input
+    is decoded only when ``body`` is read (most records are never looked at that closely)."""
     when: datetime
     content_type: str
-    body: bytes
+    captured_input: dict
     output: str
     where: tuple[str, int] = field(default=("", 0))
+
+    @property
+    def body(self) -> bytes:
+        """The request's bytes (b"" when the record's input does not decode)."""
+        try:
+            return _decoded(self.captured_input)
+        except ValueError:
+            return b""
 
 
 def read_events(files: list[Path], skipped: list[Skipped]) -> Iterator[Event]:
@@ -138,7 +147,8 @@ def _event(line: bytes) -> tuple[Event | None, str]:
         data = record["captureData"]
         given, answered = data["endpointInput"], data.get("endpointOutput") or {}
         when = parse_time(record["eventMetadata"]["inferenceTime"])
-        body = _decoded(given)
+        if not isinstance(given, dict):
+            raise TypeError("endpointInput is not an object")
         output = _decoded(answered).decode("utf-8", "replace") if answered else ""
     except ValueError as exc:
         if not line.endswith(b"\n"):
@@ -147,7 +157,7 @@ def _event(line: bytes) -> tuple[Event | None, str]:
     except (KeyError, TypeError, AttributeError):
         return None, ("not a capture record (expects captureData.endpointInput and "
                       "eventMetadata.inferenceTime)")
-    return Event(when, str(given.get("observedContentType", "")), body, output), ""
+    return Event(when, str(given.get("observedContentType", "")), given, output), ""
 
 
 def _decoded(part: dict) -> bytes:

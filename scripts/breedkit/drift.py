@@ -144,14 +144,19 @@ class Window:
             self.errors += 1
             self.statuses[status] = self.statuses.get(status, 0) + 1
             return
-        blobs = request_images(event.body, event.content_type)
+        blobs = []  # the request's images, decoded only if one of them enters the sample
+
+        def blob(i: int) -> bytes | None:
+            if not blobs:
+                blobs.append(request_images(event.body, event.content_type))
+            return blobs[0][i] if i < len(blobs[0]) else None
+
         for i, (index, probability) in enumerate(answered):
             self.images += 1
             if 0 <= index < len(self.counts):
                 self.counts[index] += 1
             self.confidences.offer(lambda p=probability: p)
-            blob = blobs[i] if i < len(blobs) else None
-            self.stats.offer(lambda b=blob: self._stats(b))
+            self.stats.offer(lambda i=i: self._stats(blob(i)))
 
     def _stats(self, blob: bytes | None) -> dict | None:
         stats = image_stats(blob) if blob else None
