@@ -247,16 +247,20 @@ def output_fn(prediction, accept):
 
 
 def test_decode_threads_run_torch_on_one_core_and_the_forward_pass_on_all(tmp_path):
-    """Decode threads must not bring OpenMP teams of their own to fight the forward pass's."""
+    """Decode threads must not bring OpenMP teams of their own to fight the forward pass's;
+    nor must the event loop's thread, which decodes a lone small request itself (its team of
+    every core, spinning after each resize, took 20 ms from a 40 ms resnet50 forward on 2
+    cores: bench/endpoint.py)."""
     import torch
 
     model = handler_model_dir(tmp_path, THREAD_REPORTING_MODEL)
     proc, url = start_server(model, tmp_path)
     big = b"x" * (1024 * 1024)  # over the inline-decode size: decoded in a worker thread
+    small = b"x" * 1024  # a lone small request: decoded on the event loop's thread
     try:
-        answers = [requests.post(url + "/invocations", data=big, timeout=30,
+        answers = [requests.post(url + "/invocations", data=body, timeout=30,
                                  headers={"Content-Type": "image/jpeg"}).json()["predictions"][0]
-                   for _ in range(3)]
+                   for body in (small, big) * 3]
     finally:
         proc.terminate()
         proc.wait(timeout=10)

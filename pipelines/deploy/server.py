@@ -305,6 +305,12 @@ def make_app(model_data: str, *, max_batch: int = 16, max_wait_ms: float = 5.0,
             state["error"] = f"model failed to load: {type(exc).__name__}: {exc}"
             log.error(state["error"])
             return
+        # a lone small request is decoded on this (the event loop's) thread: it runs torch with
+        # the decode threads' count, or its own OpenMP team (every core, spinning after each
+        # resize) would take the cores from the forward pass that follows (20 ms of a 40 ms
+        # resnet50 forward on 2 cores; bench/endpoint.py). Set after the model thread fixed
+        # its own count, which this does not change.
+        torch_threads(decode_torch_threads)
         state["handlers"] = handlers
         state["batcher"] = Batcher(handlers, model, model_thread, max_batch, max_wait_ms / 1000)
         app["batch_task"] = asyncio.create_task(state["batcher"].run())
