@@ -22,6 +22,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from breedkit.monitorspec import MARKER
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "monitor.py"
 CAPTURE_DIR = "data-capture"
 DRIFT_EXIT = 3
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
           flush=True)
     proc = subprocess.run(command, stdout=subprocess.PIPE, text=True)
     for line in proc.stdout.splitlines():  # the script's summary, without its log prefixes
-        if line.startswith('{"dogbreed_monitor"'):
+        if line.startswith(f'{{"{MARKER}"'):
             continue
         print(line.split(" monitor: ", 1)[-1])
     if proc.returncode != 0:

@@ -16,7 +16,7 @@ from typing import Any
 
 from breedkit import rulespec
 from breedkit.archs import ARCHS
-from breedkit.capture import BASELINE_FILE
+from breedkit.monitorspec import BASELINE_FILE
 from breedkit.features import MAX_VIEWS
 from breedkit.logformat import METRIC_DEFINITIONS, OBJECTIVE_METRIC, OBJECTIVE_TYPE
 

@@ -7,7 +7,9 @@ Inputs:  --capture-dir   data-capture JSON lines, any layout below it (SageMaker
          --baseline      the version's baseline.json (evaluate.py writes it), or a folder holding
                          it (default /opt/ml/processing/input/baseline)
          --since/--until the window: ISO 8601 times, or --since as a duration before --until
-                         (30m, 1h, 2d); --until defaults to now
+                         (30m, 1h, 2d); --until defaults to now; --lag moves the window that
+                         much earlier (SageMaker writes capture files minutes after the
+                         requests: the scheduled job judges the hour that ended --lag ago)
 Outputs: --output-dir (default /opt/ml/processing/output)
          monitor.json    requests, error rate, low-confidence share, the class distribution's
                          drift (PSI, chi-square p), the confidence's and the input statistics'
@@ -39,7 +41,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from breedkit.contract import UserError, parse_args, run_main, setup_logging  # noqa: E402
 
 log = logging.getLogger("monitor")
-METRICS_MARKER = "dogbreed_monitor"
 MAX_SKIPPED_LISTED = 50
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
@@ -55,9 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="/opt/ml/processing/output")
     p.add_argument("--since", default="1h", help="an ISO time or a duration before --until")
     p.add_argument("--until", default="", help="an ISO time (default: now)")
+    p.add_argument("--lag", default="0m", help="a duration the window is moved earlier by")
     p.add_argument("--endpoint", default="", help="named in the report and the metrics")
     p.add_argument("--model-version", default="", help="named in the report and the metrics")
-    p.add_argument("--alpha", type=float, default=t.alpha, help="significance of each test")
+    p.add_argument("--alpha", type=float, default=t.alpha,
+                   help="false-drift rate of a run: each of the 8 tests runs at alpha / 8")
     p.add_argument("--psi-threshold", type=float, default=t.psi)
     p.add_argument("--ks-threshold", type=float, default=t.ks)
     p.add_argument("--low-confidence", type=float, default=t.low_confidence,
@@ -69,7 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def window(since: str, until: str, now: datetime | None = None) -> tuple[datetime, datetime]:
+def duration(text: str, name: str) -> timedelta | None:
+    """30m, 1h, 2d, ... as a timedelta; None when ``text`` is not a duration."""
+    found = _DURATION.match(text.strip().lower())
+    return timedelta(**{_UNITS[found[2]]: float(found[1])}) if found else None
+
+
+def window(since: str, until: str, now: datetime | None = None,
+           lag: str = "0m") -> tuple[datetime, datetime]:
     from breedkit.capture import parse_time
 
     def when(text: str, name: str) -> datetime:
@@ -80,10 +90,13 @@ def window(since: str, until: str, now: datetime | None = None) -> tuple[datetim
                             f"(2026-12-06T15:00:00Z) nor, for --since, a duration (30m, 1h, 2d)"
                             ) from None
 
-    end = when(until, "until") if until.strip() else (now or datetime.now(timezone.utc))
-    duration = _DURATION.match(since.strip().lower())
-    start = end - timedelta(**{_UNITS[duration[2]]: float(duration[1])}) if duration \
-        else when(since, "since")
+    delay = duration(lag, "lag")
+    if delay is None:
+        raise UserError(f"--lag {lag!r} is not a duration (0m, 15m, 1h)")
+    end = (when(until, "until") if until.strip() else (now or datetime.now(timezone.utc))) \
+        - delay
+    length = duration(since, "since")
+    start = end - length if length is not None else when(since, "since") - delay
     if start >= end:
         raise UserError(f"the window is empty: --since {since} is not before --until "
                         f"{end.isoformat()}")
@@ -145,10 +158,13 @@ def metrics_line(report: dict) -> str:
     values = {"Requests": report["requests"], "Images": report["images"],
               "ErrorRate": report["error_rate"],
               "LowConfidenceShare": report["low_confidence"]["share"],
-              "ClassPSI": report["class_distribution"]["psi"],
+              "ClassPSI": report["class_distribution"]["psi_excess"],
               "ConfidenceKS": report["confidence"]["ks"],
               "DriftingInputStatistics": drifting_inputs, "Drift": int(report["drift"])}
-    return json.dumps({METRICS_MARKER: 1, "EndpointName": report["endpoint"] or "unknown",
+    from breedkit import monitorspec
+
+    assert tuple(values) == monitorspec.METRICS  # what the deploy's metric filters read
+    return json.dumps({monitorspec.MARKER: 1, "EndpointName": report["endpoint"] or "unknown",
                        "ModelVersion": report["model_version"] or "unknown",
                        **{k: v for k, v in values.items() if v is not None}})
 
@@ -171,8 +187,8 @@ def summary(report: dict) -> list[str]:
     low = report["low_confidence"]
     lines.append(f"error rate {report['error_rate']}; low-confidence share {low['share']} "
                  f"(baseline {low['baseline_share']})")
-    lines.append(f"class distribution: PSI {c['psi']}, chi-square p {c['p']}"
-                 f"{_flag(c['drift'])}")
+    lines.append(f"class distribution: PSI {c['psi']} ({c['psi_excess']} above what chance "
+                 f"gives), chi-square p {c['p']}{_flag(c['drift'])}")
     lines.append(f"top-1 confidence: KS {k['ks']}, p {k['p']}, mean {k['mean']} "
                  f"(baseline {k['baseline_mean']}){_flag(k['drift'])}")
     for name, s in report["inputs"].items():
@@ -246,8 +262,8 @@ def write_html(path: str, report: dict, figures: list[tuple[str, str]]) -> None:
     def cell(value) -> str:
         return html.escape("" if value is None else str(value))
 
-    rows = [("class distribution", report["class_distribution"]["psi"],
-             f"PSI; chi-square p {report['class_distribution']['p']}",
+    rows = [("class distribution", report["class_distribution"]["psi_excess"],
+             f"PSI above chance; chi-square p {report['class_distribution']['p']}",
              report["class_distribution"]["drift"]),
             ("top-1 confidence", report["confidence"]["ks"],
              f"KS; p {report['confidence']['p']}", report["confidence"]["drift"])]
@@ -278,7 +294,7 @@ body{{font-family:sans-serif;margin:2em;max-width:72em}} td,th{{padding:.2em .8e
 def main(argv=None) -> int:
     args = parse_args(build_parser(), argv)
     setup_logging()
-    start, end = window(args.since, args.until)
+    start, end = window(args.since, args.until, lag=args.lag)
     baseline = load_baseline(args.baseline)
     report, traffic = measure(args, baseline, start, end)
     os.makedirs(args.output_dir, exist_ok=True)

@@ -474,6 +474,7 @@ def test_prod_is_monitored_on_a_schedule_against_the_versions_baseline(aws, caps
     args = request["AppSpecification"]["ContainerArguments"]
     assert args[args.index("--until") + 1] == "<aws.scheduler.scheduled-time>"
     assert args[args.index("--since") + 1] == "1h" and args[args.index("--model-version") + 1] == "3"
+    assert args[args.index("--lag") + 1] == "15m"  # capture files are written minutes late
     inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in request["ProcessingInputs"]}
     assert inputs["baseline"] == "s3://deploy-bucket/model-3-baseline.json"
     capture = inputs["capture"]
@@ -491,7 +492,8 @@ def test_prod_is_monitored_on_a_schedule_against_the_versions_baseline(aws, caps
     assert {f["metricTransformations"][0]["metricName"] for f in filters} == \
         set(monitoring.METRICS)
     drift = next(f for f in filters if f["filterName"] == "dogbreed-monitor-Drift")
-    assert drift["filterPattern"] == "{ $.dogbreed_monitor = 1 }"
+    # only this stack's endpoints' lines (another stack's share the log group)
+    assert drift["filterPattern"] == '{ $.dogbreed_monitor = 1 && $.EndpointName = "dogbreed-*" }'
     assert drift["metricTransformations"][0]["metricNamespace"] == "DogBreed/Monitor"
 
     # a newer version in prod: the same schedule, on its baseline
@@ -503,8 +505,20 @@ def test_prod_is_monitored_on_a_schedule_against_the_versions_baseline(aws, caps
     assert {i["InputName"]: i["S3Input"]["S3Uri"] for i in request["ProcessingInputs"]}[
         "baseline"] == "s3://deploy-bucket/model-4-baseline.json"
 
+    # deployed without the scheduler role: the old schedule would judge this version by
+    # another's baseline, so it goes
+    with_baseline(sm, "s3://deploy-bucket/model-5.tar.gz")
+    fake.serve_all(GOOD)
+    assert cli() == 0 and cli("--stage", "prod") == 0
+    out = capsys.readouterr().out
+    assert "not monitored: no scheduler role" in out
+    assert "deleted the monitoring schedule dogbreed-monitor-prod" in out
+    assert scheduler.list_schedules()["Schedules"] == []
+    assert cli("--stage", "prod", *monitored) == 0  # and is back with the role
+    assert [s["Name"] for s in scheduler.list_schedules()["Schedules"]] == [
+        "dogbreed-monitor-prod"]
+
     # capture turned off: the schedule goes (it would fail every hour)
-    fake.serve_all(GOOD)  # the endpoint config of the new settings
     assert cli("--stage", "prod", "--monitor-role-arn", SCHEDULER_ROLE, "--no-data-capture") == 0
     assert "not monitored: data capture is off" in capsys.readouterr().out
     assert scheduler.list_schedules()["Schedules"] == []
@@ -519,3 +533,11 @@ def test_a_version_without_a_baseline_is_deployed_but_not_monitored(aws, capsys)
     assert "dogbreed-prod: not monitored: version 1 has no drift baseline" in out
     assert "InService" in out
     assert boto3.client("scheduler").list_schedules()["Schedules"] == []
+
+
+@pytest.mark.parametrize("value", ["0.4", "101", "-1", "ten"])
+def test_the_capture_percentage_is_a_whole_number_sagemaker_takes(aws, capsys, value):
+    """SageMaker's InitialSamplingPercentage is an integer: 0.4 would silently be 0 there."""
+    with pytest.raises(SystemExit):
+        cli("--capture-percent", value)
+    assert "a whole percentage from 0 to 100" in capsys.readouterr().err

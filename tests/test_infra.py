@@ -247,7 +247,8 @@ def test_failures_and_pending_versions_are_notified():
     by_type = {p["EventPattern"]["detail-type"][0]: p for p in rules.values()}
     assert sorted(by_type) == ["CodePipeline Pipeline Execution State Change",
                                "SageMaker Model Building Pipeline Execution Status Change",
-                               "SageMaker Model Package State Change"]
+                               "SageMaker Model Package State Change",
+                               "SageMaker Processing Job State Change"]  # monitoring failed
     build = by_type["SageMaker Model Building Pipeline Execution Status Change"]["EventPattern"]
     assert build["detail"]["currentPipelineExecutionStatus"] == ["Failed"]
     wanted = f"{SM}:pipeline/DogBreedBuild"
@@ -478,9 +479,11 @@ def test_deploy_buildspec_exports_the_six_variables_and_installs_no_torch():
 # --- monitoring --------------------------------------------------------------------------------
 
 def test_captured_requests_expire_are_encrypted_and_prod_drift_notifies():
-    (rule,) = resource("ArtifactBucket", CaptureRetentionDays="7")["Properties"][
+    rule, markers = resource("ArtifactBucket", CaptureRetentionDays="7")["Properties"][
         "LifecycleConfiguration"]["Rules"]
     assert rule["Prefix"] == "dogbreed/data-capture/" and rule["ExpirationInDays"] == "7"
+    # the bucket is versioned: the delete markers expiry leaves are removed too
+    assert markers["Prefix"] == rule["Prefix"] and markers["ExpiredObjectDeleteMarker"] is True
     # the monitoring job's placeholder (a few bytes) stays: its S3 input must not be empty
     from pipelines.deploy import monitoring
     assert len(monitoring.PLACEHOLDER_BODY) <= int(rule["ObjectSizeGreaterThan"])
@@ -505,10 +508,21 @@ def test_captured_requests_expire_are_encrypted_and_prod_drift_notifies():
                                    "'dogbreed-prod'")
     assert monitoring.NAMESPACE == "DogBreed/Monitor" and "Drift" in monitoring.METRICS
     assert alarm["AlarmActions"] == [TOPIC_ARN] and alarm["TreatMissingData"] == "notBreaching"
+    # two drifting runs of three: one false verdict (at most the job's alpha) pages nobody
+    assert (alarm["DatapointsToAlarm"], alarm["EvaluationPeriods"]) == (2, 3)
+    # a failed monitoring job publishes nothing, so its failure is told instead
+    failed = resource("MonitoringFailedRule")["Properties"]
+    assert failed["EventPattern"]["detail"] == {
+        "ProcessingJobStatus": ["Failed"], "ProcessingJobName": [{"prefix": "dogbreed-monitor-"}]}
+    assert failed["Targets"][0]["Arn"] == TOPIC_ARN
+    assert monitoring.job_name_prefix("dogbreed", "prod").startswith("dogbreed-monitor-")
     # CloudWatch may publish the alarm to the encrypted topic
     policy = resource("NotificationTopicPolicy")["Properties"]["PolicyDocument"]["Statement"]
     (published,) = [s for s in policy if s["Principal"] == {"Service": "cloudwatch.amazonaws.com"}]
     assert published["Condition"]["ArnEquals"]["aws:SourceArn"] == \
         f"arn:aws:cloudwatch:{REGION}:{ACCOUNT}:alarm:dogbreed-prod-drift"
+    (rules,) = [s for s in policy if s["Principal"] == {"Service": "events.amazonaws.com"}]
+    assert f"arn:aws:events:{REGION}:{ACCOUNT}:rule/MonitoringFailedRule" in \
+        rules["Condition"]["ArnEquals"]["aws:SourceArn"]
     key_policy = resource("NotificationKey")["Properties"]["KeyPolicy"]["Statement"]
     assert any(s["Principal"] == {"Service": "cloudwatch.amazonaws.com"} for s in key_policy)

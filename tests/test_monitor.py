@@ -266,3 +266,79 @@ def test_without_matplotlib_the_page_has_the_tables_alone(tmp_path, baseline):
     assert "matplotlib is not installed" in proc.stdout
     page = (tmp_path / "out" / "monitor.html").read_text()
     assert "no drift" in page and "data:image/png" not in page and "<table>" in page
+
+
+def test_class_drift_judges_the_psi_above_what_chance_gives():
+    """133 classes, 835 baseline images, 100 in the window: most of a raw PSI is sampling
+    noise (about 0.5), so the raw figure can neither be compared across windows of other sizes
+    nor guard a verdict; its excess over chance can."""
+    rng = np.random.default_rng(1)
+    names = [f"{i:03d}.Breed" for i in range(133)]
+    p = np.full(133, 1 / 133)
+    baseline = make_baseline(names, np.eye(133)[rng.choice(133, 835, p=p)],
+                             [], 224, "valid")
+    like, shifted = Window(133, 224), Window(133, 224)
+    like.counts[:] = rng.multinomial(100, p)
+    like.images = like.requests = 100
+    shifted.counts[:5] = 20  # everything predicted as one of five classes
+    shifted.images = shifted.requests = 100
+    same = compare(baseline, like, Thresholds())["class_distribution"]
+    assert same["psi"] > 0.3 and same["psi_chance"] > 0.3  # the raw figure is mostly noise
+    assert same["psi_excess"] < 0.1 and same["drift"] is False
+    moved = compare(baseline, shifted, Thresholds())["class_distribution"]
+    assert moved["psi_excess"] > 1.0 and moved["drift"] is True
+
+
+def test_the_image_sample_stays_uniform_when_images_do_not_decode():
+    """Algorithm R: an unreadable image still takes its slot (then left out), or the items
+    seen early would stay in the sample too long."""
+    from breedkit.drift import Reservoir
+
+    means = []
+    for seed in range(20):
+        sample = Reservoir(100, seed)
+        for i in range(10_000):
+            sample.offer(lambda i=i: None if i % 2 else i)
+        means.append(np.mean(sample.items))
+    assert abs(np.mean(means) - 5_000) < 400, np.mean(means)
+
+
+def test_a_window_reads_the_hour_folder_after_it_and_lags_behind_its_end(tmp_path, baseline):
+    """SageMaker names a capture file's folder by when the file was written, minutes after its
+    first request; the scheduled job judges the hour that ended --lag before its run."""
+    from breedkit.capture import capture_files
+
+    root = tmp_path / "capture"
+    late = hour_dir(root, "ep", NOW.replace(hour=16, minute=0))  # written at 16:0x
+    late.mkdir(parents=True)
+    blob = images(1, seed=12)[0]
+    with open(late / "part.jsonl", "w") as fh:
+        for minute in (14, 44, 59):  # requests of 15:14, 15:44, 15:59
+            fh.write(json.dumps(make_record(blob, "image/jpeg", answer(blob), when=NOW.replace(
+                hour=15, minute=minute))) + "\n")
+    until = NOW.replace(hour=16, minute=0)
+    assert capture_files(root, until - timedelta(hours=1), until) == [late / "part.jsonl"]
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    proc = run_script("monitor.py", "--capture-dir", root, "--baseline",
+                      tmp_path / "baseline.json", "--output-dir", tmp_path / "out",
+                      "--since", "1h", "--until", until.isoformat(), "--lag", "15m")
+    assert proc.returncode == 0, proc.stderr
+    report = read_json(tmp_path / "out" / "monitor.json")
+    assert report["window"] == {"since": "2026-12-06T14:45:00Z", "until": "2026-12-06T15:45:00Z"}
+    assert report["requests"] == 2  # 15:14 and 15:44; 15:59 belongs to the next run
+
+
+def test_hostile_capture_lines_are_skipped_not_a_crash(tmp_path, monkeypatch):
+    import breedkit.capture as capture
+
+    monkeypatch.setattr(capture, "MAX_LINE_BYTES", 200_000)
+    blob = images(1, seed=13)[0][:300]
+    good = json.dumps(make_record(blob, "image/jpeg", answer(images(1, seed=13)[0]),
+                                  when=NOW)) + "\n"
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"[" * 100_000 + b"\n" + b"x" * 500_000 + b"\n" + good.encode())
+    skipped = []
+    events = list(capture.read_events([path], skipped))
+    assert len(events) == 1 and events[0].where == (str(path), 3)
+    assert [s.line for s in skipped] == [1, 2]
+    assert "nested too deeply" in skipped[0].reason and "over 200,000 bytes" in skipped[1].reason

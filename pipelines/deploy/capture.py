@@ -50,8 +50,12 @@ class Capture:
                 self.dropped += 1
                 return
             self.pending += 1
-        self.writer.submit(self._write, body, content_type, answer,
-                           datetime.now(timezone.utc))
+        try:
+            self.writer.submit(self._write, body, content_type, answer,
+                               datetime.now(timezone.utc))
+        except RuntimeError:  # a request answered while the server shuts down
+            with self.lock:
+                self.pending -= 1
 
     def _write(self, body: bytes, content_type: str, answer: str, when: datetime) -> None:
         try:
@@ -67,7 +71,8 @@ class Capture:
             self.handle.flush()  # a reader (the monitor) sees whole records
             self.written += 1
         except OSError as exc:
-            self.dropped += 1
+            with self.lock:
+                self.dropped += 1
             log.warning("data capture: a record could not be written (%s)", exc)
         finally:
             with self.lock:

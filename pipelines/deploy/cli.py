@@ -67,18 +67,15 @@ def deploy_once(args, stage: str, echo=print) -> int:
     return 0
 
 
-def capture_percent(args) -> float:
-    return 0.0 if args.no_data_capture else args.capture_percent
+def capture_percent(args) -> int:
+    return 0 if args.no_data_capture else args.capture_percent
 
 
-def percent(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value <= 100:
-        raise argparse.ArgumentTypeError(f"a percentage from 0 to 100, got {text!r}")
-    return value
+def percent(text: str) -> int:
+    """A whole percentage: SageMaker's InitialSamplingPercentage is an integer."""
+    if not text.isdigit() or not 0 <= int(text) <= 100:
+        raise argparse.ArgumentTypeError(f"a whole percentage from 0 to 100, got {text!r}")
+    return int(text)
 
 
 def hours(text: str) -> int:
@@ -187,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", metavar="FILE",
                    help="after a successful deploy, write KEY=VALUE shell lines: "
                         + ", ".join(OUTPUT_KEYS))
-    p.add_argument("--capture-percent", type=percent, default=100.0,
+    p.add_argument("--capture-percent", type=percent, default=100,
                    help="the share of this stage's requests captured (images and answers) for "
                         "monitoring, 0-100 (default 100); captured images are users' data")
     p.add_argument("--no-data-capture", action="store_true", help="the same as "

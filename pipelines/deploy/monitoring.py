@@ -27,13 +27,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from breedkit.monitorspec import DIMENSIONS, MARKER, METRICS, NAMESPACE  # noqa: F401
 from pipelines.shapes import validate_arguments
 
-NAMESPACE = "DogBreed/Monitor"
-METRICS = ("Requests", "Images", "ErrorRate", "LowConfidenceShare", "ClassPSI", "ConfidenceKS",
-           "DriftingInputStatistics", "Drift")
 LOG_GROUP = "/aws/sagemaker/ProcessingJobs"
-METRICS_PATTERN = "{ $.dogbreed_monitor = 1 }"
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 CODE_FILES = ("monitor.py", "breedkit/__init__.py", "breedkit/capture.py", "breedkit/drift.py",
               "breedkit/contract.py", "breedkit/images.py")
@@ -45,6 +42,9 @@ PLACEHOLDER_BODY = b"keep\n"
 ROOT = "/opt/ml/processing"
 RUN_ID = "<aws.scheduler.execution-id>"  # EventBridge Scheduler fills these in at each run
 SCHEDULED_TIME = "<aws.scheduler.scheduled-time>"
+# SageMaker writes a capture file minutes after its first request: a run judges the window that
+# ended this long before its scheduled time, so that the window's files are complete
+LAG = "15m"
 UNIVERSAL_TARGET = "arn:aws:scheduler:::aws-sdk:sagemaker:createProcessingJob"
 MAX_JOB_NAME = 63
 EXECUTION_ID_LENGTH = 16  # e.g. d32c5kddcf5bb8c3 (EventBridge Scheduler's documentation)
@@ -108,7 +108,7 @@ def processing_request(*, endpoint: str, stage: str, version: int, prefix: str, 
             "ContainerArguments": [
                 "--capture-dir", f"{ROOT}/input/capture", "--baseline", f"{ROOT}/input/baseline",
                 "--output-dir", f"{ROOT}/output", "--since", f"{hours}h",
-                "--until", SCHEDULED_TIME, "--endpoint", endpoint,
+                "--until", SCHEDULED_TIME, "--lag", LAG, "--endpoint", endpoint,
                 "--model-version", str(version)]},
         "ProcessingInputs": [s3_input("code", code_uri), s3_input("capture", capture),
                              s3_input("baseline", baseline_uri)],
@@ -133,6 +133,11 @@ def check_request(request: dict) -> None:
                               + "; ".join(problems))
 
 
+def metrics_pattern(prefix: str) -> str:
+    """The metrics lines of this prefix's endpoints (another stack's share the log group)."""
+    return f'{{ $.{MARKER} = 1 && $.EndpointName = "{prefix}-*" }}'
+
+
 def ensure_metric_filters(logs, prefix: str) -> None:
     """One metric filter per metric of the job's metrics line (PutMetricFilter replaces a
     filter of the same name). The log group exists once any processing job ran; a new account
@@ -144,12 +149,11 @@ def ensure_metric_filters(logs, prefix: str) -> None:
     for metric in METRICS:
         logs.put_metric_filter(
             logGroupName=LOG_GROUP, filterName=f"{prefix}-monitor-{metric}",
-            filterPattern=METRICS_PATTERN,
+            filterPattern=metrics_pattern(prefix),
             metricTransformations=[{
                 "metricName": metric, "metricNamespace": NAMESPACE,
                 "metricValue": f"$.{metric}",
-                "dimensions": {"EndpointName": "$.EndpointName",
-                               "ModelVersion": "$.ModelVersion"}}])
+                "dimensions": {name: f"$.{name}" for name in DIMENSIONS}}])
 
 
 def delete_schedule(scheduler, name: str, echo) -> None:

@@ -364,6 +364,10 @@ class Deployment:
         if not self.s.monitor_role_arn:
             self.echo(f"{self.name}: not monitored: no scheduler role (--monitor-role-arn, "
                       f"MONITOR_ROLE_ARN; the template's MonitorSchedulerRole)")
+            # a schedule of an earlier deploy would judge this version by another's baseline
+            monitoring.delete_schedule(self.session.client("scheduler"),
+                                       monitoring.schedule_name(self.s.prefix, self.stage),
+                                       self.echo)
             return
         try:
             monitoring.schedule(

@@ -37,8 +37,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
-VARIANT = "AllTraffic"
-BASELINE_FILE = "baseline.json"  # a version's baseline (evaluate.py writes it, monitor.py reads it)
+from breedkit.monitorspec import BASELINE_FILE  # noqa: F401 - re-exported
+
+VARIANT = "AllTraffic"  # the production variant the deploys create
 STATS = ("brightness", "contrast", "saturation", "red", "green", "blue")
 THUMBNAIL = 64  # the side image statistics are computed at
 MAX_LINE_BYTES = 64 * 2**20  # a request body is at most 16 MB (base64: 22 MB); longer is damage
@@ -81,13 +82,16 @@ def parse_time(text: str) -> datetime:
 def capture_files(root: str | os.PathLike, since: datetime | None = None,
                   until: datetime | None = None) -> list[Path]:
     """The ``*.jsonl`` files under ``root``, sorted; a file in an hour folder (``.../yyyy/mm/dd/
-    hh/``) wholly outside [since, until) is left out unread."""
+    hh/``) that cannot hold a record of [since, until) is left out unread. A folder is named by
+    when its file was written, which can be after its records' times: the hour after ``until``
+    is read too."""
     found = []
     for path in sorted(Path(root).rglob("*.jsonl")):
         hour = _HOUR_DIR.search(path.parent.as_posix())
         if hour and (since or until):
             start = datetime(*map(int, hour.groups()), tzinfo=timezone.utc)
-            if (since and start + timedelta(hours=1) <= since) or (until and start >= until):
+            if (since and start + timedelta(hours=1) <= since) or \
+                    (until and start >= until + timedelta(hours=1)):
                 continue
         found.append(path)
     return found
@@ -128,7 +132,7 @@ def read_events(files: list[Path], skipped: list[Skipped]) -> Iterator[Event]:
             skipped.append(Skipped(str(path), 0, f"cannot be read: {exc.strerror or exc}"))
             continue
         with handle:
-            for number, line in enumerate(handle, 1):
+            for number, line in enumerate(_lines(handle), 1):
                 if not line.strip():
                     continue
                 event, reason = _event(line)
@@ -139,9 +143,24 @@ def read_events(files: list[Path], skipped: list[Skipped]) -> Iterator[Event]:
                     yield event
 
 
+def _lines(handle) -> Iterator[bytes]:
+    """The file's lines; one longer than MAX_LINE_BYTES is never held whole: its first
+    MAX_LINE_BYTES + 1 bytes stand for it (and are reported as too long)."""
+    while True:
+        line = handle.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while True:  # skip the rest of it
+                rest = handle.readline(MAX_LINE_BYTES)
+                if not rest or rest.endswith(b"\n"):
+                    break
+        yield line
+
+
 def _event(line: bytes) -> tuple[Event | None, str]:
     if len(line) > MAX_LINE_BYTES:
-        return None, f"a line of {len(line):,} bytes (over {MAX_LINE_BYTES:,})"
+        return None, f"a line over {MAX_LINE_BYTES:,} bytes (a request is at most 16 MB)"
     try:
         record = json.loads(line)
         data = record["captureData"]
@@ -150,6 +169,8 @@ def _event(line: bytes) -> tuple[Event | None, str]:
         if not isinstance(given, dict):
             raise TypeError("endpointInput is not an object")
         output = _decoded(answered).decode("utf-8", "replace") if answered else ""
+    except RecursionError:
+        return None, "not a capture record (JSON nested too deeply)"
     except ValueError as exc:
         if not line.endswith(b"\n"):
             return None, "truncated: the file ends inside a record"

@@ -9,12 +9,17 @@ predicted each class, its top-1 confidences, and the input images' statistics
 - predicted classes: the population stability index (PSI, on proportions with half a count added
   to every class) and a chi-square statistic whose p-value is simulated (multinomial draws from
   the pooled proportions): with a hundred classes and a few hundred requests most classes are
-  rare, where the chi-square distribution does not hold. Drift when p < alpha and PSI >= its
-  threshold: the p-value guards against noise in small windows, the PSI against trivial shifts
-  in large ones.
+  rare, where the chi-square distribution does not hold. The same draws give the PSI that chance
+  alone produces at this window's size (with 133 classes, about 0.5 for a few hundred images:
+  most of a raw PSI is sampling noise); its excess over that is what is judged and published,
+  so windows of different sizes compare. Drift when p < alpha and the excess >= its threshold:
+  the p-value guards against noise in small windows, the excess against trivial shifts in
+  large ones.
 - top-1 confidence and each input statistic: the two-sample Kolmogorov-Smirnov test. Drift when
-  p < alpha (divided among the input statistics, Bonferroni) and the KS distance D >= its
-  threshold.
+  p < alpha and the KS distance D >= its threshold.
+- ``alpha`` is the family's: each of the eight tests (classes, confidence, six input statistics)
+  runs at alpha / 8 (Bonferroni), so a run of valid-like traffic raises a false verdict with
+  probability at most alpha.
 - the share of low-confidence predictions (top-1 below a threshold) against the baseline's, the
   error rate, and the share of images smaller than the model's input (upsampled).
 
@@ -31,17 +36,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from breedkit.capture import (BASELINE_FILE, STATS, Event, image_stats,  # noqa: F401
-                              predictions, request_images)
+from breedkit.capture import STATS, Event, image_stats, predictions, request_images
+from breedkit.monitorspec import BASELINE_FILE  # noqa: F401 - re-exported
 
 BASELINE_FORMAT = 1
 MAX_SAMPLE = 10_000
 SIMULATIONS = 1_000
+TESTS = 2 + len(STATS)  # classes, confidence, each input statistic: alpha is shared by them
 
 
 @dataclass
 class Thresholds:
-    alpha: float = 0.01  # significance of each test
+    alpha: float = 0.01  # of the family of tests: each runs at alpha / TESTS
     psi: float = 0.2  # class distribution: 0.1 is a moderate shift, 0.25 a large one
     ks: float = 0.1  # confidence and input statistics: the KS distance
     low_confidence: float = 0.5  # a prediction whose top-1 probability is below this
@@ -101,23 +107,22 @@ class Reservoir:
     item only when it enters the sample."""
 
     def __init__(self, size: int, seed: int):
-        self.size, self.seen, self.items, self.rng = size, 0, [], random.Random(seed)
+        self.size, self.seen, self.slots, self.rng = size, 0, [], random.Random(seed)
 
     def offer(self, make) -> None:
+        """``make()`` may give None (an image that does not decode): the slot holds that, so
+        the sample stays uniform over the stream; ``items`` leaves it out."""
         self.seen += 1
-        if len(self.items) < self.size:
-            slot = len(self.items)
-        else:
-            slot = self.rng.randrange(self.seen)
-            if slot >= self.size:
-                return
-        item = make()
-        if item is None:
+        if len(self.slots) < self.size:
+            self.slots.append(make())
             return
-        if slot == len(self.items):
-            self.items.append(item)
-        else:
-            self.items[slot] = item
+        slot = self.rng.randrange(self.seen)
+        if slot < self.size:
+            self.slots[slot] = make()
+
+    @property
+    def items(self) -> list:
+        return [item for item in self.slots if item is not None]
 
 
 class Window:
@@ -126,7 +131,7 @@ class Window:
 
     def __init__(self, n_classes: int, model_input_size: int, sample: int = MAX_SAMPLE,
                  seed: int = 0):
-        self.requests = self.errors = self.images = self.unreadable_images = 0
+        self.requests = self.errors = self.images = self.unreadable_sampled = 0
         self.small_images = 0
         self.statuses: dict[int, int] = {}
         self.counts = np.zeros(n_classes, dtype=np.int64)
@@ -161,7 +166,7 @@ class Window:
     def _stats(self, blob: bytes | None) -> dict | None:
         stats = image_stats(blob) if blob else None
         if stats is None:
-            self.unreadable_images += 1
+            self.unreadable_sampled += 1
         return stats
 
 
@@ -181,21 +186,24 @@ def _chi2(table: np.ndarray) -> float:
 
 
 def class_test(baseline_counts: np.ndarray, window_counts: np.ndarray,
-               simulations: int = SIMULATIONS, seed: int = 0) -> tuple[float, float]:
-    """(chi-square statistic, its p-value by simulation) of two samples of class counts."""
+               simulations: int = SIMULATIONS, seed: int = 0) -> tuple[float, float, float]:
+    """(chi-square statistic, its p-value by simulation, the mean PSI of the simulated draws:
+    what chance alone gives at these sample sizes) of two samples of class counts."""
     table = np.vstack([baseline_counts, window_counts]).astype(np.float64)
-    table = table[:, table.sum(axis=0) > 0]
-    if table.shape[1] < 2:
-        return 0.0, 1.0
-    observed = _chi2(table)
+    seen = table.sum(axis=0) > 0
+    if seen.sum() < 2:
+        return 0.0, 1.0, 0.0
+    observed = _chi2(table[:, seen])
     pooled = table.sum(axis=0) / table.sum()
     rng = np.random.default_rng(seed)
     n_base, n_window = int(table[0].sum()), int(table[1].sum())
-    exceed = 0
+    exceed, chance = 0, 0.0
     for _ in range(simulations):
-        draw = np.vstack([rng.multinomial(n_base, pooled), rng.multinomial(n_window, pooled)])
-        exceed += _chi2(draw.astype(np.float64)) >= observed - 1e-9
-    return observed, (1 + exceed) / (1 + simulations)
+        base, window = rng.multinomial(n_base, pooled), rng.multinomial(n_window, pooled)
+        draw = np.vstack([base, window]).astype(np.float64)
+        exceed += _chi2(draw[:, seen]) >= observed - 1e-9
+        chance += psi(base, window)
+    return observed, (1 + exceed) / (1 + simulations), chance / simulations
 
 
 def ks_test(reference, sample) -> tuple[float, float]:
@@ -216,6 +224,7 @@ def compare(baseline: dict, window: Window, t: Thresholds) -> dict:
     """The measures and verdicts of ``window`` against ``baseline`` (verdicts are None when the
     window holds fewer than ``t.min_images`` images)."""
     enough = window.images >= t.min_images
+    alpha = t.alpha / TESTS
     base_counts = np.asarray(baseline["predicted_counts"], dtype=np.int64)
     base_conf = np.asarray(baseline["top1_confidence"], dtype=np.float64)
     report = {"requests": window.requests, "images": window.images,
@@ -228,12 +237,13 @@ def compare(baseline: dict, window: Window, t: Thresholds) -> dict:
     low = float((conf < t.low_confidence).mean()) if len(conf) else None
     report["low_confidence"] = {"threshold": t.low_confidence, "share": _rounded(low),
                                 "baseline_share": _rounded(base_low)}
-    report["class_distribution"] = _class_drift(base_counts, window.counts, baseline, t, enough)
-    report["confidence"] = _ks_drift(base_conf, conf, t.alpha, t.ks, enough)
+    report["class_distribution"] = _class_drift(base_counts, window.counts, baseline, t, alpha,
+                                                enough)
+    report["confidence"] = _ks_drift(base_conf, conf, alpha, t.ks, enough)
     rows = window.stats.items
     report["inputs"] = {name: _ks_drift(np.asarray(baseline["inputs"].get(name, [])),
                                         np.asarray([r[name] for r in rows]),
-                                        t.alpha / len(STATS), t.ks, enough)
+                                        alpha, t.ks, enough)
                         for name in STATS}
     report["image_size"] = _sizes(rows, window, baseline.get("model_input_size", 0))
     verdicts = {
@@ -251,21 +261,25 @@ def compare(baseline: dict, window: Window, t: Thresholds) -> dict:
     return report
 
 
-def _class_drift(base_counts, counts, baseline: dict, t: Thresholds, enough: bool) -> dict:
+def _class_drift(base_counts, counts, baseline: dict, t: Thresholds, alpha: float,
+                 enough: bool) -> dict:
     names = baseline["class_names"]
     share = counts / counts.sum() if counts.sum() else np.zeros(len(counts))
     base_share = base_counts / max(1, base_counts.sum())
     moved = np.argsort(-np.abs(share - base_share))[:5]
-    out = {"psi": None, "chi2": None, "p": None, "drift": None,
+    out = {"psi": None, "psi_chance": None, "psi_excess": None, "chi2": None, "p": None,
+           "drift": None,
            "most_changed": [{"class": names[i], "share": _rounded(share[i]),
                              "baseline_share": _rounded(base_share[i])}
                             for i in moved if counts.sum()]}
     if counts.sum() == 0:
         return out
     value = psi(base_counts, counts)
-    chi2, p = class_test(base_counts, counts)
-    out.update(psi=_rounded(value), chi2=_rounded(chi2, 2), p=_rounded(p, 5))
-    out["drift"] = bool(p < t.alpha and value >= t.psi) if enough else None
+    chi2, p, chance = class_test(base_counts, counts)
+    excess = max(0.0, value - chance)
+    out.update(psi=_rounded(value), psi_chance=_rounded(chance), psi_excess=_rounded(excess),
+               chi2=_rounded(chi2, 2), p=_rounded(p, 5))
+    out["drift"] = bool(p < alpha and excess >= t.psi) if enough else None
     return out
 
 
@@ -285,11 +299,11 @@ def _ks_drift(reference: np.ndarray, sample: np.ndarray, alpha: float, threshold
 def _sizes(rows: list[dict], window: Window, model_input_size: int) -> dict:
     if not rows:
         return {"median_width": None, "median_height": None, "smaller_than_model_input": None,
-                "unreadable_images": window.unreadable_images}
+                "unreadable_sampled_images": window.unreadable_sampled}
     shorter = np.array([min(r["width"], r["height"]) for r in rows])
     return {"median_width": int(np.median([r["width"] for r in rows])),
             "median_height": int(np.median([r["height"] for r in rows])),
             "smaller_than_model_input": _rounded((shorter < model_input_size).mean())
             if model_input_size else None,
             "model_input_size": model_input_size,
-            "unreadable_images": window.unreadable_images}
+            "unreadable_sampled_images": window.unreadable_sampled}
