@@ -1,0 +1,336 @@
+"""Score a folder or zip of images with a registered version, as its endpoint would.
+
+    python -m pipelines.batch --input photos/ --output scores.csv           # newest Approved
+    python -m pipelines.batch --version 3 --input photos.zip --output scores.jsonl --top-k 3
+
+Every image goes through the version's own serving handlers (``code/inference.py`` in its
+model.tar.gz: ``model_fn``, ``input_fn``, ``predict_fn``): the served model's exact transforms
+and test-time augmentation. One row per file, in a fixed order (a folder's files sorted, then its
+subfolders; a zip's entries sorted):
+
+- ``.csv``: ``file,label,class,probability,top_k,error`` (``top_k`` as ``label:probability``
+  pairs joined by ``|``);
+- ``.jsonl``: ``{"file", "label", "class", "probability", "top_k": [...]}`` per line.
+
+A file that is not a usable image (not an image, truncated, too many pixels, over
+``MAX_FILE_BYTES``, unreadable) gets a row with its ``error`` and the run goes on. Memory does not
+grow with the input: files are listed folder by folder, at most ``--batch-size`` x 4 images are
+decoded ahead of the forward pass (by ``--workers`` threads, each running torch on one core, so
+they leave the cores to the forward pass), and rows are written batch by batch. The output file
+is the record of progress: a run interrupted (Ctrl-C, a crash, a full disk) and started again
+with the same arguments resumes after the last whole row (a partly written last row is dropped).
+
+Local registry (``--home``, default ``$DOGBREED_HOME`` or ``./.dogbreed``). Exit 0 when every
+file has a row; 2 for a bad request (no such version, a missing input, an output of another
+input), 130 when interrupted. (A rerun checks that the output's last row names the file the
+input has at that place: an input of other files is refused; one whose files have the same
+names in the same order is not told apart.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from typing import Iterator
+
+from pipelines import spec
+
+FORMATS = (".csv", ".jsonl")
+CSV_FIELDS = ("file", "label", "class", "probability", "top_k", "error")
+MAX_FILE_BYTES = 64 * 2**20  # larger files are not read (a 40 MP JPEG is about 15 MB)
+AHEAD = 4  # batches decoded ahead of the forward pass
+
+
+class BatchError(Exception):
+    """A clear, user-facing problem with the request."""
+
+
+# --- the input: files in a fixed order, never all listed at once ------------------------------
+
+def _hidden(name: str) -> bool:
+    """Hidden files and folders (.DS_Store, .git, macOS's __MACOSX); not '..', which is
+    refused with its reason."""
+    return (name.startswith(".") and name not in (".", "..")) or name == "__MACOSX"
+
+
+def folder_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """(relative posix path, path) of every file under ``root``, in a fixed order listed folder
+    by folder: a folder's files (sorted), then its subfolders (sorted), each the same way."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
+        for name in sorted(n for n in filenames if not _hidden(n)):
+            full = Path(dirpath) / name
+            yield full.relative_to(root).as_posix(), full
+
+
+def zip_entries(archive: zipfile.ZipFile) -> Iterator[tuple[str, zipfile.ZipInfo]]:
+    """(name, entry) of the archive's files, sorted; names with ``..`` or an absolute path
+    come as they are and are refused when read."""
+    infos = [i for i in archive.infolist() if not i.is_dir()
+             and not any(_hidden(part) for part in PurePosixPath(i.filename).parts)]
+    for info in sorted(infos, key=lambda i: i.filename):
+        yield info.filename, info
+
+
+def count(source) -> int:
+    if isinstance(source, zipfile.ZipFile):
+        return sum(1 for _ in zip_entries(source))
+    return sum(1 for _ in folder_files(source))
+
+
+def items(source) -> Iterator[tuple[str, object]]:
+    return zip_entries(source) if isinstance(source, zipfile.ZipFile) else folder_files(source)
+
+
+def read_bytes(source, ref) -> bytes:
+    """The file's bytes; OSError or ValueError (the reason) for a file that is not read."""
+    if isinstance(source, zipfile.ZipFile):
+        name = PurePosixPath(ref.filename)
+        if name.is_absolute() or ".." in name.parts:
+            raise ValueError("a path leaving the archive (absolute or with '..'): not read")
+        if ref.file_size > MAX_FILE_BYTES:
+            raise ValueError(f"{ref.file_size:,} bytes, over the {MAX_FILE_BYTES:,} limit")
+        with source.open(ref) as fh:
+            return fh.read(MAX_FILE_BYTES + 1)
+    size = ref.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"{size:,} bytes, over the {MAX_FILE_BYTES:,} limit")
+    return ref.read_bytes()
+
+
+def open_input(path: str):
+    p = Path(path)
+    if p.is_dir():
+        return p
+    if p.is_file():
+        try:
+            return zipfile.ZipFile(p)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise BatchError(f"--input {path} is neither a folder nor a readable zip archive "
+                             f"({exc})") from None
+    raise BatchError(f"--input {path} does not exist: pass a folder or a .zip of images")
+
+
+# --- the output: the record of progress --------------------------------------------------------
+
+class Output:
+    """Rows appended to ``path``; on a rerun, where the last run stopped."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.kind = self.path.suffix.lower()
+        if self.kind not in FORMATS:
+            raise BatchError(f"--output {path}: name a .csv or .jsonl file")
+        if not self.path.parent.is_dir():
+            raise BatchError(f"--output {path}: the folder {self.path.parent} does not exist")
+
+    def resume(self) -> tuple[int, str | None]:
+        """(rows already written, the file of the last one); a partly written last row is cut
+        off first."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return 0, None
+        data = self.path.read_bytes()
+        whole = data[:data.rfind(b"\n") + 1]
+        if len(whole) != len(data):
+            with open(self.path, "r+b") as fh:
+                fh.truncate(len(whole))
+        lines = whole.decode("utf-8", "replace").splitlines()
+        if self.kind == ".csv":
+            if not lines or lines[0] != ",".join(CSV_FIELDS):
+                raise BatchError(f"--output {self.path} exists and is not an output of this "
+                                 f"command: pass another file name")
+            rows = list(csv.reader(io.StringIO(whole.decode("utf-8", "replace"))))[1:]
+            return len(rows), rows[-1][0] if rows else None
+        try:
+            last = json.loads(lines[-1])["file"] if lines else None
+        except (ValueError, KeyError, TypeError):
+            raise BatchError(f"--output {self.path} exists and is not an output of this "
+                             f"command: pass another file name") from None
+        return len(lines), last
+
+    def open(self, fresh: bool):
+        self.handle = open(self.path, "a", newline="", encoding="utf-8")
+        if fresh and self.kind == ".csv":
+            self.handle.write(",".join(CSV_FIELDS) + "\r\n")
+        self.writer = csv.writer(self.handle) if self.kind == ".csv" else None
+
+    def write(self, row: dict) -> None:
+        if self.writer is None:
+            self.handle.write(json.dumps(row) + "\n")
+            return
+        top = "|".join(f"{t['label']}:{t['probability']}" for t in row.get("top_k", []))
+        self.writer.writerow([row["file"], row.get("label", ""), row.get("class", ""),
+                              row.get("probability", ""), top, row.get("error", "")])
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+# --- scoring -----------------------------------------------------------------------------------
+
+def decoder(handlers, source):
+    """Decode one file with the served model's input_fn: (file, image tensor or None, error)."""
+    def decode(item):
+        name, ref = item
+        try:
+            data = handlers.input_fn(read_bytes(source, ref), "application/x-image")
+            return name, data["images"][0], None
+        except Exception as exc:  # noqa: BLE001 - every unusable file is a row, never a crash
+            reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            return name, None, reason.split("\n")[0][:300]
+    return decode
+
+
+def answer_rows(decoded: list, handlers, model, top_k: int) -> list[dict]:
+    """One forward pass over the batch's images; a row per file, in input order."""
+    images = [image for _, image, _ in decoded if image is not None]
+    results = iter(handlers.predict_fn({"images": images, "top_k": top_k}, model)
+                   if images else [])
+    rows = []
+    for name, image, error in decoded:
+        if image is None:
+            rows.append({"file": name, "error": error})
+            continue
+        result = next(results)
+        rows.append({"file": name, "label": result["label"], "class": result["class"],
+                     "probability": result["probability"],
+                     "top_k": [{k: t[k] for k in ("label", "class", "probability")}
+                               for t in result["top_k"]]})
+    return rows
+
+
+def score(handlers, model, source, output: Output, *, batch_size: int, top_k: int,
+          workers: int, progress: bool = True) -> dict:
+    """Score every file not yet in ``output``; counts of what was done."""
+    from tqdm import tqdm
+
+    from pipelines.deploy.server import torch_threads
+
+    done, last = output.resume()
+    total = count(source)
+    pending = items(source)
+    if done:
+        for index, (name, _) in enumerate(pending, 1):
+            if index == done:
+                if name != last:
+                    raise BatchError(f"--output {output.path} holds {done} rows, the last for "
+                                     f"{last}, but this input's file {done} is {name}: it was "
+                                     f"written for another input; pass a new --output")
+                break
+        else:
+            raise BatchError(f"--output {output.path} holds {done} rows, more than this input "
+                             f"has files ({total}): pass a new --output")
+    output.open(fresh=done == 0)
+    counts = collections.Counter(resumed=done)
+    decode = decoder(handlers, source)
+    bar = tqdm(total=total, initial=done, unit="img", disable=not progress,
+               desc="scoring", dynamic_ncols=True)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="decode", initializer=torch_threads,
+                                initargs=(1,)) as pool:
+            window = collections.deque()
+            for item in pending:
+                window.append(pool.submit(decode, item))
+                if len(window) >= batch_size * AHEAD:
+                    _flush(window, batch_size, handlers, model, top_k, output, counts, bar)
+            while window:
+                _flush(window, batch_size, handlers, model, top_k, output, counts, bar)
+    finally:
+        output.close()
+        bar.close()
+    return dict(counts, total=total)
+
+
+def _flush(window, batch_size, handlers, model, top_k, output, counts, bar) -> None:
+    """Score the oldest batch of the window and write its rows."""
+    decoded = [window.popleft().result() for _ in range(min(batch_size, len(window)))]
+    for row in answer_rows(decoded, handlers, model, top_k):
+        output.write(row)
+        counts["unreadable" if "error" in row else "scored"] += 1
+    output.flush()
+    bar.update(len(decoded))
+
+
+# --- the command -------------------------------------------------------------------------------
+
+def model_archive(home, group: str, version: int | None) -> tuple[int, str]:
+    from pipelines.registry import LocalRegistry
+
+    registry = LocalRegistry(home)
+    package = registry.describe(group, version) if version is not None \
+        else registry.latest_approved(group)
+    if package is None:
+        raise BatchError(f"no Approved version in {group}: pass --version N, or approve one "
+                         f"with python -m pipelines.registry approve N")
+    problem = registry.artifact_problem(package)
+    if problem:
+        raise BatchError(f"{group} version {package.version} cannot be used: {problem}")
+    return package.version, package.model_data
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipelines.batch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help="a folder or a .zip of images")
+    p.add_argument("--output", required=True, help="a .csv or .jsonl file (resumed if it exists)")
+    p.add_argument("--version", type=int, help="default: the newest Approved version")
+    p.add_argument("--group", default=spec.DEFAULT_MODEL_PACKAGE_GROUP)
+    p.add_argument("--home", help="default $DOGBREED_HOME or ./.dogbreed")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=max(1, min(4, (os.cpu_count() or 2))),
+                   help="decode threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    from pipelines.registry import RegistryError, home_dir
+    from pipelines.sqlite import DamagedStore
+
+    args = build_parser().parse_args(argv)
+    for name in ("top_k", "batch_size", "workers"):
+        if getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
+            return 2
+    try:
+        output = Output(args.output)
+        source = open_input(args.input)
+        version, archive = model_archive(home_dir(args.home), args.group, args.version)
+        from pipelines.deploy.server import load_handlers
+
+        with tempfile.TemporaryDirectory(prefix="batch-") as scratch:
+            handlers, model = load_handlers(archive, scratch)
+            print(f"scoring {args.input} with {args.group} version {version}", file=sys.stderr,
+                  flush=True)
+            counts = score(handlers, model, source, output, batch_size=args.batch_size,
+                           top_k=args.top_k, workers=args.workers, progress=not args.quiet)
+    except (BatchError, RegistryError, DamagedStore) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {args.output} holds every whole row so far; run the same command "
+              f"again to go on", file=sys.stderr)
+        return 130
+    print(f"{counts.get('scored', 0)} images scored, {counts.get('unreadable', 0)} files "
+          f"unreadable (rows with an error), {counts.get('resumed', 0)} already in "
+          f"{args.output} from an earlier run", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    from pipelines import cli
+
+    cli.run(main)
