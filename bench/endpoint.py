@@ -54,9 +54,9 @@ def make_model(path: Path, arch: str = "resnet18", image_size: int = 224) -> Pat
                           class_names=[f"{i:03d}.Breed_{i}" for i in range(133)])
 
 
-def jpeg(width: int = 500, height: int = 375) -> bytes:
+def jpeg(width: int = 500, height: int = 375, seed: int = 0) -> bytes:
     """A photo-like JPEG; 500x375 is the typical size of a dogImages photo."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     img = Image.fromarray(rng.integers(0, 255, (32, 40, 3), dtype=np.uint8)).resize(
         (width, height), Image.Resampling.BICUBIC)
     buf = io.BytesIO()

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from breedkit.contract import (UserError, cpu_count, parse_args, run_main,  # noqa: E402
                                setup_logging)
-from breedkit.drift import BASELINE_FILE  # noqa: E402
+from breedkit.monitorspec import BASELINE_FILE  # noqa: E402
 
 log = logging.getLogger("evaluate")
 

@@ -17,10 +17,13 @@ Errors a client can fix raise exceptions carrying an HTTP status (400, 406, 413,
 the SageMaker inference toolkit turns into that response code with the message. URLs are never
 fetched: only image bytes are accepted.
 
-Every image is decoded by ``breedkit.images.open_rgb``, the function ``preprocess.py`` decodes
-training images with (alpha on white, 16-bit rescaled, an animation's first frame, EXIF
-orientation), then resized and cropped by the evaluation transform, one image at a time: a
-request never holds more than one full-resolution image. Limits, checked on the headers before
+Every image is decoded by ``breedkit.images.decode_tensor``, the decode of ``evaluate.py``'s
+loader: RGB and greyscale JPEGs through torchvision (pixel-identical to Pillow's, in half the
+time: 0.9 against 1.9 ms for a 500x375 photo on one core), every other image through
+``open_rgb``, the function ``preprocess.py`` decodes training images with (alpha on white,
+16-bit rescaled, an animation's first frame, EXIF orientation); then resized and cropped by the
+evaluation transform, one image at a time: a request never holds more than one full-resolution
+image. Limits, checked on the headers before
 anything is decoded (413 with the limit): ``MAX_IMAGE_PIXELS`` per image, ``MAX_REQUEST_PIXELS``
 per request, ``MAX_IMAGES_PER_REQUEST`` images; JSON nested deeper than ``MAX_JSON_DEPTH``
 levels is refused (400).
@@ -30,7 +33,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import os
 import sys
@@ -39,8 +41,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from breedkit.images import (ImageDecodeError, ImageTooLarge, image_size,  # noqa: E402
-                             open_rgb, rgb_tensor)
+from breedkit.images import (ImageDecodeError, ImageTooLarge, decode_tensor,  # noqa: E402
+                             image_size)
 from breedkit.model import display_label, load_model  # noqa: E402
 from breedkit.transforms import eval_size, eval_transform_for  # noqa: E402
 
@@ -90,8 +92,7 @@ class LoadedModel:
     def prepare(self, blob: bytes):
         """One image's bytes -> the model's input (uint8, 3 x size x size). The full-size
         decode lives only inside this call."""
-        image = open_rgb(io.BytesIO(blob), MAX_IMAGE_PIXELS, draft=self.draft)
-        return self.transform(rgb_tensor(image))
+        return self.transform(decode_tensor(blob, MAX_IMAGE_PIXELS, draft=self.draft))
 
 
 # the model input_fn prepares images for (set by model_fn, which the toolkit calls first)

@@ -104,7 +104,8 @@ def window(since: str, until: str, now: datetime | None = None,
 
 
 def load_baseline(path: str) -> dict:
-    from breedkit.drift import BASELINE_FILE, baseline_problem
+    from breedkit.drift import baseline_problem
+    from breedkit.monitorspec import BASELINE_FILE
 
     if os.path.isdir(path):
         path = os.path.join(path, BASELINE_FILE)

@@ -37,8 +37,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
-from breedkit.monitorspec import BASELINE_FILE  # noqa: F401 - re-exported
-
 VARIANT = "AllTraffic"  # the production variant the deploys create
 STATS = ("brightness", "contrast", "saturation", "red", "green", "blue")
 THUMBNAIL = 64  # the side image statistics are computed at

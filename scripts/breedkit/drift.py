@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from breedkit.capture import STATS, Event, image_stats, predictions, request_images
-from breedkit.monitorspec import BASELINE_FILE  # noqa: F401 - re-exported
 
 BASELINE_FORMAT = 1
 MAX_SAMPLE = 10_000
