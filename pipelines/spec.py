@@ -245,6 +245,8 @@ RULES_REPORT = "TrainingRulesReport"  # the PropertyFile of rules.json
 # what a registered version records of TrainingRules (CustomerMetadataProperties)
 BLOCKING_FIRED_METADATA = "training_rules_blocking_fired"
 PROFILER_REPORT_METADATA = "profiler_report"
+EVALUATION_REPORT_FILE = "report.html"  # Evaluate's page for the approver (breedkit.report)
+EVALUATION_REPORT_METADATA = "evaluation_report"
 MLFLOW_RUN_METADATA = "mlflow_run"
 
 

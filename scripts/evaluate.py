@@ -10,6 +10,9 @@ Outputs: --output-dir (default /opt/ml/processing/evaluation)
          validation.json      valid split, same format (the pipeline's accuracy gate reads it)
          confusion_matrix.png test split
          predictions.csv      test split: file, true class, predicted class, probability
+         report.html          test split, for the approver: accuracy with its interval,
+                              per-class accuracy, confused pairs, calibration, the worst
+                              mistakes with Grad-CAM heatmaps (breedkit.report)
          baseline.json        valid split (the test split without --valid-dir): the predicted
                               classes, top-1 confidences and input image statistics that
                               monitor.py compares live traffic with (breedkit.drift)
@@ -69,6 +72,22 @@ def locate_model(path: str, scratch: str) -> str:
         return str(extract_archive(archive, scratch))
     raise UserError(f"{path} holds neither {CONFIG_FILE} nor model.tar.gz: it is not the "
                     f"output of train.py")
+
+
+def write_report(path: str, model, dataset, probs, report: dict, config: dict, device) -> None:
+    """report.html: what the approver looks at (breedkit.report)."""
+    import numpy as np
+
+    from breedkit import report as page
+    from breedkit.model import FlipTTA, display_label
+
+    network = model.model if isinstance(model, FlipTTA) else model
+    labels = np.array([label for _, label in dataset.samples], dtype=np.int64)
+    names = [display_label(c) for c in config["class_names"]]
+    mistakes = page.worst_mistakes(network, dataset, probs, labels, names, device)
+    top5 = report["multiclass_classification_metrics"].get("top_5_accuracy", {}).get("value")
+    page.write(path, title=f"{config['arch']}, {len(names)} classes: evaluation on the test split",
+               probs=probs, labels=labels, names=names, mistakes=mistakes, top5=top5)
 
 
 def drift_baseline(dataset, probs, split: str, config: dict) -> dict:
@@ -157,6 +176,8 @@ def main(argv=None) -> int:
             pred = int(row.argmax())
             writer.writerow([os.path.relpath(path, args.test_dir), class_names[label],
                              class_names[pred], f"{row[pred]:.6f}"])
+    write_report(os.path.join(args.output_dir, "report.html"), model, dataset, probs_np, report,
+                 config, device)
     metrics = report["multiclass_classification_metrics"]
     print(f"test_accuracy={metrics['accuracy']['value']:.4f} "
           f"test_top5_accuracy={metrics['top_5_accuracy']['value']:.4f} "

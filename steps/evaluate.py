@@ -41,6 +41,11 @@ def report_uri(step: ProcessingStep):
     return Join(on="/", values=[output_uri(step, OUTPUT_NAME), spec.EVALUATION_FILE])
 
 
+def page_uri(step: ProcessingStep):
+    """S3 URI of report.html, the page the approver looks at (breedkit.report)."""
+    return Join(on="/", values=[output_uri(step, OUTPUT_NAME), spec.EVALUATION_REPORT_FILE])
+
+
 def baseline_uri(step: ProcessingStep):
     """S3 URI of baseline.json (the valid split's predictions and image statistics: what the
     monitoring job compares an endpoint's traffic with)."""

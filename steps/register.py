@@ -30,7 +30,7 @@ from pipelines import spec
 from .common import service_retry_policy
 from .condition import accuracy
 from .context import BuildContext
-from .evaluate import baseline_uri
+from .evaluate import baseline_uri, page_uri
 from .evaluate import report_uri as evaluation_uri
 from .rules import blocking_summary, report_uri, verdict
 from .train import mlflow_run_name, model_artifact
@@ -76,7 +76,8 @@ def make_step(ctx: BuildContext, train: TrainingStep, evaluate: ProcessingStep,
 def metadata(ctx: BuildContext, evaluate: ProcessingStep, reports: dict, rules) -> dict:
     """CustomerMetadataProperties (strings, each 1-256 characters: no value may resolve
     empty, or CreateModelPackage refuses the version): both accuracies; each training rule's verdict,
-    the blocking rules that fired and the profiler report's S3 URI; the MLflow run."""
+    the blocking rules that fired and the profiler report's S3 URI; the evaluation report's S3
+    URI (report.html, for the approver); the MLflow run."""
     values = {key: Join(on="", values=[accuracy(evaluate, reports[report])])
               for key, report in spec.ACCURACY_METADATA.items()}
     if rules is not None:
@@ -90,6 +91,7 @@ def metadata(ctx: BuildContext, evaluate: ProcessingStep, reports: dict, rules) 
             values[spec.PROFILER_REPORT_METADATA] = report_uri(step)
     if ctx.options.mlflow_arn:
         values[spec.MLFLOW_RUN_METADATA] = mlflow_run_name(ctx)
+    values[spec.EVALUATION_REPORT_METADATA] = page_uri(evaluate)
     for tag in ctx.tags:  # (a tag value may be empty; a metadata value may not)
         if tag["Value"]:
             values[spec.tag_metadata_key(tag["Key"])] = tag["Value"]

@@ -121,6 +121,10 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
     assert package.approval_status == "PendingManualApproval"
     assert package.lineage["execution"] == second.execution_id
     assert package.lineage["data_fingerprint"].startswith("sha256:")
+    # the approver's page is linked from the version
+    assert "<h1>" in Path(package.lineage["local_paths"]["evaluation_report"]).read_text()
+    assert package.lineage["local_paths"]["profiler_report"].endswith("profiler-report.html")
+    assert package.metadata["evaluation_report"].endswith("/report.html")
     # the drift baseline (Evaluate's valid split) is registered with the version, beside it
     baseline = json.loads(Path(package.lineage["drift_baseline"]).read_text())
     assert baseline["split"] == "valid" and baseline["images"] == sum(baseline["predicted_counts"])
@@ -159,7 +163,8 @@ def test_a_rerun_of_cache_hits_registers_no_duplicate_version(home):
     assert result.status == "Succeeded"
     assert all(s.cached_from for s in result.steps[:6])
     assert len(result.rules) == 6  # the verdicts come back with the cached step
-    assert set(result.reports) == {"evaluation", "confusion_matrix", "profiler_report"}
+    assert set(result.reports) == {"evaluation", "confusion_matrix", "profiler_report",
+                                   "evaluation_report"}
     assert all(os.path.exists(path) for path in result.reports.values())
     # the same model archive: the version registered before, not a duplicate of it
     assert result.registered_version == before[0].version == 1

@@ -322,6 +322,9 @@ def test_definition_in_detail(aws, tmp_path):
     # the blocking findings, never empty ("none"): CreateModelPackage refuses an empty value
     assert "blocking.summary" in json.dumps(metadata["training_rules_blocking_fired"])
     assert "profiler-report.html" in json.dumps(metadata["profiler_report"])
+    # the page the approver looks at, beside the metrics Studio shows
+    assert json.dumps(metadata["evaluation_report"]).count("report.html") == 1
+    assert "Outputs['evaluation']" in json.dumps(metadata["evaluation_report"])
     assert not any("Repack" in name for name in steps)  # no hidden repack job
 
     message = json.dumps(steps["AccuracyTooLow"]["Arguments"]["ErrorMessage"])

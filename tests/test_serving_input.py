@@ -80,8 +80,12 @@ def test_every_image_is_decoded_as_preprocessing_decodes_it(loaded):
     gif = inference.input_fn(odd_images()["animated gif"], "image/png")["images"][0]
     assert gif[:, 0, 0].tolist() == [200, 30, 30]  # the first frame
     import preprocess
+    from breedkit import images
 
-    assert preprocess.open_rgb is inference.open_rgb  # one decode for both
+    # one decode for all: serving decodes as evaluation's loader does, whose every image that
+    # is not a plain RGB or grey JPEG goes through preprocessing's own open_rgb
+    assert inference.decode_tensor is images.decode_tensor
+    assert preprocess.open_rgb is images.open_rgb
 
 
 def test_images_are_decoded_and_transformed_one_at_a_time(loaded, monkeypatch):
@@ -95,7 +99,9 @@ def test_images_are_decoded_and_transformed_one_at_a_time(loaded, monkeypatch):
         decoded.append(weakref.ref(image))
         return image
 
-    monkeypatch.setattr(inference, "open_rgb", tracking_open_rgb)
+    from breedkit import images as decoding
+
+    monkeypatch.setattr(decoding, "open_rgb", tracking_open_rgb)
     blob = base64.b64encode(encode(Image.fromarray(gradient(400, 300)), "PNG")).decode()
     images = inference.input_fn(json.dumps({"images": [blob] * 4}), "application/json")["images"]
     assert [tuple(i.shape) for i in images] == [(3, SIZE, SIZE)] * 4

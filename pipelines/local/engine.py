@@ -671,6 +671,9 @@ class LocalEngine:
             lineage["training_job"] = self.described[training]["TrainingJobName"]
         if baseline:
             lineage["drift_baseline"] = baseline
+        local = self._local_paths(metadata)
+        if local:  # what metadata names in the object store (reports), as files on this disk
+            lineage["local_paths"] = local
         if local.get("mlflow_run"):
             lineage["mlflow_run_id"] = local["mlflow_run"]["run_id"]
             metadata.setdefault("mlflow_run", local["mlflow_run"]["run_id"])
@@ -686,6 +689,19 @@ class LocalEngine:
             if baseline:
                 Path(baseline).unlink(missing_ok=True)
         return self._registered(step, package, created)
+
+    def _local_paths(self, metadata: dict) -> dict:
+        """The files of the metadata values that are URIs of the local object store."""
+        found = {}
+        for key, value in metadata.items():
+            if isinstance(value, str) and value.startswith("s3://"):
+                try:
+                    path = self.objects.path(value)
+                except StoreError:  # not a key of ours (a ".." part)
+                    continue
+                if path.is_file():
+                    found[key] = str(path)
+        return found
 
     def _drift_baseline(self, request: dict, artifact: Path) -> str | None:
         """The version's drift baseline (DriftCheckBaselines' ModelDataQuality statistics),

@@ -93,6 +93,8 @@ class Presenter:
             json.loads((folder / spec.VALIDATION_FILE).read_text()))
         self.result.reports["evaluation"] = str(folder / spec.EVALUATION_FILE)
         self.result.reports["confusion_matrix"] = str(folder / "confusion_matrix.png")
+        if (folder / spec.EVALUATION_REPORT_FILE).is_file():
+            self.result.reports["evaluation_report"] = str(folder / spec.EVALUATION_REPORT_FILE)
 
     def _check_rules(self, name: str) -> None:
         path = self.engine.property_file_path(spec.STEP.RULES, spec.RULES_REPORT)
