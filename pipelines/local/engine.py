@@ -671,9 +671,9 @@ class LocalEngine:
             lineage["training_job"] = self.described[training]["TrainingJobName"]
         if baseline:
             lineage["drift_baseline"] = baseline
-        local = self._local_paths(metadata)
-        if local:  # what metadata names in the object store (reports), as files on this disk
-            lineage["local_paths"] = local
+        paths = self._local_paths(metadata)
+        if paths:  # what metadata names in the object store (reports), as files on this disk
+            lineage["local_paths"] = paths
         if local.get("mlflow_run"):
             lineage["mlflow_run_id"] = local["mlflow_run"]["run_id"]
             metadata.setdefault("mlflow_run", local["mlflow_run"]["run_id"])
