@@ -18,6 +18,8 @@ import pytest
 
 from conftest import run_script
 
+from breedkit import archives
+
 SERVE = textwrap.dedent('''
     import base64, json, os, sys
     model_dir = sys.argv[1]
@@ -59,8 +61,8 @@ def served_model(trained, tmp_path_factory):
             tar.add(item, arcname=item.name)
     model_dir = tmp / "opt-ml-model"
     model_dir.mkdir()
-    with tarfile.open(tmp / "model.tar.gz") as tar:
-        tar.extractall(model_dir, filter="data")
+    with tarfile.open(tmp / "model.tar.gz") as tar:  # Python 3.11.2 has no filter="data"
+        archives.extract(tar, model_dir)
     return model_dir
 
 
