@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
-import io
 import json
 import os
 import sys
@@ -134,28 +133,49 @@ class Output:
             raise BatchError(f"--output {path}: the folder {self.path.parent} does not exist")
 
     def resume(self) -> tuple[int, str | None]:
-        """(rows already written, the file of the last one); a partly written last row is cut
-        off first."""
+        """(rows already written, the file of the last one), read as a stream (a long output
+        is never held whole); a partly written last row is cut off first."""
         if not self.path.exists() or self.path.stat().st_size == 0:
             return 0, None
-        data = self.path.read_bytes()
-        whole = data[:data.rfind(b"\n") + 1]
-        if len(whole) != len(data):
-            with open(self.path, "r+b") as fh:
-                fh.truncate(len(whole))
-        lines = whole.decode("utf-8", "replace").splitlines()
-        if self.kind == ".csv":
-            if not lines or lines[0] != ",".join(CSV_FIELDS):
-                raise BatchError(f"--output {self.path} exists and is not an output of this "
-                                 f"command: pass another file name")
-            rows = list(csv.reader(io.StringIO(whole.decode("utf-8", "replace"))))[1:]
-            return len(rows), rows[-1][0] if rows else None
+        self._cut_partial_row()
+        if self.path.stat().st_size == 0:  # not one whole row was written
+            return 0, None
+        count, last = 0, None
+        with open(self.path, newline="", encoding="utf-8", errors="replace") as fh:
+            if self.kind == ".csv":
+                reader = csv.reader(fh)
+                if next(reader, None) != list(CSV_FIELDS):
+                    raise self._not_ours()
+                for row in reader:
+                    count, last = count + 1, row[0] if row else last
+                return count, last
+            for line in fh:
+                count, last = count + 1, line
         try:
-            last = json.loads(lines[-1])["file"] if lines else None
+            return count, json.loads(last)["file"] if last else None
         except (ValueError, KeyError, TypeError):
-            raise BatchError(f"--output {self.path} exists and is not an output of this "
-                             f"command: pass another file name") from None
-        return len(lines), last
+            raise self._not_ours() from None
+
+    def _not_ours(self) -> BatchError:
+        return BatchError(f"--output {self.path} exists and is not an output of this command: "
+                          f"pass another file name")
+
+    def _cut_partial_row(self, block: int = 1 << 16) -> None:
+        """Truncate the file after its last newline (what follows is a row cut short)."""
+        with open(self.path, "r+b") as fh:
+            end = fh.seek(0, os.SEEK_END)
+            position = end
+            while position > 0:
+                start = max(0, position - block)
+                fh.seek(start)
+                chunk = fh.read(position - start)
+                newline = chunk.rfind(b"\n")
+                if newline >= 0:
+                    if start + newline + 1 < end:
+                        fh.truncate(start + newline + 1)
+                    return
+                position = start
+            fh.truncate(0)  # not one whole row
 
     def open(self, fresh: bool):
         self.handle = open(self.path, "a", newline="", encoding="utf-8")

@@ -82,6 +82,11 @@ def test_an_interrupted_run_resumes_after_its_last_whole_row(registered, tmp_pat
     cut.write_text("\n".join(lines[:12]) + "\n" + lines[12][:20])
     assert run(registered, "--input", archive, "--output", cut, "--top-k", "2") == 0
     assert cut.read_text() == whole.read_text()
+    # stopped inside its very first row (a CSV, header and all): starts over
+    first = tmp_path / "first.csv"
+    first.write_text("file,label,cl")
+    assert run(registered, "--input", archive, "--output", first) == 0
+    assert first.read_text().count("\n") == 31 + 1  # the header and a row per file
     # a finished output: nothing to do, nothing changed
     assert run(registered, "--input", archive, "--output", cut, "--top-k", "2") == 0
     assert cut.read_text() == whole.read_text()
