@@ -242,8 +242,11 @@ def plots(report: dict, baseline: dict, traffic) -> list[tuple[str, str]]:
         ax.legend()
         figures.append(("The classes whose share moved most", _png(fig)))
     names = ["top1_confidence", *STATS]
-    fig, axes = plt.subplots(1, len(names), figsize=(3 * len(names), 2.6))
-    for ax, name in zip(np.atleast_1d(axes), names):
+    rows = -(-len(names) // 4)  # four panels a row
+    fig, axes = plt.subplots(rows, 4, figsize=(12, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, names):
         ref = baseline["top1_confidence"] if name == "top1_confidence" \
             else baseline["inputs"].get(name, [])
         now = traffic.confidences.items if name == "top1_confidence" \
@@ -254,7 +257,7 @@ def plots(report: dict, baseline: dict, traffic) -> list[tuple[str, str]]:
             ax.hist(now, bins=bins, density=True, alpha=0.5, label="window")
         ax.set_title(name.replace("_", " "), fontsize=9)
         ax.tick_params(labelsize=7)
-    np.atleast_1d(axes)[0].legend(fontsize=7)
+    axes.flat[0].legend(fontsize=7)
     figures.append(("Top-1 confidence and input statistics (density)", _png(fig)))
     return figures
 
