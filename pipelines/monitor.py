@@ -5,7 +5,8 @@
 Runs ``scripts/monitor.py`` (the same script the scheduled SageMaker processing job runs) on
 what the endpoint captured under ``<home>/data-capture/<endpoint>/`` in the window, against the
 baseline the build registered with the version the endpoint serves (Evaluate's predictions and
-image statistics on the valid split). It prints the measures and verdicts and writes
+image statistics on the valid split); the window starts no earlier than that version's deploy,
+so an earlier version's traffic is never judged against this one's baseline. It prints the measures and verdicts and writes
 ``monitor.json`` and ``monitor.html`` under ``<home>/monitoring/<endpoint>/<time>/``.
 Threshold options (``--alpha``, ``--psi-threshold``, ``--ks-threshold``, ``--low-confidence``,
 ``--low-confidence-margin``, ``--max-error-rate``, ``--min-images``) are passed on to the script.
@@ -40,7 +41,7 @@ def capture_root(home: Path) -> Path:
 
 
 def served(home: Path, endpoint: str, group: str | None):
-    """(group, version, baseline path) of what ``endpoint`` serves."""
+    """(group, version, baseline path, when it was deployed) of what ``endpoint`` serves."""
     from pipelines.deploy.endpoints import Endpoints
     from pipelines.registry import LocalRegistry, RegistryError
 
@@ -60,7 +61,7 @@ def served(home: Path, endpoint: str, group: str | None):
                            f"{' (' + baseline + ' is gone)' if baseline else ''}: versions "
                            f"registered by the build pipeline since 2026-12 have one; register "
                            f"a newer version")
-    return group, record.version, baseline
+    return group, record.version, baseline, record.updated_at
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     home = home_dir(args.home)
     try:
-        group, version, baseline = served(home, args.endpoint, args.group)
+        group, version, baseline, deployed = served(home, args.endpoint, args.group)
     except MonitorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
     capture.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(SCRIPT), "--capture-dir", str(capture),
                "--baseline", baseline, "--output-dir", str(out), "--since", args.since,
-               "--until", args.until, "--endpoint", args.endpoint,
+               "--until", args.until, "--not-before", deployed, "--endpoint", args.endpoint,
                "--model-version", str(version)]
     for name in PASSED_ON:
         if getattr(args, name) is not None:

@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", default="1h", help="an ISO time or a duration before --until")
     p.add_argument("--until", default="", help="an ISO time (default: now)")
     p.add_argument("--lag", default="0m", help="a duration the window is moved earlier by")
+    p.add_argument("--not-before", default="",
+                   help="an ISO time the window never starts before: when the version was "
+                        "deployed (traffic of the version before it is not judged against "
+                        "this one's baseline)")
     p.add_argument("--endpoint", default="", help="named in the report and the metrics")
     p.add_argument("--model-version", default="", help="named in the report and the metrics")
     p.add_argument("--alpha", type=float, default=t.alpha,
@@ -101,6 +105,20 @@ def window(since: str, until: str, now: datetime | None = None,
         raise UserError(f"the window is empty: --since {since} is not before --until "
                         f"{end.isoformat()}")
     return start, end
+
+
+def clip(start: datetime, end: datetime, not_before: str) -> datetime:
+    """The window's start, moved to ``not_before`` when that is later (up to the end: an empty
+    window, which the report says)."""
+    from breedkit.capture import parse_time
+
+    try:
+        floor = parse_time(not_before)
+    except ValueError:
+        raise UserError(f"--not-before {not_before!r} is not an ISO 8601 time") from None
+    if floor > start:
+        log.info("the window starts at %s, when this version was deployed", floor.isoformat())
+    return min(max(start, floor), end)
 
 
 def load_baseline(path: str) -> dict:
@@ -299,6 +317,8 @@ def main(argv=None) -> int:
     args = parse_args(build_parser(), argv)
     setup_logging()
     start, end = window(args.since, args.until, lag=args.lag)
+    if args.not_before.strip():
+        start = clip(start, end, args.not_before)
     baseline = load_baseline(args.baseline)
     report, traffic = measure(args, baseline, start, end)
     os.makedirs(args.output_dir, exist_ok=True)

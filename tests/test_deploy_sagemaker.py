@@ -475,6 +475,12 @@ def test_prod_is_monitored_on_a_schedule_against_the_versions_baseline(aws, caps
     assert args[args.index("--until") + 1] == "<aws.scheduler.scheduled-time>"
     assert args[args.index("--since") + 1] == "1h" and args[args.index("--model-version") + 1] == "3"
     assert args[args.index("--lag") + 1] == "15m"  # capture files are written minutes late
+    # the runs judge only traffic since this version's deploy, and a re-run keeps that time
+    deployed = args[args.index("--not-before") + 1]
+    assert deployed.endswith("Z") and deployed[:4] == "20" + deployed[2:4]
+    assert cli("--stage", "prod", *monitored) == 0
+    again = json.loads(scheduler.get_schedule(Name="dogbreed-monitor-prod")["Target"]["Input"])
+    assert again["AppSpecification"]["ContainerArguments"] == args
     inputs = {i["InputName"]: i["S3Input"]["S3Uri"] for i in request["ProcessingInputs"]}
     assert inputs["baseline"] == "s3://deploy-bucket/model-3-baseline.json"
     capture = inputs["capture"]
@@ -504,6 +510,8 @@ def test_prod_is_monitored_on_a_schedule_against_the_versions_baseline(aws, caps
     request = json.loads(scheduler.get_schedule(Name="dogbreed-monitor-prod")["Target"]["Input"])
     assert {i["InputName"]: i["S3Input"]["S3Uri"] for i in request["ProcessingInputs"]}[
         "baseline"] == "s3://deploy-bucket/model-4-baseline.json"
+    new_args = request["AppSpecification"]["ContainerArguments"]
+    assert new_args[new_args.index("--not-before") + 1] >= deployed  # version 4's own deploy
 
     # deployed without the scheduler role: the old schedule would judge this version by
     # another's baseline, so it goes

@@ -342,3 +342,26 @@ def test_hostile_capture_lines_are_skipped_not_a_crash(tmp_path, monkeypatch):
     assert len(events) == 1 and events[0].where == (str(path), 3)
     assert [s.line for s in skipped] == [1, 2]
     assert "nested too deeply" in skipped[0].reason and "over 200,000 bytes" in skipped[1].reason
+
+
+def test_the_window_never_starts_before_the_version_was_deployed(tmp_path, baseline):
+    """After a redeploy, the version before's traffic is not judged by this one's baseline."""
+    root = tmp_path / "capture"
+    blob = images(1, seed=14)[0]
+    folder = hour_dir(root, "ep", NOW)
+    folder.mkdir(parents=True)
+    with open(folder / "part.jsonl", "w") as fh:
+        for minute in (10, 20, 25):  # the old version served until 15:20
+            fh.write(json.dumps(make_record(blob, "image/jpeg", answer(blob), when=NOW.replace(
+                minute=minute))) + "\n")
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    proc = run_script("monitor.py", "--capture-dir", root, "--baseline",
+                      tmp_path / "baseline.json", "--output-dir", tmp_path / "out",
+                      "--until", NOW.isoformat(), "--not-before", "2026-12-06T15:20:00Z")
+    assert proc.returncode == 0, proc.stderr
+    report = read_json(tmp_path / "out" / "monitor.json")
+    assert report["window"]["since"] == "2026-12-06T15:20:00Z" and report["requests"] == 2
+    bad = run_script("monitor.py", "--capture-dir", root, "--baseline",
+                     tmp_path / "baseline.json", "--output-dir", tmp_path / "out2",
+                     "--not-before", "yesterday")
+    assert bad.returncode == 2 and "--not-before 'yesterday' is not an ISO 8601 time" in bad.stderr

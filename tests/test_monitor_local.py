@@ -82,8 +82,11 @@ def test_a_local_endpoint_fed_shifted_traffic_shows_drift(monitored, capsys):
                          "--output-dir", str(monitored["home"] / "m1")]) == 0
     out = capsys.readouterr().out
     assert f"{name} serves {GROUP} version 1" in out and "verdict: no drift" in out, out
-    assert json.loads((monitored["home"] / "m1" / "monitor.json").read_text())["requests"] == \
-        len(valid) + 1
+    # the window starts when the version went live (to the second: the deploy's own smoke
+    # request, a moment before, may share that second)
+    report = json.loads((monitored["home"] / "m1" / "monitor.json").read_text())
+    assert report["requests"] in (len(valid), len(valid) + 1)
+    assert report["window"]["since"] == staging.updated_at.replace("+00:00", "Z")
 
     # the same images darkened: the window now holds both, and drifts in brightness
     send(staging.url, [darkened(p) for p in valid] * 2)

@@ -54,6 +54,13 @@ class MonitoringError(Exception):
     pass
 
 
+def iso_now() -> str:
+    """Now, as the window's floor: the runs judge only traffic since this version's deploy."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def schedule_name(prefix: str, stage: str) -> str:
     return f"{prefix}-monitor-{stage}"
 
@@ -90,7 +97,7 @@ def upload_code(s3, bucket: str, prefix: str) -> str:
 
 def processing_request(*, endpoint: str, stage: str, version: int, prefix: str, bucket: str,
                        role_arn: str, image: str, code_uri: str, baseline_uri: str,
-                       hours: int, instance_type: str) -> dict:
+                       hours: int, instance_type: str, deployed: str) -> dict:
     """CreateProcessingJob's request, with EventBridge Scheduler's run id and scheduled time
     where each run fills them in."""
     def s3_input(name: str, uri: str) -> dict:
@@ -108,7 +115,8 @@ def processing_request(*, endpoint: str, stage: str, version: int, prefix: str, 
             "ContainerArguments": [
                 "--capture-dir", f"{ROOT}/input/capture", "--baseline", f"{ROOT}/input/baseline",
                 "--output-dir", f"{ROOT}/output", "--since", f"{hours}h",
-                "--until", SCHEDULED_TIME, "--lag", LAG, "--endpoint", endpoint,
+                "--until", SCHEDULED_TIME, "--lag", LAG, "--not-before", deployed,
+                "--endpoint", endpoint,
                 "--model-version", str(version)]},
         "ProcessingInputs": [s3_input("code", code_uri), s3_input("capture", capture),
                              s3_input("baseline", baseline_uri)],
@@ -156,6 +164,24 @@ def ensure_metric_filters(logs, prefix: str) -> None:
                 "dimensions": {name: f"$.{name}" for name in DIMENSIONS}}])
 
 
+def _existing(scheduler, name: str) -> dict | None:
+    try:
+        return scheduler.get_schedule(Name=name)
+    except scheduler.exceptions.ResourceNotFoundException:
+        return None
+
+
+def _deployed_since(existing: dict | None, version: int) -> str | None:
+    """The window floor of an existing schedule of the same version (a re-run of the deploy
+    keeps it: the version has served since then), else None."""
+    try:
+        args = json.loads(existing["Target"]["Input"])["AppSpecification"]["ContainerArguments"]
+        named = dict(zip(args[::2], args[1::2]))
+    except (TypeError, KeyError, ValueError):
+        return None
+    return named.get("--not-before") if named.get("--model-version") == str(version) else None
+
+
 def delete_schedule(scheduler, name: str, echo) -> None:
     try:
         scheduler.delete_schedule(Name=name)
@@ -185,10 +211,12 @@ def schedule(session, *, endpoint: str, stage: str, package: dict, prefix: str, 
     code = upload_code(s3, bucket, prefix)
     dest = capture_destination(bucket, prefix, stage).removeprefix(f"s3://{bucket}/")
     s3.put_object(Bucket=bucket, Key=f"{dest}/{endpoint}/{PLACEHOLDER}", Body=PLACEHOLDER_BODY)
+    existing = _existing(scheduler, name)
     request = processing_request(endpoint=endpoint, stage=stage, version=version, prefix=prefix,
                                  bucket=bucket, role_arn=role_arn, image=image, code_uri=code,
                                  baseline_uri=baseline, hours=hours,
-                                 instance_type=instance_type)
+                                 instance_type=instance_type,
+                                 deployed=_deployed_since(existing, version) or iso_now())
     check_request(request)
     ensure_metric_filters(session.client("logs"), prefix)
     settings = dict(
@@ -197,9 +225,7 @@ def schedule(session, *, endpoint: str, stage: str, package: dict, prefix: str, 
         Description=f"monitors {endpoint} (version {version}) against its drift baseline",
         Target={"Arn": UNIVERSAL_TARGET, "RoleArn": scheduler_role_arn,
                 "Input": json.dumps(request), "RetryPolicy": {"MaximumRetryAttempts": 2}})
-    try:
-        scheduler.get_schedule(Name=name)
-    except scheduler.exceptions.ResourceNotFoundException:
+    if existing is None:
         scheduler.create_schedule(**settings)
     else:
         scheduler.update_schedule(**settings)
