@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import shutil
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
 
-from conftest import CLASS_STYLES, draw_example, read_json, run_script
+from conftest import CLASS_STYLES, ROOT, draw_example, read_json, run_script
 
 from breedkit.capture import hour_dir, image_stats, make_record
 from breedkit.drift import Thresholds, Window, class_test, compare, make_baseline, psi
@@ -365,3 +366,37 @@ def test_the_window_never_starts_before_the_version_was_deployed(tmp_path, basel
                      tmp_path / "baseline.json", "--output-dir", tmp_path / "out2",
                      "--not-before", "yesterday")
     assert bad.returncode == 2 and "--not-before 'yesterday' is not an ISO 8601 time" in bad.stderr
+
+
+def test_the_files_the_deploy_uploads_are_all_the_job_imports(tmp_path, baseline):
+    """The scheduled job runs monitor.py from the files the deploy uploads (CODE_FILES) alone:
+    every breedkit module it imports must come from there, not from this installed project."""
+    import subprocess
+    import sys
+
+    from pipelines.deploy.monitoring import CODE_FILES
+
+    code = tmp_path / "code"
+    for name in CODE_FILES:
+        (code / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "scripts" / name, code / name)
+    write_capture(tmp_path / "capture", images(40, seed=15))
+    (tmp_path / "baseline.json").write_text(json.dumps(baseline))
+    driver = f"""
+import runpy, sys
+sys.argv = ["monitor.py", "--capture-dir", {str(tmp_path / 'capture')!r},
+            "--baseline", {str(tmp_path / 'baseline.json')!r},
+            "--output-dir", {str(tmp_path / 'out')!r}, "--until", {NOW.isoformat()!r}]
+try:
+    runpy.run_path({str(code / 'monitor.py')!r}, run_name="__main__")
+except SystemExit as exc:
+    assert not exc.code, exc.code
+outside = sorted(name for name, module in sys.modules.items() if name.startswith("breedkit")
+                 and not str(getattr(module, "__file__", "")).startswith({str(code)!r}))
+print("OUTSIDE", outside)
+"""
+    proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "OUTSIDE []" in proc.stdout, proc.stdout[-2000:]
+    assert read_json(tmp_path / "out" / "monitor.json")["requests"] == 40

@@ -32,8 +32,9 @@ from pipelines.shapes import validate_arguments
 
 LOG_GROUP = "/aws/sagemaker/ProcessingJobs"
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+# what monitor.py imports, and nothing more (tests/test_monitor.py runs it from these alone)
 CODE_FILES = ("monitor.py", "breedkit/__init__.py", "breedkit/capture.py", "breedkit/drift.py",
-              "breedkit/contract.py", "breedkit/images.py")
+              "breedkit/contract.py", "breedkit/images.py", "breedkit/monitorspec.py")
 # keeps the capture prefix non-empty until the first request is captured: a processing job
 # whose S3 input matches no object fails. Small enough to stay out of the template's expiry
 # rule for captured data (ObjectSizeGreaterThan).
