@@ -549,3 +549,25 @@ def test_the_capture_percentage_is_a_whole_number_sagemaker_takes(aws, capsys, v
     with pytest.raises(SystemExit):
         cli("--capture-percent", value)
     assert "a whole percentage from 0 to 100" in capsys.readouterr().err
+
+
+def test_a_deploy_role_without_scheduler_rights_still_deploys_prod(aws, capsys, monkeypatch):
+    """A stack from before monitoring: no scheduler role and no scheduler permissions. The
+    check for an old schedule is refused; prod is live, and the deploy says what to do."""
+    from botocore.exceptions import ClientError
+
+    from pipelines.deploy import monitoring
+
+    def refused(scheduler, name, echo, original=monitoring.delete_schedule):
+        def deny(**_):
+            raise ClientError({"Error": {"Code": "AccessDeniedException",
+                                         "Message": "not authorized"}}, "DeleteSchedule")
+        monkeypatch.setattr(scheduler, "delete_schedule", deny)
+        return original(scheduler, name, echo)
+
+    monkeypatch.setattr(monitoring, "delete_schedule", refused)
+    approve(aws["sm"], 1)
+    assert cli() == 0 and cli("--stage", "prod") == 0
+    out = capsys.readouterr().out
+    assert "dogbreed-prod: DogBreedModels version 1 InService" in out
+    assert "could not check for an old monitoring schedule dogbreed-monitor-prod" in out
