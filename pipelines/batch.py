@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
+from breedkit import archives
 from pipelines import spec
 
 FORMATS = (".csv", ".jsonl")
@@ -93,9 +94,9 @@ def items(source) -> Iterator[tuple[str, object]]:
 def read_bytes(source, ref) -> bytes:
     """The file's bytes; OSError or ValueError (the reason) for a file that is not read."""
     if isinstance(source, zipfile.ZipFile):
-        name = PurePosixPath(ref.filename)
-        if name.is_absolute() or ".." in name.parts:
-            raise ValueError("a path leaving the archive (absolute or with '..'): not read")
+        refused = archives.zip_entry_problem(ref.filename)
+        if refused:
+            raise ValueError(refused)
         if ref.file_size > MAX_FILE_BYTES:
             raise ValueError(f"{ref.file_size:,} bytes, over the {MAX_FILE_BYTES:,} limit")
         with source.open(ref) as fh:

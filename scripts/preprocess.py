@@ -32,7 +32,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import sys
 import zipfile
@@ -42,6 +41,7 @@ from pathlib import Path, PurePosixPath
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from breedkit import archives  # noqa: E402
 from breedkit.contract import (UserError, cpu_count, parse_args, run_main,  # noqa: E402
                                setup_logging)
 from breedkit.images import DEFAULT_MAX_PIXELS, ImageDecodeError, open_rgb  # noqa: E402
@@ -91,18 +91,6 @@ def _ignored(parts) -> bool:
     return any(part.startswith(".") or part in IGNORED_DIRS for part in parts)
 
 
-def _unsafe_entry(name: str) -> str | None:
-    """Why a zip entry's name is refused: it must be a relative path inside the archive."""
-    posix = name.replace("\\", "/")
-    if posix.startswith("/") or re.match(r"[A-Za-z]:", posix):
-        return ("absolute path in the zip archive: refused (entries must be relative, like "
-                "<class>/<image>); re-create the archive from inside the data folder")
-    if ".." in posix.split("/"):
-        return ("'..' in the path inside the zip archive: refused (it points outside the "
-                "archive's folder); re-create the archive from inside the data folder")
-    return None
-
-
 def _utf8(name: str) -> bool:
     try:
         name.encode("utf-8")
@@ -135,7 +123,7 @@ def open_source(input_path: str) -> Source:
                 for info in zf.infolist():
                     if info.is_dir():
                         continue
-                    refused = _unsafe_entry(info.filename)
+                    refused = archives.zip_entry_problem(info.filename)
                     if refused:
                         source.refused[info.filename] = refused
                         continue

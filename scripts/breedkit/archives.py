@@ -1,4 +1,5 @@
-"""Extract tar archives safely on every Python the project supports (3.10+).
+"""Extract tar archives safely on every Python the project supports (3.10+), and judge zip
+entry names (``zip_entry_problem``: preprocessing and batch scoring refuse the same ones).
 
 tarfile's ``filter="data"`` (no absolute paths, no ``..``, no links pointing out, no devices)
 exists from Python 3.10.12 / 3.11.4 / 3.12 on; Debian 12's Python is 3.11.2, where
@@ -9,6 +10,7 @@ files and folders are extracted, each inside the destination.
 from __future__ import annotations
 
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -43,3 +45,15 @@ def extract(tar: tarfile.TarFile, dest: str | os.PathLike,
         if safe_member(member, dest):
             member.mode = (member.mode | 0o600) & 0o755  # as the data filter: no set-id bits
             tar.extract(member, dest)
+
+
+def zip_entry_problem(name: str) -> str | None:
+    """Why a zip entry's name is refused: it must be a relative path inside the archive."""
+    posix = name.replace("\\", "/")
+    if posix.startswith("/") or re.match(r"[A-Za-z]:", posix):
+        return ("absolute path in the zip archive: refused (entries must be relative, like "
+                "<class>/<image>); re-create the archive from inside the data folder")
+    if ".." in posix.split("/"):
+        return ("'..' in the path inside the zip archive: refused (it points outside the "
+                "archive's folder); re-create the archive from inside the data folder")
+    return None

@@ -64,9 +64,10 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS):
 
 def confused_pairs(labels: np.ndarray, predicted: np.ndarray, names: list[str],
                    top: int = 10) -> list[tuple[str, str, int, float]]:
+    from breedkit.evaluation import confusion
+
     n = len(names)
-    matrix = np.zeros((n, n), dtype=np.int64)
-    np.add.at(matrix, (labels, predicted), 1)
+    matrix = confusion(labels, predicted, n)
     np.fill_diagonal(matrix, 0)
     support = np.bincount(labels, minlength=n)
     order = np.argsort(-matrix, axis=None)[:top]
