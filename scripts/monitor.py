@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def duration(text: str, name: str) -> timedelta | None:
+def duration(text: str) -> timedelta | None:
     """30m, 1h, 2d, ... as a timedelta; None when ``text`` is not a duration."""
     found = _DURATION.match(text.strip().lower())
     return timedelta(**{_UNITS[found[2]]: float(found[1])}) if found else None
@@ -94,12 +94,12 @@ def window(since: str, until: str, now: datetime | None = None,
                             f"(2026-12-06T15:00:00Z) nor, for --since, a duration (30m, 1h, 2d)"
                             ) from None
 
-    delay = duration(lag, "lag")
+    delay = duration(lag)
     if delay is None:
         raise UserError(f"--lag {lag!r} is not a duration (0m, 15m, 1h)")
     end = (when(until, "until") if until.strip() else (now or datetime.now(timezone.utc))) \
         - delay
-    length = duration(since, "since")
+    length = duration(since)
     start = end - length if length is not None else when(since, "since") - delay
     if start >= end:
         raise UserError(f"the window is empty: --since {since} is not before --until "
