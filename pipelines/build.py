@@ -1,4 +1,4 @@
-"""The build pipeline: Preprocess -> Features -> HPTuning -> TrainFinal -> TrainingRules and
+"""The build pipeline (and the batch pipeline, at the end): Preprocess -> Features -> HPTuning -> TrainFinal -> TrainingRules and
 Evaluate -> CheckTrainingRules -> CheckAccuracy -> RegisterModel (or TrainingRulesFired,
 AccuracyTooLow).
 Each step is defined in its own module of ``steps/``."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 from sagemaker.workflow.pipeline import Pipeline
 from sagemaker.workflow.pipeline_definition_config import PipelineDefinitionConfig
 
-from steps import condition, evaluate, features, preprocess, register, rules, train, tune
+from steps import batch, condition, evaluate, features, preprocess, register, rules, train, tune
 from steps.context import BuildContext
 
 
@@ -43,5 +43,20 @@ def build_pipeline(ctx: BuildContext) -> Pipeline:
         # trial components per execution (sagemaker:CreateExperiment, CreateTrial,
         # CreateTrialComponent, AssociateTrialComponent), which the execution role is not
         # granted; runs are tracked in TensorBoard and, with --mlflow-arn, MLflow instead
+        pipeline_experiment_config=None,
+    )
+
+
+def build_batch_pipeline(ctx: BuildContext) -> Pipeline:
+    """DogBreedBatch: BatchModel -> BatchScore (steps/batch.py); ``ctx.params`` from
+    ``batch.make_parameters``."""
+    step_model = batch.make_model_step(ctx)
+    step_score = batch.make_transform_step(ctx, step_model)
+    return Pipeline(
+        name=ctx.pipeline_name,
+        parameters=list(ctx.params.values()),
+        steps=[step_model, step_score],
+        sagemaker_session=ctx.session,
+        pipeline_definition_config=PipelineDefinitionConfig(use_custom_job_prefix=True),
         pipeline_experiment_config=None,
     )

@@ -30,15 +30,44 @@ def store_of(home: Path) -> ObjectStore:
 
 def build_definition(args, home: Path) -> dict:
     """The definition of ``args``' build options, as ``--upsert`` builds it, with the code the
-    SDK uploads in the local store."""
-    from pipelines.build import build_pipeline
+    SDK uploads in the local store. With --batch, the batch pipeline's, its version parameters
+    those of the local registry's version (see pipelines.transform.local_version)."""
+    from pipelines.build import build_batch_pipeline, build_pipeline
     from pipelines.run import make_context
 
     bucket = args.bucket or LOCAL_BUCKET
     session = local_boto_session(store_of(home), args.region or "us-east-1")
-    pipeline = build_pipeline(make_context(args, session, LOCAL_ROLE, bucket,
-                                           _tags(args)))
-    return json.loads(pipeline.definition())
+    ctx = make_context(args, session, LOCAL_ROLE, bucket, _tags(args))
+    if not args.batch:
+        return json.loads(build_pipeline(ctx).definition())
+    from pipelines import transform
+    from steps import batch, register
+
+    image = register.inference_image(ctx, spec.BATCH_INSTANCE_TYPE)
+    version = transform.local_version(home, args.model_package_group, bucket,
+                                      args.prefix.strip("/"), image, args.version)
+    ctx.params = batch.make_parameters(batch.default_input_url(ctx), version)
+    return json.loads(build_batch_pipeline(ctx).definition())
+
+
+def stage_batch_input(url: str, home: Path, bucket: str, prefix: str) -> str:
+    """BatchInputUrl: an s3:// prefix of the local store as it is, a folder of images put
+    under ``s3://<bucket>/<prefix>/batch/input/<folder>-<id>/``."""
+    store = store_of(home)
+    if url.startswith("s3://"):
+        if not store.objects(url):
+            raise CliError(f"BatchInputUrl {url} holds nothing in the local object store "
+                           f"({store.path(url)}): pass a folder of images or put them there")
+        return url
+    folder = Path(url).expanduser()
+    if not folder.is_dir():
+        raise CliError(f"BatchInputUrl {url} is neither an s3:// prefix nor a folder; a zip is "
+                       f"scored by python -m pipelines.batch --input {url}")
+    identity = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:12]
+    uri = f"s3://{bucket}/{prefix}/batch/input/{folder.resolve().name[:40]}-{identity}/"
+    if not store.put_folder(folder, uri):
+        raise CliError(f"BatchInputUrl {url}: the folder holds no files")
+    return uri
 
 
 def write_definition(definition: dict, path: str) -> None:
@@ -96,6 +125,16 @@ def run_local(args, home: Path, params: dict, *, echo, tracking_uri: str | None)
         definition = build_definition(args, home)
         declared = {p.name for p in spec.PARAMETERS}
         url = params.get("InputDataUrl") or "sklearn-digits"
+    if args.batch:
+        url = None  # (no InputDataUrl)
+        if "BatchInputUrl" in params:
+            staged = stage_batch_input(str(params["BatchInputUrl"]), home,
+                                       args.bucket or LOCAL_BUCKET, prefix)
+            params = {**params, "BatchInputUrl": staged}
+        else:
+            default = next(p["DefaultValue"] for p in definition["Parameters"]
+                           if p["Name"] == "BatchInputUrl")
+            stage_batch_input(default, home, args.bucket or LOCAL_BUCKET, prefix)
     check_definition(definition)  # what the engine cannot run: named before anything runs
     resolve_parameters(definition, {k: v for k, v in params.items() if k != "InputDataUrl"})
     if args.definition_out:

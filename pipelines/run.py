@@ -4,6 +4,9 @@
     python -m pipelines.run --upsert --start --wait \\
         --param Epochs=5 --param BaseModel=resnet18         # and run it, following the steps
     python -m pipelines.run --definition-out pipeline.json  # only write the definition
+    python -m pipelines.run --upsert --batch               # DogBreedBatch: Batch Transform of
+    python -m pipelines.run --start --batch --wait \\       # the newest Approved version
+        --param BatchInputUrl=s3://bucket/photos/
 
 The role comes from --role-arn, $SAGEMAKER_ROLE_ARN, or the Studio execution role; the bucket
 from --bucket, $DOGBREED_BUCKET, or SageMaker's default bucket. Standard AWS configuration
@@ -40,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     act.add_argument("--wait", action="store_true",
                      help="follow the execution until it ends; exit 1 if it fails")
     act.add_argument("--definition-out", metavar="FILE", help="write the definition JSON here")
+    act.add_argument("--batch", action="store_true",
+                     help=f"the batch-scoring pipeline {spec.BATCH_PIPELINE_NAME} (BatchModel -> "
+                          f"BatchScore: a Batch Transform of a registered version over the "
+                          f"s3:// prefix BatchInputUrl) instead of the build pipeline; "
+                          f"--upsert sets its version parameters to the newest Approved "
+                          f"version (the default of scheduled runs), --start passes them")
+    act.add_argument("--version", type=int,
+                     help="with --batch: this version of the group, not the newest Approved")
     act.add_argument("--local", action="store_true",
                      help="build the definition --upsert sends and run it on this machine (no "
                           "AWS, no Docker); with --definition-out, also write it")
@@ -61,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     aws.add_argument("--profile")
     aws.add_argument("--bucket")
     aws.add_argument("--prefix", default=spec.DEFAULT_PREFIX, help="S3 key prefix")
-    aws.add_argument("--pipeline-name", default=spec.DEFAULT_PIPELINE_NAME)
+    aws.add_argument("--pipeline-name",
+                     help=f"default {spec.DEFAULT_PIPELINE_NAME} ({spec.BATCH_PIPELINE_NAME} "
+                          f"with --batch)")
     aws.add_argument("--model-package-group", default=spec.DEFAULT_MODEL_PACKAGE_GROUP)
     aws.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE",
                      help="tag for the pipeline, its jobs and registered versions (repeatable)")
@@ -103,9 +116,10 @@ def parse_pairs(items: list[str], what: str) -> dict[str, str]:
     return pairs
 
 
-def parse_params(items: list[str]) -> dict:
+def parse_params(items: list[str], batch: bool = False) -> dict:
+    parameters = spec.BATCH_PARAMETERS if batch else spec.PARAMETERS
     try:
-        return {name: spec.coerce_parameter(name, value)
+        return {name: spec.coerce_parameter(name, value, parameters)
                 for name, value in parse_pairs(items, "--param").items()}
     except ValueError as exc:
         raise CliError(str(exc)) from None
@@ -192,11 +206,19 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
+    if args.pipeline_name is None:
+        args.pipeline_name = spec.BATCH_PIPELINE_NAME if args.batch else spec.DEFAULT_PIPELINE_NAME
+    if args.version is not None and not args.batch:
+        raise CliError("--version chooses the version the batch pipeline scores with: add "
+                       "--batch")
     if args.local:
         return _run_local(args)
     if args.list or args.describe or args.definition:
         raise CliError("--list, --describe and --definition are for the local engine: add "
                        "--local")
+    if args.start_if_data and args.batch:
+        raise CliError("--start-if-data is for the build pipeline; start the batch pipeline "
+                       "with --start --batch")
     if args.start_if_data:
         args.start = True
     if not (args.upsert or args.start or args.definition_out or args.wait):
@@ -205,14 +227,15 @@ def _run(args) -> int:
         raise CliError("--wait follows an execution started with --start")
     if args.training_instance_count < 1:
         raise CliError("--training-instance-count must be at least 1")
-    params = parse_params(args.param)
+    params = parse_params(args.param, args.batch)
     url = params.get("InputDataUrl")
     if url is not None and not url.startswith("s3://"):
         raise CliError(f"InputDataUrl must be an s3:// URI for SageMaker (stage local data with "
                        f"python -m pipelines.data.stage), got {url!r}")
     if params and not args.start:
         raise CliError("--param sets parameters of an execution: add --start")
-    advice = spec.tuning_advice(params, args.tuning_mode) if args.start and args.upsert else ""
+    advice = spec.tuning_advice(params, args.tuning_mode) \
+        if args.start and args.upsert and not args.batch else ""
     if advice:
         print(advice, file=sys.stderr)
     tags = [{"Key": k, "Value": v} for k, v in parse_pairs(args.tag, "--tag").items()]
@@ -226,20 +249,18 @@ def _run(args) -> int:
         if args.upsert or args.definition_out:
             role_arn = resolve_role(args.role_arn)
             bucket = resolve_bucket(session, args.bucket)
-            from pipelines.build import build_pipeline
-
-            pipeline = build_pipeline(make_context(args, session, role_arn, bucket, tags))
+            pipeline = _build(args, session, role_arn, bucket, tags)
             if args.definition_out:  # (upsert builds the definition itself)
                 definition = pipeline.definition()
                 Path(args.definition_out).write_text(
                     json.dumps(json.loads(definition), indent=2, sort_keys=True) + "\n")
                 print(f"wrote the definition of {args.pipeline_name} to {args.definition_out}")
             if args.upsert:
-                ensure_model_package_group(sm, args.model_package_group, tags)
+                if not args.batch:
+                    ensure_model_package_group(sm, args.model_package_group, tags)
                 exists = _pipeline_exists(sm, args.pipeline_name)
                 response = pipeline.upsert(role_arn=role_arn, tags=tags or None,
-                                           description="Dog breed classifier: preprocess, "
-                                                       "tune, train, evaluate, register")
+                                           description=_description(args))
                 print(f"{'updated' if exists else 'created'} pipeline {args.pipeline_name}: "
                       f"{response['PipelineArn']}")
         if args.start and args.start_if_data:
@@ -254,6 +275,8 @@ def _run(args) -> int:
             if not _pipeline_exists(sm, args.pipeline_name):
                 raise CliError(f"pipeline {args.pipeline_name} does not exist in "
                                f"{session.region_name}: create it with --upsert")
+            if args.batch:
+                params = {**_version_parameters(args, session), **params}
             response = sm.start_pipeline_execution(
                 PipelineName=args.pipeline_name,
                 PipelineParameters=[{"Name": k, "Value": _as_text(v)} for k, v in params.items()])
@@ -279,6 +302,39 @@ def _run(args) -> int:
     return 0
 
 
+def _build(args, session, role_arn: str, bucket: str, tags: list):
+    """The pipeline of ``args``: the build pipeline, or with --batch the batch pipeline with
+    the chosen version's parameters as defaults."""
+    from pipelines.build import build_batch_pipeline, build_pipeline
+
+    ctx = make_context(args, session, role_arn, bucket, tags)
+    if not args.batch:
+        return build_pipeline(ctx)
+    from steps import batch
+
+    version = _version_parameters(args, session)
+    ctx.params = batch.make_parameters(batch.default_input_url(ctx), version)
+    return build_batch_pipeline(ctx)
+
+
+def _version_parameters(args, session) -> dict:
+    """ModelPackageArn, InferenceImage and ModelDataUrl of --version or the newest Approved
+    version, said on stderr."""
+    from pipelines import transform
+
+    package = transform.sagemaker_package(session, args.model_package_group, args.version)
+    print(f"batch scoring with {args.model_package_group} version "
+          f"{package['ModelPackageVersion']} ({package['ModelApprovalStatus']})",
+          file=sys.stderr)
+    return transform.version_parameters(package)
+
+
+def _description(args) -> str:
+    if args.batch:
+        return "Dog breed batch scoring: a Batch Transform of a registered version"
+    return "Dog breed classifier: preprocess, tune, train, evaluate, register"
+
+
 def _run_local(args) -> int:
     if args.upsert or args.start or args.start_if_data or args.wait:
         raise CliError("--local runs the pipeline here; it does not combine with --upsert, "
@@ -291,9 +347,19 @@ def _run_local(args) -> int:
         raise CliError("--local trains on this machine: --training-instance-count is for "
                        "SageMaker")
     # a definition of ours: our parameters, checked here; another one's: its own types
-    params = (parse_pairs(args.param, "--param") if args.definition else
-              parse_params(args.param))
-    advice = spec.tuning_advice(params, args.tuning_mode)
+    if args.batch and args.definition:
+        raise CliError("--definition runs the definition given; --batch builds the batch "
+                       "pipeline's: pass one of them")
+    if args.batch:  # a local folder of images is staged into the local object store
+        pairs = parse_pairs(args.param, "--param")
+        folder = pairs.pop("BatchInputUrl", None)
+        params = parse_params([f"{k}={v}" for k, v in pairs.items()], batch=True)
+        if folder is not None:
+            params["BatchInputUrl"] = folder
+    else:  # a definition of ours: our parameters, checked here; another one's: its own types
+        params = (parse_pairs(args.param, "--param") if args.definition else
+                  parse_params(args.param))
+    advice = "" if args.batch else spec.tuning_advice(params, args.tuning_mode)
     if advice and not args.definition:
         print(advice, file=sys.stderr)
     from pipelines.local.engine import DefinitionError, HomeError, summary

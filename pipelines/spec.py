@@ -96,21 +96,23 @@ PARAMETERS: tuple[Parameter, ...] = (
 )
 
 
-def parameter(name: str) -> Parameter:
-    for p in PARAMETERS:
+def parameter(name: str, parameters: tuple | None = None) -> Parameter:
+    for p in PARAMETERS if parameters is None else parameters:
         if p.name == name:
             return p
     raise KeyError(name)
 
 
-def coerce_parameter(name: str, value: str):
-    """A ``--param Name=Value`` string as the parameter's type; ValueError says what is wrong."""
-    names = [p.name for p in PARAMETERS]
+def coerce_parameter(name: str, value: str, parameters: tuple | None = None):
+    """A ``--param Name=Value`` string as the parameter's type (of ``parameters``, default the
+    build pipeline's); ValueError says what is wrong."""
+    parameters = PARAMETERS if parameters is None else parameters
+    names = [p.name for p in parameters]
     if name == "TuningMode":
         raise ValueError("TuningMode is a build option now (SageMaker fixes the trials' image "
                          "when the pipeline is built): --tuning-mode fine-tune")
     try:
-        spec = parameter(name)
+        spec = parameter(name, parameters)
     except KeyError:
         raise ValueError(f"unknown pipeline parameter {name!r}; known: "
                          f"{', '.join(names)}") from None
@@ -138,6 +140,8 @@ def coerce_parameter(name: str, value: str):
         raise ValueError(f"AccuracyThreshold is a fraction in [0, 1], got {value!r}")
     if spec.name == "FeatureViews" and result > MAX_VIEWS:
         raise ValueError(f"FeatureViews must be <= {MAX_VIEWS}, got {value!r}")
+    if spec.name in ("BatchInputUrl", "ModelDataUrl") and not str(result).startswith("s3://"):
+        raise ValueError(f"{name} must be an s3:// URI, got {value!r}")
     if spec.name.endswith("InstanceType") and not str(result).startswith("ml."):
         raise ValueError(f"{name} must be a SageMaker instance type such as ml.m5.xlarge, "
                          f"got {value!r}")
@@ -328,6 +332,34 @@ GPU_INFERENCE_INSTANCES = ("ml.g4dn.xlarge", "ml.g4dn.2xlarge", "ml.g5.xlarge", 
 # (UpdateModelPackage) and names (ContainerDefinition.InferenceSpecificationName) for GPU
 # instance types
 GPU_INFERENCE_SPECIFICATION = "gpu"
+
+# Batch scoring in SageMaker (a Batch Transform job, started by ``python -m pipelines.batch
+# --sagemaker`` or by the DogBreedBatch pipeline): one image per S3 object, one record per
+# request (SplitType None, SingleRecord), the served model's handlers; each answer is written as
+# ``<output>/<the object's key under the input prefix>.out``. ERRORS_IN_BODY makes the handler
+# answer an image it cannot use with {"error": {...}} (HTTP 200), so one bad file is a record
+# that says why instead of a failed job. 6 MB is Batch Transform's default payload and
+# InvokeEndpoint's limit: larger images are refused by SageMaker before the handler sees them.
+BATCH_PIPELINE_NAME = "DogBreedBatch"
+BATCH_MODEL_STEP = "BatchModel"  # (ModelStep names its step BatchModel-CreateModel)
+BATCH_SCORE_STEP = "BatchScore"
+BATCH_JOB_PREFIX = "dogbreed-batch"
+BATCH_INSTANCE_TYPE = CPU_INFERENCE_INSTANCES[1]  # the version's SupportedTransformInstanceTypes
+TRANSFORM = {"content_type": "application/x-image", "accept": "application/json",
+             "split_type": "None", "assemble_with": "None", "strategy": "SingleRecord",
+             "max_payload_mb": 6, "max_concurrent": 2,
+             "environment": {"ERRORS_IN_BODY": "true"}}
+BATCH_PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("ModelPackageArn", "String", "",
+              "the registered version scoring (set by --upsert --batch and --start --batch to "
+              "the newest Approved one): recorded in the job's environment"),
+    Parameter("InferenceImage", "String", "", "that version's inference image"),
+    Parameter("ModelDataUrl", "String", "", "that version's model.tar.gz"),
+    Parameter("BatchInputUrl", "String", "",
+              "s3:// prefix of the images to score (default s3://<bucket>/<prefix>/batch/input/)"),
+    Parameter("TransformInstanceType", "String", BATCH_INSTANCE_TYPE, "Batch Transform instance"),
+    Parameter("TransformInstanceCount", "Integer", 1, "Batch Transform instances", minimum=1),
+)
 
 # Retries of the cloud job steps: SageMaker capacity (a common g4dn failure) and account
 # limits with a long back-off, throttling and service faults with a short one. Other errors

@@ -55,6 +55,10 @@ MAX_IMAGES = int(os.environ.get("MAX_IMAGES_PER_REQUEST", "64"))
 MAX_IMAGE_PIXELS = int(os.environ.get("MAX_IMAGE_PIXELS", "40000000"))
 MAX_REQUEST_PIXELS = int(os.environ.get("MAX_REQUEST_PIXELS", "100000000"))
 MAX_JSON_DEPTH = 8  # our request bodies need 3 levels: {"instances": [{"b64": ...}]}
+# Batch Transform (spec.TRANSFORM sets it): a request the handlers refuse is answered 200 with
+# {"error": {"status": ..., "message": ...}}, so one bad image in a prefix is a record saying
+# why, not a failed job. Endpoints keep the HTTP status.
+ERRORS_IN_BODY = os.environ.get("ERRORS_IN_BODY", "").lower() == "true"
 
 try:  # present in SageMaker's serving containers; optional elsewhere
     from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
@@ -203,8 +207,18 @@ def input_fn(request_body, request_content_type: str):
     """Decode the request into the model's inputs (uint8 image tensors) and an optional top_k.
 
     Limits are checked on every header first; then each image is decoded and transformed
-    before the next is decoded.
+    before the next is decoded. With ERRORS_IN_BODY, a refused request becomes its error,
+    which predict_fn and output_fn pass on.
     """
+    try:
+        return _decode_request(request_body, request_content_type)
+    except RequestError as exc:
+        if not ERRORS_IN_BODY:
+            raise
+        return {"error": {"status": exc.status_code, "message": exc.message}}
+
+
+def _decode_request(request_body, request_content_type: str) -> dict:
     content_type = (request_content_type or "").split(";")[0].strip().lower()
     if isinstance(request_body, str):
         request_body = request_body.encode("utf-8")
@@ -236,6 +250,8 @@ def input_fn(request_body, request_content_type: str):
 @torch.inference_mode()
 def predict_fn(data, model: LoadedModel):
     """Top-k classes and probabilities for each image (as input_fn prepared them)."""
+    if "error" in data:
+        return data
     batch = torch.stack(data["images"])
     logits = model.model(batch.to(model.device))
     probs = torch.softmax(logits.float(), dim=1)
@@ -253,4 +269,6 @@ def output_fn(prediction, accept: str = JSON_TYPE):
     accept = (accept or JSON_TYPE).split(";")[0].strip().lower()
     if accept not in (JSON_TYPE, "*/*"):
         raise RequestError(406, f"cannot answer in {accept!r}; accept {JSON_TYPE}")
+    if isinstance(prediction, dict) and "error" in prediction:
+        return json.dumps(prediction)
     return json.dumps({"predictions": prediction})

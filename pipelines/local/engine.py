@@ -4,7 +4,7 @@ The engine takes everything from the definition: the steps, their order (the ste
 arguments reference, and ``DependsOn``), their requests, the conditions and the branches they
 choose. For each job step it resolves the step's ``Arguments`` into the request SageMaker would
 receive (CreateProcessingJob, CreateTrainingJob, CreateHyperParameterTuningJob and each trial's
-CreateTrainingJob, CreateModelPackage), validates it against botocore's input shape
+CreateTrainingJob, CreateModelPackage, CreateModel, CreateTransformJob), validates it against botocore's input shape
 (:mod:`pipelines.shapes`: a request the API would refuse fails the step with that message),
 saves it as ``request.json`` in the step's folder, and runs it (:mod:`.jobs`, :mod:`.tuning`,
 the local registry). Properties (``Steps.X.…``) come from the Describe* response of what ran,
@@ -55,7 +55,8 @@ from .expressions import ResolveError, Resolver, Unsupported, is_expression
 from .objectstore import LOCAL_ACCOUNT, LOCAL_REGION, ObjectStore, StoreError
 from .store import Store
 
-STEP_TYPES = ("Processing", "Training", "Tuning", "Condition", "RegisterModel", "Fail")
+STEP_TYPES = ("Processing", "Training", "Tuning", "Condition", "RegisterModel", "Fail", "Model",
+              "Transform")
 # what SageMaker keys each step type's cache on (Pipelines' "Caching pipeline steps")
 CACHE_ATTRIBUTES = {
     "Processing": ("AppSpecification", "Environment", "ProcessingInputs"),
@@ -66,7 +67,8 @@ CACHE_ATTRIBUTES = {
                "TrainingJobDefinitions", "WarmStartConfig"),
 }
 JOB_NAMES = {"Processing": ("ProcessingJobName", 63), "Training": ("TrainingJobName", 63),
-             "Tuning": ("HyperParameterTuningJobName", 32)}  # the member, its longest
+             "Tuning": ("HyperParameterTuningJobName", 32), "Model": ("ModelName", 63),
+             "Transform": ("TransformJobName", 63)}  # the member, its longest
 PARAMETER_TYPES = {"String": str, "Integer": int, "Float": float, "Boolean": bool}
 STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,255}")
 
@@ -362,10 +364,11 @@ class LocalEngine:
                     self.echo(f"[{name}] cache hit: reusing the outputs of execution "
                               f"{cached_from}")
                 else:
-                    if kind in ("Processing", "Training", "Tuning"):
+                    if kind in ("Processing", "Training", "Tuning", "Transform"):
                         self._check_free_space(name)
                     runner = {"Processing": self._processing, "Training": self._training,
-                              "Tuning": self._tuning, "RegisterModel": self._register}[kind]
+                              "Tuning": self._tuning, "RegisterModel": self._register,
+                              "Model": self._model, "Transform": self._transform}[kind]
                     self.described[name] = runner(step, request, step_dir)
                 outputs.update(properties=self.described[name], local=self.local.get(name, {}))
                 if key and not hit:
@@ -508,6 +511,46 @@ class LocalEngine:
         return {**request, "ProcessingJobArn": self._arn("processing-job",
                                                          request["ProcessingJobName"]),
                 "ProcessingJobStatus": "Completed", "ExitMessage": ""}
+
+    def _model(self, step: dict, request: dict, step_dir: Path) -> dict:
+        """CreateModel: a record of the container (its model.tar.gz must be in the store);
+        a transform job of this execution finds it by name."""
+        container = request.get("PrimaryContainer") or {}
+        if "ModelDataUrl" not in container:
+            raise Unsupported("a model without PrimaryContainer.ModelDataUrl (a model package "
+                              "or several containers) cannot run here")
+        if not self.objects.path(container["ModelDataUrl"]).is_file():
+            raise jobs.JobSetupError(f"the model {container['ModelDataUrl']} is not in the "
+                                     f"local object store")
+        return {**request, "ModelArn": self._arn("model", request["ModelName"])}
+
+    def _transform(self, step: dict, request: dict, step_dir: Path) -> dict:
+        """CreateTransformJob: pipelines/local/transform.py with the model's handlers."""
+        model = next((d for d in self.described.values()
+                      if d.get("ModelName") == request["ModelName"] and "ModelArn" in d), None)
+        if model is None:
+            raise jobs.JobSetupError(f"model {request['ModelName']} was not created in this "
+                                     f"execution")
+        source = request["TransformInput"]
+        if source["DataSource"]["S3DataSource"].get("S3DataType") != "S3Prefix" or \
+                source.get("SplitType", "None") != "None" or \
+                source.get("CompressionType", "None") != "None":
+            raise Unsupported("transform input: only S3Prefix data, SplitType None and no "
+                              "compression run here (one image per object)")
+        container = model["PrimaryContainer"]
+        env = {**(container.get("Environment") or {}), **(request.get("Environment") or {}),
+               "SM_OUTPUT_DIR": str(step_dir / "output")}
+        script = Path(jobs.__file__).with_name("transform.py")
+        result = jobs.run_script(script, [
+            "--request", str(step_dir / "request.json"),
+            "--model", str(self.objects.path(container["ModelDataUrl"])),
+            "--store", str(self.objects.root), "--workdir", str(step_dir)],
+            step_dir / "step.log", env=env, cwd=step_dir)
+        if result.returncode != 0:
+            raise StepFailed(step["Name"], f"{result.failure_reason} (log: {result.log_path})")
+        return {**request, "TransformJobArn": self._arn("transform-job",
+                                                        request["TransformJobName"]),
+                "TransformJobStatus": "Completed"}
 
     def _training_job(self, request: dict, root: Path, log_path: Path, *, run_name: str,
                       parent: str | None = None, threads=None, on_line=None):
