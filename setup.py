@@ -25,7 +25,7 @@ INSTALL_REQUIRES = [
     "setuptools>=70,<81",
     # the cloud pipeline: SDK 2.x, in maintenance until its end of support on 2027-07-06. 3.x
     # registers through ModelStep(ModelBuilder.register(...)) and trains with ModelTrainer,
-    # which takes no Debugger rules or profiler (README: "Moving to SDK 3.x")
+    # which takes no Debugger rules or profiler (docs/sagemaker.md: "Moving to SDK 3.x")
     "sagemaker>=2.257,<3",
     "boto3",
     # the local engine's tuner, and the local endpoint's HTTP server

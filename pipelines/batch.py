@@ -2,6 +2,13 @@
 
     python -m pipelines.batch --input photos/ --output scores.csv           # newest Approved
     python -m pipelines.batch --version 3 --input photos.zip --output scores.jsonl --top-k 3
+    python -m pipelines.batch --sagemaker --input s3://bucket/photos/ --output s3://bucket/scores/
+
+With ``--sagemaker`` (and ``s3://`` input and output), a SageMaker Batch Transform job of the
+Model Registry's version scores every object under the input prefix: one image per object,
+answered by the version's own handlers, each answer written to ``<output>/<key>.out`` (the
+endpoint's JSON; an image the handlers refuse gets ``{"error": ...}``). See
+pipelines/transform.py; ``--wait`` follows the job to its end.
 
 Every image goes through the version's own serving handlers (``code/inference.py`` in its
 model.tar.gz: ``model_fn``, ``input_fn``, ``predict_fn``): the served model's exact transforms
@@ -314,6 +321,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=max(1, min(4, (os.cpu_count() or 2))),
                    help="decode threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    aws = p.add_argument_group("SageMaker (--sagemaker)")
+    aws.add_argument("--sagemaker", action="store_true",
+                     help="a Batch Transform job of the Model Registry's version; --input and "
+                          "--output are s3:// prefixes")
+    aws.add_argument("--instance-type", default=spec.BATCH_INSTANCE_TYPE)
+    aws.add_argument("--instance-count", type=int, default=1)
+    aws.add_argument("--role-arn", help="the model's execution role (default $SAGEMAKER_ROLE_ARN "
+                                        "or the Studio role)")
+    aws.add_argument("--region")
+    aws.add_argument("--profile")
+    aws.add_argument("--wait", action="store_true", help="follow the job until it ends")
     return p
 
 
@@ -322,6 +340,8 @@ def main(argv=None) -> int:
     from pipelines.sqlite import DamagedStore
 
     args = build_parser().parse_args(argv)
+    if args.sagemaker or args.input.startswith("s3://"):
+        return sagemaker_main(args)
     for name in ("top_k", "batch_size", "workers"):
         if getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be at least 1", file=sys.stderr)
@@ -348,6 +368,90 @@ def main(argv=None) -> int:
     print(f"{counts.get('scored', 0)} images scored, {counts.get('unreadable', 0)} files "
           f"unreadable (rows with an error), {counts.get('resumed', 0)} already in "
           f"{args.output} from an earlier run", file=sys.stderr)
+    return 0
+
+
+# --- in SageMaker: a Batch Transform job --------------------------------------------------------
+
+def sagemaker_main(args) -> int:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from pipelines.aws import CliError, describe_aws_error
+
+    try:
+        if not (args.sagemaker and args.input.startswith("s3://")
+                and args.output.startswith("s3://")):
+            raise CliError("a Batch Transform job reads an s3:// prefix and writes to one: "
+                           "pass --sagemaker --input s3://... --output s3://... (a folder or "
+                           "zip here is scored without --sagemaker)")
+        if args.instance_count < 1:
+            raise CliError("--instance-count must be at least 1")
+        if not args.instance_type.startswith("ml."):
+            raise CliError(f"--instance-type must be a SageMaker instance type such as "
+                           f"{spec.BATCH_INSTANCE_TYPE}, got {args.instance_type!r}")
+        job = start_transform(args)
+        if args.wait:
+            return wait_transform(job, args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (ClientError, BotoCoreError) as exc:
+        print(f"error: {describe_aws_error(exc)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def start_transform(args) -> dict:
+    """CreateModel (once per version) and CreateTransformJob; what was started."""
+    import time
+
+    from pipelines import shapes, transform
+    from pipelines.aws import CliError, boto_session, describe_or_none, resolve_role
+    from pipelines.deploy.sagemaker import container
+
+    session = boto_session(args.region, args.profile)
+    sm = session.client("sagemaker")
+    package = transform.sagemaker_package(session, args.group, args.version)
+    version = package["ModelPackageVersion"]
+    settings = argparse.Namespace(instance_type=args.instance_type, group=args.group)
+    primary = container(sm, settings, package)  # (the GPU image on a GPU instance type)
+    model = transform.model_name(package, args.instance_type)
+    role = resolve_role(args.role_arn)
+    job_name = f"{spec.BATCH_JOB_PREFIX}-v{version}-{time.strftime('%Y%m%d-%H%M%S')}"
+    requests = {
+        "CreateModel": transform.model_request(model, role, primary, []),
+        "CreateTransformJob": transform.transform_request(
+            job_name, model, args.input, args.output.rstrip("/"), args.instance_type,
+            args.instance_count, package["ModelPackageArn"], []),
+    }
+    for operation, request in requests.items():  # what SageMaker would refuse, before a call
+        problems = shapes.validate_arguments(operation, request)
+        if problems:
+            raise CliError(f"{operation} would be refused: {'; '.join(problems)}")
+    if describe_or_none(lambda: sm.describe_model(ModelName=model)) is None:
+        sm.create_model(**requests["CreateModel"])
+    sm.create_transform_job(**requests["CreateTransformJob"])
+    print(f"started Batch Transform job {job_name}: {args.group} version {version} scores "
+          f"{args.input} into {args.output.rstrip('/')}/<key>.out", flush=True)
+    if not args.wait:
+        print(f"follow it: aws sagemaker describe-transform-job --transform-job-name {job_name}")
+    return {"sm": sm, "name": job_name}
+
+
+def wait_transform(job: dict, args, poll_seconds: float = 30.0) -> int:
+    import time
+
+    while True:
+        described = job["sm"].describe_transform_job(TransformJobName=job["name"])
+        status = described["TransformJobStatus"]
+        if status in ("Completed", "Failed", "Stopped"):
+            break
+        time.sleep(poll_seconds)
+    print(f"{job['name']}: {status}")
+    if status != "Completed":
+        print(f"reason: {described.get('FailureReason', '(none given)')}; the job's log is in "
+              f"CloudWatch under /aws/sagemaker/TransformJobs", file=sys.stderr)
+        return 1
     return 0
 
 

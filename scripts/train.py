@@ -133,7 +133,7 @@ def validate(args) -> None:
 
 
 def resolve_defaults(args):
-    """Fill in the defaults that depend on --pretrained (the recipe README.md explains)."""
+    """Fill in the defaults that depend on --pretrained (docs/recipe.md explains)."""
     if args.backbone_lr_mult is None:
         args.backbone_lr_mult = 0.1 if args.pretrained else 1.0
     if args.warmup_epochs is None:

@@ -1,5 +1,6 @@
-"""The README's `tensorboard --logdir ...` works in the project's environment: TensorBoard's
-server starts on a training job's events and serves a scalar (loopback only, bounded)."""
+"""docs/local-engine.md's `tensorboard --logdir ...` works in the project's environment:
+TensorBoard's server starts on a training job's events and serves a scalar (loopback only,
+bounded)."""
 
 from __future__ import annotations
 
