@@ -1,6 +1,6 @@
 """The build pipeline (and the batch pipeline, at the end): Preprocess -> Features -> HPTuning -> TrainFinal -> TrainingRules and
-Evaluate -> CheckTrainingRules -> CheckAccuracy -> RegisterModel (or TrainingRulesFired,
-AccuracyTooLow).
+Evaluate -> CheckTrainingRules -> CheckAccuracy -> CheckImprovement -> RegisterModel (or
+TrainingRulesFired, AccuracyTooLow, NotBetterThanApproved).
 Each step is defined in its own module of ``steps/``."""
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ def build_pipeline(ctx: BuildContext) -> Pipeline:
                   else None)
     step_register = register.make_step(ctx, step_train, step_evaluate, reports, step_rules)
     step_fail = condition.make_fail_step(ctx, step_evaluate, reports)
-    step_check = condition.make_step(ctx, step_evaluate, reports, if_steps=[step_register],
+    step_improvement = condition.make_improvement_steps(ctx, step_evaluate, reports,
+                                                        if_steps=[step_register])
+    step_check = condition.make_step(ctx, step_evaluate, reports, if_steps=[step_improvement],
                                      else_steps=[step_fail])
     jobs = [step_preprocess, step_features, step_tune, step_train, step_evaluate]
     if step_rules is not None:

@@ -104,7 +104,9 @@ def stage_input(url: str, home: Path, bucket: str, prefix: str) -> tuple[str, st
 def run_local(args, home: Path, params: dict, *, echo, tracking_uri: str | None):
     """Build (or read) the definition, stage the input, run it: the engine's RunResult."""
     from pipelines.local.engine import LocalEngine, check_definition, resolve_parameters
+    from pipelines.run import default_pipeline_name
 
+    default_pipeline_name(args)
     prefix = args.prefix.strip("/")
     if args.definition:
         try:
@@ -148,8 +150,31 @@ def run_local(args, home: Path, params: dict, *, echo, tracking_uri: str | None)
             echo(f"staged InputDataUrl {url} as {staged}")
         params = {**params, "InputDataUrl": staged}
         lineage.update(input=str(url), data_fingerprint=f"sha256:{digest}")
+    if not args.definition and not args.batch:
+        params = {**approved_version(args, home, definition, echo), **params}
     engine = LocalEngine(home, echo=echo, tracking_uri=tracking_uri)
     return engine.run(definition, params, pipeline_name=args.pipeline_name, lineage=lineage)
+
+
+def approved_version(args, home: Path, definition: dict, echo) -> dict:
+    """ApprovedModelDataUrl and ApprovedModelVersion: the local registry's newest Approved
+    version (its archive put in the store), as --start passes SageMaker's; the placeholder
+    the default points to is written too."""
+    from pipelines import transform
+
+    bucket = _bucket_of(definition) or args.bucket or LOCAL_BUCKET
+    prefix = args.prefix.strip("/")
+    folder, name, body = spec.NO_APPROVED_VERSION
+    placeholder = store_of(home).path(f"s3://{bucket}/{prefix}/{folder}/{name}")
+    if not placeholder.is_file() or placeholder.read_bytes() != body:  # (kept: the step
+        placeholder.parent.mkdir(parents=True, exist_ok=True)  # cache keys on its mtime)
+        placeholder.write_bytes(body)
+    found = transform.approved_for_comparison(lambda: transform.local_version(
+        home, args.model_package_group, bucket, prefix, "local", None))
+    if found:
+        echo(f"Evaluate compares the new model with {args.model_package_group} version "
+             f"{found['ApprovedModelVersion']} (Approved)")
+    return found
 
 
 def _bucket_of(definition: dict) -> str | None:

@@ -106,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_pipeline_name(args) -> str:
+    """--pipeline-name, by default DogBreedBuild, or DogBreedBatch with --batch."""
+    if args.pipeline_name is None:
+        args.pipeline_name = spec.BATCH_PIPELINE_NAME if args.batch else spec.DEFAULT_PIPELINE_NAME
+    return args.pipeline_name
+
+
 def parse_pairs(items: list[str], what: str) -> dict[str, str]:
     pairs = {}
     for item in items:
@@ -141,7 +148,7 @@ def make_context(args, session, role_arn: str, bucket: str, tags: list | None = 
                            training_instance_count=args.training_instance_count,
                            tuning_mode=args.tuning_mode)
     return BuildContext(session=pipeline_session, role_arn=role_arn, bucket=bucket,
-                        prefix=args.prefix.strip("/"), pipeline_name=args.pipeline_name,
+                        prefix=args.prefix.strip("/"), pipeline_name=default_pipeline_name(args),
                         model_package_group=args.model_package_group, options=options,
                         tags=list(tags or []))
 
@@ -206,8 +213,7 @@ def main(argv=None) -> int:
 def _run(args) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
-    if args.pipeline_name is None:
-        args.pipeline_name = spec.BATCH_PIPELINE_NAME if args.batch else spec.DEFAULT_PIPELINE_NAME
+    default_pipeline_name(args)
     if args.version is not None and not args.batch:
         raise CliError("--version chooses the version the batch pipeline scores with: add "
                        "--batch")
@@ -261,6 +267,8 @@ def _run(args) -> int:
                 exists = _pipeline_exists(sm, args.pipeline_name)
                 response = pipeline.upsert(role_arn=role_arn, tags=tags or None,
                                            description=_description(args))
+                if not args.batch:
+                    put_no_approved_version(session.client("s3"), bucket, args.prefix)
                 print(f"{'updated' if exists else 'created'} pipeline {args.pipeline_name}: "
                       f"{response['PipelineArn']}")
         if args.start and args.start_if_data:
@@ -277,6 +285,8 @@ def _run(args) -> int:
                                f"{session.region_name}: create it with --upsert")
             if args.batch:
                 params = {**_version_parameters(args, session), **params}
+            elif "ApprovedModelDataUrl" not in params:
+                params = {**approved_parameters(session, args.model_package_group), **params}
             response = sm.start_pipeline_execution(
                 PipelineName=args.pipeline_name,
                 PipelineParameters=[{"Name": k, "Value": _as_text(v)} for k, v in params.items()])
@@ -327,6 +337,27 @@ def _version_parameters(args, session) -> dict:
           f"{package['ModelPackageVersion']} ({package['ModelApprovalStatus']})",
           file=sys.stderr)
     return transform.version_parameters(package)
+
+
+def put_no_approved_version(s3, bucket: str, prefix: str) -> None:
+    """The placeholder ApprovedModelDataUrl points to by default (spec.NO_APPROVED_VERSION)."""
+    folder, name, body = spec.NO_APPROVED_VERSION
+    s3.put_object(Bucket=bucket, Key=f"{prefix.strip('/')}/{folder}/{name}", Body=body)
+
+
+def approved_parameters(session, group: str) -> dict:
+    """The newest Approved version, for Evaluate's comparison ({} when there is none)."""
+    from pipelines import transform
+
+    def find():
+        package = transform.sagemaker_package(session, group)
+        return {**transform.version_parameters(package),
+                "ModelPackageVersion": package["ModelPackageVersion"]}
+    found = transform.approved_for_comparison(find)
+    if found:
+        print(f"Evaluate compares the new model with {group} version "
+              f"{found['ApprovedModelVersion']} (Approved)", file=sys.stderr)
+    return found
 
 
 def _description(args) -> str:

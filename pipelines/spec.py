@@ -42,6 +42,8 @@ class STEP:
     CHECK_RULES = "CheckTrainingRules"
     RULES_FIRED = "TrainingRulesFired"
     CHECK = "CheckAccuracy"
+    CHECK_IMPROVEMENT = "CheckImprovement"
+    NOT_BETTER = "NotBetterThanApproved"
     REGISTER = "RegisterModel"
     FAIL = "AccuracyTooLow"
 
@@ -93,7 +95,21 @@ PARAMETERS: tuple[Parameter, ...] = (
               "status of the registered version",
               choices=("PendingManualApproval", "Approved", "Rejected")),
     Parameter("MaxRuntimeSeconds", "Integer", 86400, "limit of each training job", minimum=60),
+    Parameter("ApprovedModelDataUrl", "String", "",
+              "the group's newest Approved version's model.tar.gz, which Evaluate compares "
+              "the new model with on the same test images (--start and --local pass it; "
+              "default: a placeholder prefix, no comparison)"),
+    Parameter("ApprovedModelVersion", "String", "none",
+              "that version's number, for the reports and the registered metadata"),
+    Parameter("RequireImprovement", "String", "false",
+              "true: a model not more accurate on the test split than the approved version "
+              "is not registered (NotBetterThanApproved)", choices=("true", "false")),
 )
+# where ApprovedModelDataUrl points when no version is approved: a prefix holding only this
+# object (a ProcessingInput must name something that exists), under the pipeline's prefix
+NO_APPROVED_VERSION = ("no-approved-version", "README.txt",
+                       b"No version was approved when this execution started: Evaluate has "
+                       b"nothing to compare the new model with.\n")
 
 
 def parameter(name: str, parameters: tuple | None = None) -> Parameter:
@@ -215,12 +231,14 @@ FEATURES_JOB = {
 EVALUATE_JOB = {
     "script": "evaluate.py",
     "inputs": {"model": f"{PROCESSING_ROOT}/model", "valid": f"{PROCESSING_ROOT}/valid",
-               "test": f"{PROCESSING_ROOT}/test"},
+               "test": f"{PROCESSING_ROOT}/test", "approved": f"{PROCESSING_ROOT}/approved"},
     "outputs": {"evaluation": f"{PROCESSING_ROOT}/evaluation"},
     "arguments": ["--model-dir", f"{PROCESSING_ROOT}/model",
                   "--valid-dir", f"{PROCESSING_ROOT}/valid",
                   "--test-dir", f"{PROCESSING_ROOT}/test",
-                  "--output-dir", f"{PROCESSING_ROOT}/evaluation"],
+                  "--output-dir", f"{PROCESSING_ROOT}/evaluation",
+                  "--approved-model", f"{PROCESSING_ROOT}/approved",
+                  "--approved-version", Param("ApprovedModelVersion")],
 }
 TRAINING_CHANNELS = ("train", "valid")  # never the test split
 # the tuning trials also get the Features step's output; TrainFinal the best trial's model
@@ -313,6 +331,12 @@ DRIFT_BASELINE_FILE = BASELINE_FILE
 ACCURACY_METADATA = {"validation_accuracy": VALIDATION_REPORT,
                      "test_accuracy": EVALUATION_REPORT}
 ACCURACY_JSON_PATH = "multiclass_classification_metrics.accuracy.value"
+# the comparison with the approved version (breedkit.evaluation.paired_comparison): on the
+# registered version (metadata), and RequireImprovement's gate
+COMPARISON_METADATA = {"vs_approved_version": "ApprovedModelVersion"}  # from the parameter
+ACCURACY_DELTA_METADATA = "accuracy_delta"
+COMPARISON_SUMMARY_JSON_PATH = "comparison_summary"
+IMPROVEMENT_JSON_PATH = "passes_require_improvement"
 
 
 def accuracy_of(report: dict) -> float:

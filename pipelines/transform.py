@@ -57,7 +57,7 @@ def sagemaker_package(session, group: str, version: int | None = None) -> dict:
 def local_version(home: Path, group: str, bucket: str, prefix: str, image: str,
                   version: int | None = None) -> dict:
     """The local registry's version (default the newest Approved) as the batch pipeline's
-    parameters. Its archive is put into the local object store, where a version's
+    parameters (and its ModelPackageVersion). Its archive is put into the local object store, where a version's
     ModelDataUrl is in SageMaker: ``s3://<bucket>/<prefix>/registry/<group>/<version>/``."""
     from pipelines.local.objectstore import ObjectStore
     from pipelines.registry import LocalRegistry, RegistryError
@@ -84,7 +84,8 @@ def local_version(home: Path, group: str, bucket: str, prefix: str, image: str,
 
     arn = (f"arn:aws:sagemaker:{LOCAL_REGION}:{LOCAL_ACCOUNT}:model-package/"
            f"{group.lower()}/{package.version}")
-    return {"ModelPackageArn": arn, "InferenceImage": image, "ModelDataUrl": uri}
+    return {"ModelPackageArn": arn, "InferenceImage": image, "ModelDataUrl": uri,
+            "ModelPackageVersion": package.version}
 
 
 def model_name(package: dict, instance_type: str) -> str:
@@ -130,3 +131,15 @@ def transform_request(job_name: str, model: str, input_url: str, output_url: str
     if tags:
         request["Tags"] = tags
     return request
+
+
+def approved_for_comparison(find) -> dict:
+    """The build pipeline's ApprovedModelDataUrl and ApprovedModelVersion: ``find()`` (the
+    newest Approved version, as version_parameters gives it, plus ModelPackageVersion), or {}
+    when there is none (CliError): Evaluate then has nothing to compare with."""
+    try:
+        found = find()
+    except CliError:
+        return {}
+    return {"ApprovedModelDataUrl": found["ModelDataUrl"],
+            "ApprovedModelVersion": str(found["ModelPackageVersion"])}

@@ -5,6 +5,10 @@ Inputs:  --model-dir  a model directory or model.tar.gz  (default /opt/ml/proces
                       a folder holding only model.tar.gz, as a ProcessingInput delivers it, works)
          --test-dir   <class>/<image> folder               (default /opt/ml/processing/test)
          --valid-dir  <class>/<image> folder, optional     (the pipeline passes its valid split)
+         --approved-model  the approved version's model (a folder holding its model.tar.gz, or
+                      nothing: the pipeline passes a placeholder when no version is approved),
+                      with --approved-version its name: both models score the test split and
+                      evaluation.json and report.html compare them on the same images
 Outputs: --output-dir (default /opt/ml/processing/evaluation)
          evaluation.json      test split: Model Registry multiclass metrics (breedkit.evaluation)
          validation.json      valid split, same format (the pipeline's accuracy gate reads it)
@@ -44,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--valid-dir", default="",
                    help="also score this split into validation.json")
     p.add_argument("--output-dir", default="/opt/ml/processing/evaluation")
+    p.add_argument("--approved-model", default="",
+                   help="the approved version's model directory, model.tar.gz or a folder "
+                        "holding it; a folder without a model means no approved version")
+    p.add_argument("--approved-version", default="", help="its name, for the reports")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=-1, help="-1: automatic")
     p.add_argument("--bootstrap-rounds", type=int, default=200,
@@ -74,7 +82,8 @@ def locate_model(path: str, scratch: str) -> str:
                     f"output of train.py")
 
 
-def write_report(path: str, model, dataset, probs, report: dict, config: dict, device) -> None:
+def write_report(path: str, model, dataset, probs, report: dict, config: dict, device,
+                 comparison: dict | None = None) -> None:
     """report.html: what the approver looks at (breedkit.report)."""
     import numpy as np
 
@@ -87,7 +96,51 @@ def write_report(path: str, model, dataset, probs, report: dict, config: dict, d
     mistakes = page.worst_mistakes(network, dataset, probs, labels, names, device)
     top5 = report["multiclass_classification_metrics"].get("top_5_accuracy", {}).get("value")
     page.write(path, title=f"{config['arch']}, {len(names)} classes: evaluation on the test split",
-               probs=probs, labels=labels, names=names, mistakes=mistakes, top5=top5)
+               probs=probs, labels=labels, names=names, mistakes=mistakes, top5=top5,
+               comparison=comparison)
+
+
+def approved_model_dir(path: str, scratch: str) -> str | None:
+    """The approved version's model directory, or None when ``path`` holds no model (the
+    pipeline's placeholder when no version is approved)."""
+    from breedkit.model import CONFIG_FILE
+
+    if not path:
+        return None
+    if os.path.isfile(path) or os.path.isfile(os.path.join(path, CONFIG_FILE)) or \
+            os.path.isfile(os.path.join(path, "model.tar.gz")):
+        return locate_model(path, scratch)
+    return None
+
+
+def compare_with_approved(args, scratch: str, dataset, probs, config: dict, device
+                          ) -> tuple[dict | None, str]:
+    """(the paired comparison, or None and why not): the approved model scores the same test
+    images with its own transforms and TTA."""
+    import numpy as np
+    import torch
+
+    from breedkit.data import ImageFolderDataset, make_loader
+    from breedkit.evaluation import paired_comparison
+    from breedkit.model import load_model
+    from breedkit.transforms import eval_transform_for
+
+    model_dir = approved_model_dir(args.approved_model, scratch)
+    if model_dir is None:
+        return None, "no approved version"
+    approved, approved_config = load_model(model_dir, device, tta_hflip=None)
+    if list(approved_config["class_names"]) != list(config["class_names"]):
+        log.warning("the approved version has other classes: no comparison")
+        return None, "the approved version has other classes"
+    same = ImageFolderDataset(args.test_dir, config["class_names"],
+                              transform=eval_transform_for(approved_config))
+    predicted = []
+    with torch.inference_mode():
+        for images, _ in make_loader(same, args.batch_size, shuffle=False, workers=0):
+            predicted.append(approved(images.to(device)).argmax(dim=1).cpu())
+    labels = np.array([label for _, label in dataset.samples])
+    comparison = paired_comparison(labels, probs.argmax(axis=1), torch.cat(predicted).numpy())
+    return {"approved_version": args.approved_version, **comparison}, ""
 
 
 def drift_baseline(dataset, probs, split: str, config: dict) -> dict:
@@ -155,6 +208,18 @@ def main(argv=None) -> int:
         validation, valid_set, valid_probs = score(args.valid_dir, "valid")
     report, dataset, probs_np = score(args.test_dir, "test")
 
+    with tempfile.TemporaryDirectory(prefix="approved-") as scratch:
+        comparison, why_not = compare_with_approved(args, scratch, dataset, probs_np, config,
+                                                    device)
+    from breedkit.evaluation import comparison_summary
+
+    report["comparison"] = comparison
+    report["comparison_summary"] = comparison_summary(comparison, why_not)
+    report["passes_require_improvement"] = comparison is None or comparison["better"]
+    if comparison is not None:
+        print(f"against approved version {args.approved_version or '?'}: "
+              f"{report['comparison_summary']}", flush=True)
+
     os.makedirs(args.output_dir, exist_ok=True)
     baseline = drift_baseline(*((valid_set, valid_probs, "valid") if validation is not None
                                 else (dataset, probs_np, "test")), config)
@@ -177,7 +242,7 @@ def main(argv=None) -> int:
             writer.writerow([os.path.relpath(path, args.test_dir), class_names[label],
                              class_names[pred], f"{row[pred]:.6f}"])
     write_report(os.path.join(args.output_dir, "report.html"), model, dataset, probs_np, report,
-                 config, device)
+                 config, device, comparison)
     metrics = report["multiclass_classification_metrics"]
     print(f"test_accuracy={metrics['accuracy']['value']:.4f} "
           f"test_top5_accuracy={metrics['top_5_accuracy']['value']:.4f} "

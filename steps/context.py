@@ -32,11 +32,18 @@ class BuildContext:
 
     def __post_init__(self):
         if not self.params:
-            self.params = make_parameters(self.default_input_url, self.options.tuning_mode)
+            self.params = make_parameters(self.default_input_url, self.options.tuning_mode,
+                                          self.no_approved_version_url)
 
     @property
     def default_input_url(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}/data/"
+
+    @property
+    def no_approved_version_url(self) -> str:
+        """ApprovedModelDataUrl's default: a prefix holding only a placeholder (pipelines.run
+        writes it), which tells Evaluate no version is approved."""
+        return self.s3(spec.NO_APPROVED_VERSION[0]) + "/"
 
     def s3(self, *parts: str) -> str:
         return "/".join([f"s3://{self.bucket}", self.prefix, *parts])
@@ -70,12 +77,15 @@ class BuildContext:
 
 
 def make_parameters(default_input_url: str,
-                    tuning_mode: str = spec.DEFAULT_TUNING_MODE) -> dict:
+                    tuning_mode: str = spec.DEFAULT_TUNING_MODE,
+                    no_approved_url: str = "") -> dict:
     params = {}
     for spec_param in spec.PARAMETERS:
         default = spec.parameter_default(spec_param.name, tuning_mode)
         if spec_param.name == "InputDataUrl" and not default:
             default = default_input_url
+        if spec_param.name == "ApprovedModelDataUrl" and not default:
+            default = no_approved_url
         params[spec_param.name] = _PARAMETER_TYPES[spec_param.type](name=spec_param.name,
                                                                     default_value=default)
     return params

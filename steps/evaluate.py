@@ -3,7 +3,9 @@
 validation.json (Model Registry multiclass format) is the PropertyFile CheckAccuracy reads;
 evaluation.json (the test split, same format) is what RegisterModel attaches as model metrics,
 and baseline.json (the valid split's predictions and image statistics) its drift baseline.
-Both are PropertyFiles: RegisterModel also records both accuracies on the version.
+Both are PropertyFiles: RegisterModel also records both accuracies on the version, and the
+comparison with the approved version (``ApprovedModelDataUrl``: Evaluate scores the same test
+images with it), which CheckImprovement reads when ``RequireImprovement`` is true.
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ def make_step(ctx: BuildContext, preprocess: ProcessingStep, train: TrainingStep
                for name, path in ((spec.VALIDATION_REPORT, spec.VALIDATION_FILE),
                                   (spec.EVALUATION_REPORT, spec.EVALUATION_FILE))}
     inputs = {"model": model_artifact(train), "valid": output_uri(preprocess, "valid"),
-              "test": output_uri(preprocess, "test")}
+              "test": output_uri(preprocess, "test"),
+              # the approved version's model.tar.gz (or the placeholder: no comparison)
+              "approved": ctx.p("ApprovedModelDataUrl")}
     step = processing_step(ctx, spec.STEP.EVALUATE, JOB, "evaluate", "dogbreed-evaluate",
                            inputs, list(reports.values()))
     return step, reports

@@ -28,7 +28,7 @@ from sagemaker.workflow.steps import ProcessingStep, TrainingStep
 from pipelines import spec
 
 from .common import service_retry_policy
-from .condition import accuracy
+from .condition import accuracy, comparison
 from .context import BuildContext
 from .evaluate import baseline_uri, page_uri
 from .evaluate import report_uri as evaluation_uri
@@ -77,7 +77,8 @@ def metadata(ctx: BuildContext, evaluate: ProcessingStep, reports: dict, rules) 
     """CustomerMetadataProperties (strings, each 1-256 characters: no value may resolve
     empty, or CreateModelPackage refuses the version): both accuracies; each training rule's verdict,
     the blocking rules that fired and the profiler report's S3 URI; the evaluation report's S3
-    URI (report.html, for the approver); the MLflow run."""
+    URI (report.html, for the approver); the comparison with the approved version; the MLflow
+    run."""
     values = {key: Join(on="", values=[accuracy(evaluate, reports[report])])
               for key, report in spec.ACCURACY_METADATA.items()}
     if rules is not None:
@@ -92,6 +93,11 @@ def metadata(ctx: BuildContext, evaluate: ProcessingStep, reports: dict, rules) 
     if ctx.options.mlflow_arn:
         values[spec.MLFLOW_RUN_METADATA] = mlflow_run_name(ctx)
     values[spec.EVALUATION_REPORT_METADATA] = page_uri(evaluate)
+    # the comparison with the version approved when the execution started ("none ..." if none)
+    for key, parameter in spec.COMPARISON_METADATA.items():
+        values[key] = ctx.p(parameter)
+    values[spec.ACCURACY_DELTA_METADATA] = Join(on="", values=[
+        comparison(evaluate, reports, spec.COMPARISON_SUMMARY_JSON_PATH)])
     for tag in ctx.tags:  # (a tag value may be empty; a metadata value may not)
         if tag["Value"]:
             values[spec.tag_metadata_key(tag["Key"])] = tag["Value"]

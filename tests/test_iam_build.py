@@ -72,18 +72,25 @@ def test_two_pushes_make_only_calls_the_build_role_allows(moto_server, tmp_path)
         if push == "first":  # no data staged yet: upserted, not started (no failure mail)
             assert "not started: s3://" in proc.stdout and "started execution" not in \
                 proc.stdout
-            boto3.Session(aws_access_key_id="t", aws_secret_access_key="t",
-                          region_name="us-east-1").client(
-                "s3", endpoint_url=moto_server).put_object(
+            aws = boto3.Session(aws_access_key_id="t", aws_secret_access_key="t",
+                                region_name="us-east-1")
+            aws.client("s3", endpoint_url=moto_server).put_object(
                 Bucket=BUCKET, Key="dogbreed/data/dogImages.zip", Body=b"zip")
+            # a version approved since: the start passes it to Evaluate
+            from conftest import create_model_package
+            create_model_package(aws.client("sagemaker", endpoint_url=moto_server),
+                                 "DogBreedModels", f"s3://{BUCKET}/m/model.tar.gz", "Approved")
         else:
             assert "started execution" in proc.stdout
+            assert "Evaluate compares the new model with DogBreedModels version 1" in \
+                proc.stderr
     calls = iamcheck.read_calls(calls_file)
     operations = {f"{c['service']}.{c['operation']}" for c in calls}
     # the paths that matter were really taken: create, update (tags merged), start, uploads
     assert {"sagemaker.CreatePipeline", "sagemaker.UpdatePipeline", "sagemaker.ListTags",
             "sagemaker.StartPipelineExecution", "sagemaker.CreateModelPackageGroup",
-            "s3.PutObject"} <= operations, sorted(operations)
+            "s3.PutObject", "sagemaker.ListModelPackages",
+            "sagemaker.DescribeModelPackage"} <= operations, sorted(operations)
     statements = iamcheck.role_statements(TEMPLATE, "BuildProjectRole", account=ACCOUNT,
                                           physical_names=PHYSICAL, parameters=PARAMETERS)
     problems = iamcheck.check_calls(calls, statements, account=ACCOUNT)

@@ -179,16 +179,19 @@ def test_no_registration_metadata_value_can_resolve_empty(built):
         "blocking": {"count": 0, "fired": "", "rules": ["ExplodingTensor"], "summary": "none"},
         "rules": [{"rule": r, "status": "NoIssuesFound"} for r in spec.TRAINING_RULES]},
         "ValidationReport": {"multiclass_classification_metrics": {"accuracy": {"value": 0.9}}},
-        "EvaluationReport": {"multiclass_classification_metrics": {"accuracy": {"value": 0.8}}}}
+        "EvaluationReport": {"multiclass_classification_metrics": {"accuracy": {"value": 0.8}},
+                             "comparison_summary": "none (no approved version)"}}
     outputs = {"ProcessingOutputConfig": {"Outputs": [
         {"OutputName": n, "S3Output": {"S3Uri": f"s3://b/{n}"}} for n in ("rules",
                                                                          "evaluation")]}}
-    resolver = Resolver({"ModelApprovalStatus": "PendingManualApproval"}, {},
+    resolver = Resolver({"ModelApprovalStatus": "PendingManualApproval",
+                         "ApprovedModelVersion": "none"}, {},
                         lambda s: {**outputs, "ModelArtifacts": {"S3ModelArtifacts": "s3://b/m"}},
                         lambda s, name: files[name])
     request = resolver.resolve(register["Arguments"])
     assert all(len(v) >= 1 for v in request["CustomerMetadataProperties"].values())
     assert request["CustomerMetadataProperties"]["training_rules_blocking_fired"] == "none"
+    assert request["CustomerMetadataProperties"]["accuracy_delta"] == "none (no approved version)"
     assert validate_arguments("CreateModelPackage", request) == []
 
 

@@ -23,7 +23,7 @@ SMALL = {"BaseModel": "resnet18", "Pretrained": "false", "ImageSize": 32,
          "PreprocessImageSize": 36, "TuningEpochs": 1, "MaxTuningJobs": 2,
          "MaxParallelTuningJobs": 2, "Epochs": 6, "AccuracyThreshold": 0.3}
 STEPS = ["Preprocess", "Features", "HPTuning", "TrainFinal", "TrainingRules", "Evaluate",
-         "CheckTrainingRules", "CheckAccuracy", "RegisterModel-RegisterModel"]
+         "CheckTrainingRules", "CheckAccuracy", "CheckImprovement", "RegisterModel-RegisterModel"]
 
 
 @pytest.fixture(scope="module")
@@ -355,3 +355,33 @@ def test_mlflow_without_mlflow_installed_is_one_line_before_anything_runs(tmp_pa
 
     assert tracking_uri(tmp_path / "h", enabled=False) is None
     assert "MLflow cannot be imported" in capsys.readouterr().err
+
+
+def test_evaluate_compares_with_the_approved_version_and_require_improvement_gates(home,
+                                                                                   capsys):
+    """--local passes the newest Approved version to Evaluate, which scores the same test
+    images with it; with RequireImprovement=true a model that is not better (here: the same
+    archive, from the cache) is kept out of the registry."""
+    registry = LocalRegistry(home["home"])
+    registry.set_status("DogBreedModels", 1, "Approved")
+    versions = len(registry.list("DogBreedModels"))
+    base = ["--local", "--home", str(home["home"]),
+            *[f"--param={k}={v}" for k, v in SMALL.items()],
+            f"--param=InputDataUrl={home['data']}"]
+    assert run.main([*base, "--param=RequireImprovement=true"]) == 1
+    out = capsys.readouterr().out
+    assert "Evaluate compares the new model with DogBreedModels version 1 (Approved)" in out
+    assert "[Evaluate] against the approved version: +0.0000 (95% interval +0.0000 to " \
+           "+0.0000; McNemar p=1) against version 1 on" in out
+    assert "NotBetterThanApproved" in out and "RequireImprovement is true" in out
+    assert len(LocalRegistry(home["home"]).list("DogBreedModels")) == versions
+
+    # RequireImprovement false (the default): registered as before, the comparison on it
+    assert run.main(base) == 0
+    out = capsys.readouterr().out
+    assert "against the approved version: +0.0000" in out
+    requests = sorted(home["home"].rglob("RegisterModel-RegisterModel/request.json"),
+                      key=lambda p: p.stat().st_mtime)
+    metadata = json.loads(requests[-1].read_text())["CustomerMetadataProperties"]
+    assert metadata["vs_approved_version"] == "1"
+    assert metadata["accuracy_delta"].startswith("+0.0000 (95% interval")

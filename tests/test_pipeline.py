@@ -92,6 +92,9 @@ def test_upsert_creates_then_updates(aws, capsys):
     assert aws.describe_model_package_group(ModelPackageGroupName="DogBreedModels")
     # the scripts are uploaded at content-addressed keys, nothing else is written
     keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"]]
+    # and the placeholder ApprovedModelDataUrl points to when no version is approved
+    assert "dogbreed/no-approved-version/README.txt" in keys
+    keys.remove("dogbreed/no-approved-version/README.txt")
     assert keys and all(k.startswith(("dogbreed/code/", "DogBreedBuild/code/")) for k in keys)
 
 
@@ -120,8 +123,9 @@ def test_definition_in_detail(aws, tmp_path):
                      "TrainFinal": "Training",
                      "TrainingRules": "Processing", "Evaluate": "Processing",
                      "CheckTrainingRules": "Condition", "TrainingRulesFired": "Fail",
-                     "CheckAccuracy": "Condition", "RegisterModel-RegisterModel": "RegisterModel",
-                     "AccuracyTooLow": "Fail"}
+                     "CheckAccuracy": "Condition", "CheckImprovement": "Condition",
+                     "RegisterModel-RegisterModel": "RegisterModel",
+                     "AccuracyTooLow": "Fail", "NotBetterThanApproved": "Fail"}
 
     pre = steps["Preprocess"]
     assert pre["CacheConfig"]["Enabled"] is True
@@ -283,8 +287,25 @@ def test_definition_in_detail(aws, tmp_path):
         "Path": "multiclass_classification_metrics.accuracy.value"}
     assert condition["RightValue"] == {"Get": "Parameters.AccuracyThreshold"}
     branches = steps["CheckAccuracy"]["Arguments"]
-    assert [s["Name"] for s in branches["IfSteps"]] == ["RegisterModel-RegisterModel"]
+    assert [s["Name"] for s in branches["IfSteps"]] == ["CheckImprovement"]
     assert [s["Name"] for s in branches["ElseSteps"]] == ["AccuracyTooLow"]
+    # RequireImprovement: off, or Evaluate found the model better than the approved version
+    (either,) = steps["CheckImprovement"]["Arguments"]["Conditions"]
+    assert either["Type"] == "Or"
+    off, better = either["Conditions"]
+    assert off == {"Type": "Equals", "LeftValue": {"Get": "Parameters.RequireImprovement"},
+                   "RightValue": "false"}
+    assert better["LeftValue"]["Std:JsonGet"] == {
+        "PropertyFile": {"Get": "Steps.Evaluate.PropertyFiles.EvaluationReport"},
+        "Path": "passes_require_improvement"} and better["RightValue"] is True
+    branches = steps["CheckImprovement"]["Arguments"]
+    assert [s["Name"] for s in branches["IfSteps"]] == ["RegisterModel-RegisterModel"]
+    assert [s["Name"] for s in branches["ElseSteps"]] == ["NotBetterThanApproved"]
+    # Evaluate gets the approved version's model (by default the placeholder: no comparison)
+    evaluate = {i["InputName"]: i["S3Input"]["S3Uri"]
+                for i in steps["Evaluate"]["Arguments"]["ProcessingInputs"]}
+    assert evaluate["approved"] == {"Get": "Parameters.ApprovedModelDataUrl"}
+    assert params["ApprovedModelDataUrl"]["DefaultValue"].endswith("/no-approved-version/")
 
     register = steps["RegisterModel-RegisterModel"]["Arguments"]
     assert register["ModelPackageGroupName"] == "DogBreedModels"

@@ -3,6 +3,7 @@ itself rendered in a real browser (Debian's chromium, headless)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -84,7 +85,7 @@ def evaluated(trained, tmp_path_factory):
 
 def test_evaluate_writes_the_report_with_every_section(evaluated):
     page = (evaluated / "report.html").read_text()
-    for section in ("overall", "per-class", "confused", "calibration", "mistakes"):
+    for section in ("overall", "comparison", "per-class", "confused", "calibration", "mistakes"):
         assert f'<section id="{section}">' in page, section
     assert "95% interval" in page and "expected calibration error" in page
     # the two plots and the twelve worst mistakes, each beside its Grad-CAM heatmap
@@ -104,7 +105,7 @@ def test_the_report_renders_in_a_real_browser_with_every_image(evaluated, tmp_pa
                           capture_output=True, text=True, timeout=120)
     dom = proc.stdout
     assert f'data-images="{images}/{images}"' in dom, (proc.returncode, proc.stderr[-2000:])
-    for section in ("overall", "per-class", "confused", "calibration", "mistakes"):
+    for section in ("overall", "comparison", "per-class", "confused", "calibration", "mistakes"):
         assert f'id="{section}"' in dom
     shot = tmp_path / "report.png"
     subprocess.run([CHROMIUM, *BROWSER_FLAGS, f"--user-data-dir={tmp_path / 'profile2'}",
@@ -113,3 +114,75 @@ def test_the_report_renders_in_a_real_browser_with_every_image(evaluated, tmp_pa
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     if os.environ.get("DOGBREED_REPORT_SCREENSHOT"):  # for reviewers: bench/report.png
         shutil.copy(shot, ROOT / "bench" / "report.png")
+
+
+# --- against the approved version ----------------------------------------------------------------
+
+def test_mcnemar_and_the_paired_interval_are_the_textbook_ones():
+    from scipy.stats import binomtest
+
+    from breedkit.evaluation import mcnemar_p, paired_comparison
+
+    for b, c in ((0, 0), (3, 0), (10, 4), (31, 18), (400, 350)):
+        expected = 1.0 if b + c == 0 else binomtest(min(b, c), b + c, 0.5).pvalue
+        assert mcnemar_p(b, c) == pytest.approx(expected, rel=1e-9), (b, c)
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 5, 500)
+    old = np.where(rng.random(500) < 0.70, labels, (labels + 1) % 5)
+    new = np.where(rng.random(500) < 0.80, labels, (labels + 1) % 5)
+    c = paired_comparison(labels, new, old)
+    assert c["accuracy_delta"] == pytest.approx((new == labels).mean() - (old == labels).mean())
+    low, high = c["delta_interval_95"]
+    assert low < c["accuracy_delta"] < high and high - low < 0.15
+    assert c["new_right_approved_wrong"] - c["new_wrong_approved_right"] == \
+        round(c["accuracy_delta"] * 500)
+    assert c["better"] and c["mcnemar_p"] < 0.05
+
+
+def test_evaluate_compares_with_the_approved_version_on_the_same_images(trained, tmp_path):
+    """The approved model here is the trained one with its head scrambled (a worse model): the
+    new one is better, significantly; against itself, not better; without one, no comparison."""
+    import torch
+
+    from breedkit.model import WEIGHTS_FILE
+
+    worse = tmp_path / "approved"
+    shutil.copytree(trained["model"], worse)
+    state = torch.load(worse / WEIGHTS_FILE, weights_only=True)
+    head = [k for k in state if k.endswith("weight")][-1]
+    state[head] = state[head][torch.randperm(state[head].shape[0])]  # classes shuffled
+    torch.save(state, worse / WEIGHTS_FILE)
+    empty = tmp_path / "no-approved-version"
+    empty.mkdir()
+    (empty / "README.txt").write_text("placeholder")
+
+    def evaluate(approved, name):
+        out = tmp_path / name
+        proc = run_script("evaluate.py", "--model-dir", trained["model"], "--test-dir",
+                          trained["data"] / "test", "--output-dir", out, "--bootstrap-rounds",
+                          "0", "--approved-model", approved, "--approved-version", "7")
+        assert proc.returncode == 0, proc.stderr
+        return json.loads((out / "evaluation.json").read_text()), (out / "report.html").read_text()
+
+    result, page = evaluate(worse, "vs-worse")
+    c = result["comparison"]
+    assert c["approved_version"] == "7" and c["images"] == result["num_images"]
+    assert c["accuracy"] == pytest.approx(
+        result["multiclass_classification_metrics"]["accuracy"]["value"])
+    assert c["accuracy_delta"] > 0.3 and c["better"] and c["mcnemar_p"] < 0.01
+    assert result["passes_require_improvement"] is True
+    assert result["comparison_summary"].startswith(f"+{c['accuracy_delta']:.4f}")
+    assert "against version 7" in result["comparison_summary"]
+    assert '<section id="comparison"><h2>Against the approved version (7)' in page
+
+    result, _ = evaluate(trained["model"], "vs-itself")
+    assert result["comparison"]["accuracy_delta"] == 0 and result["comparison"]["mcnemar_p"] == 1
+    assert result["passes_require_improvement"] is False  # not better: RequireImprovement stops it
+
+    result, page = evaluate(empty, "vs-none")
+    assert result["comparison"] is None and result["passes_require_improvement"] is True
+    assert result["comparison_summary"] == "none (no approved version)"
+    assert "No approved version to compare with." in page
+    lo, hi = result["accuracy_interval_95"]
+    assert lo <= result["multiclass_classification_metrics"]["accuracy"]["value"] <= hi
+    assert 0 < result["balanced_accuracy"] <= 1

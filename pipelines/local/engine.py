@@ -104,6 +104,7 @@ class RunResult:
     best_hyperparameters: dict = field(default_factory=dict)
     accuracy: float | None = None
     test_accuracy: float | None = None
+    comparison: str | None = None  # Evaluate's comparison with the approved version
     registered_version: int | None = None
     reports: dict = field(default_factory=dict)
     rules: list = field(default_factory=list)

@@ -87,8 +87,11 @@ class Presenter:
 
     def _evaluate(self, name: str) -> None:
         folder = self.output(name, "evaluation")
-        self.result.test_accuracy = spec.accuracy_of(
-            json.loads((folder / spec.EVALUATION_FILE).read_text()))
+        evaluation = json.loads((folder / spec.EVALUATION_FILE).read_text())
+        self.result.test_accuracy = spec.accuracy_of(evaluation)
+        if evaluation.get("comparison"):
+            self.result.comparison = evaluation["comparison_summary"]
+            self.echo(f"[{name}] against the approved version: {self.result.comparison}")
         self.result.accuracy = spec.accuracy_of(
             json.loads((folder / spec.VALIDATION_FILE).read_text()))
         self.result.reports["evaluation"] = str(folder / spec.EVALUATION_FILE)
@@ -138,6 +141,8 @@ def summary(result) -> str:
         lines.append(f"  validation accuracy: {result.accuracy:.4f} (the gate)")
     if result.test_accuracy is not None:
         lines.append(f"  test accuracy: {result.test_accuracy:.4f} (registered)")
+    if result.comparison:
+        lines.append(f"  against the approved version: {result.comparison}")
     if result.registered_version is not None:
         lines.append(f"  registered: version {result.registered_version}")
     for name, path in result.reports.items():

@@ -9,7 +9,18 @@
         "confusion_matrix": {"<true class>": {"<predicted class>": count, ...}, ...}},
      "per_class": {"<class>": {"accuracy": ..., "precision": ..., "recall": ..., "f1": ...,
                                "support": n}},
-     "num_images": n, "class_names": [...]}
+     "num_images": n, "class_names": [...],
+     "accuracy_interval_95": [low, high], "balanced_accuracy": ...}
+
+and, when a version is already approved (``evaluate.py --approved-model``), its paired
+comparison on the same test images (:func:`paired_comparison`)::
+
+    "comparison": {"approved_version": "3", "accuracy": 0.86, "approved_accuracy": 0.84,
+                   "accuracy_delta": 0.02, "delta_interval_95": [-0.004, 0.043],
+                   "mcnemar_p": 0.12, "new_right_approved_wrong": 31,
+                   "new_wrong_approved_right": 18, "images": 836, "better": true},
+    "comparison_summary": "+0.0200 (95% interval -0.0040 to +0.0430; McNemar p=0.12) ...",
+    "passes_require_improvement": true
 
 Standard deviations are bootstrap estimates (resampling the test images), as Clarify reports them;
 ``null`` when no bootstrap rounds were asked for (NaN is not JSON).
@@ -20,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 
 BOOTSTRAP_ROUNDS = 200
+INTERVAL_ROUNDS = 1000
 TOP_K = 5
 
 
@@ -87,8 +99,73 @@ def compute_metrics(y_true, probs, class_names, seed: int = 0,
                "precision": float(precision[i]), "recall": float(recall[i]),
                "f1": float(f1[i]), "support": int(support[i])}
         for i, name in enumerate(class_names)}
+    low, high = accuracy_interval((y_true == y_pred).astype(np.float64), seed=seed)
+    present = support > 0
     return {"multiclass_classification_metrics": metrics, "per_class": per_class,
-            "num_images": int(len(y_true)), "class_names": list(class_names)}
+            "num_images": int(len(y_true)), "class_names": list(class_names),
+            "accuracy_interval_95": [low, high],
+            "balanced_accuracy": float(recall[present].mean()) if present.any() else None}
+
+
+def accuracy_interval(correct: np.ndarray, rounds: int = INTERVAL_ROUNDS,
+                      seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap percentile interval of the mean of ``correct`` (bounded memory: the
+    resamples are drawn a block at a time)."""
+    return _percentiles(np.asarray(correct, dtype=np.float64), rounds, seed)
+
+
+def _percentiles(values: np.ndarray, rounds: int, seed: int) -> tuple[float, float]:
+    if len(values) == 0:
+        return 0.0, 0.0
+    rng = np.random.default_rng(seed)
+    block = max(1, min(rounds, 2_000_000 // len(values)))
+    means = []
+    for start in range(0, rounds, block):
+        size = min(block, rounds - start)
+        means.append(values[rng.integers(0, len(values), (size, len(values)))].mean(axis=1))
+    low, high = np.percentile(np.concatenate(means), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value: of the images the two models disagree on being right
+    about (b one way, c the other), a split this uneven or more under a fair coin."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    from math import comb, log, exp
+
+    k = min(b, c)
+    tail = sum(comb(n, i) for i in range(k + 1))
+    return float(min(1.0, exp(log(2 * tail) - n * log(2))))
+
+
+def paired_comparison(y_true, new_pred, approved_pred, seed: int = 0,
+                      rounds: int = INTERVAL_ROUNDS) -> dict:
+    """The new model against the approved one on the same images: the accuracy difference,
+    its 95% paired bootstrap interval and McNemar's exact p-value."""
+    y_true = np.asarray(y_true)
+    new_right = np.asarray(new_pred) == y_true
+    old_right = np.asarray(approved_pred) == y_true
+    delta = float(new_right.mean() - old_right.mean()) if len(y_true) else 0.0
+    low, high = _percentiles(new_right.astype(np.float64) - old_right, rounds, seed)
+    b, c = int((new_right & ~old_right).sum()), int((~new_right & old_right).sum())
+    return {"accuracy": float(new_right.mean()) if len(y_true) else 0.0,
+            "approved_accuracy": float(old_right.mean()) if len(y_true) else 0.0,
+            "accuracy_delta": delta, "delta_interval_95": [low, high],
+            "mcnemar_p": mcnemar_p(b, c), "new_right_approved_wrong": b,
+            "new_wrong_approved_right": c, "images": int(len(y_true)), "better": delta > 0}
+
+
+def comparison_summary(comparison: dict | None, reason: str = "") -> str:
+    """One line for the registry's metadata (at most 256 characters, never empty)."""
+    if comparison is None:
+        return f"none ({reason or 'no approved version'})"[:256]
+    low, high = comparison["delta_interval_95"]
+    return (f"{comparison['accuracy_delta']:+.4f} (95% interval {low:+.4f} to {high:+.4f}; "
+            f"McNemar p={comparison['mcnemar_p']:.3g}) against version "
+            f"{comparison.get('approved_version') or '?'} on {comparison['images']} test "
+            f"images")[:256]
 
 
 def plot_confusion_matrix(report: dict, path: str, labels: list[str] | None = None) -> None:

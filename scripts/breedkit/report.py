@@ -7,6 +7,9 @@ Sections, all on the test split:
 - per-class accuracy with 95% Wilson intervals (a plot, worst first, and the table);
 - the most confused pairs (true -> predicted, count, share of the true class);
 - a reliability diagram (accuracy against confidence, 10 bins) and the calibration error;
+- against the approved version (when there is one): both accuracies on the same test images,
+  the difference with its 95% paired bootstrap interval, McNemar's exact p-value and the images
+  only one of the two gets right;
 - the worst mistakes: the wrong predictions made with the most confidence, each image beside its
   Grad-CAM heatmap (the last convolutional stage's activations weighted by the gradient of the
   predicted class: where the network looked).
@@ -23,18 +26,10 @@ import io
 
 import numpy as np
 
-INTERVAL_ROUNDS = 1000
+from .evaluation import accuracy_interval  # noqa: F401 - (where the tests find it too)
+
 BINS = 10
 WORST = 12
-
-
-def accuracy_interval(correct: np.ndarray, rounds: int = INTERVAL_ROUNDS,
-                      seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap percentile interval of the mean of ``correct``."""
-    rng = np.random.default_rng(seed)
-    means = correct[rng.integers(0, len(correct), (rounds, len(correct)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(low), float(high)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -198,8 +193,28 @@ def worst_mistakes(network, dataset, probs: np.ndarray, labels: np.ndarray, name
     return shown
 
 
+def _comparison_section(c: dict | None) -> str:
+    if c is None:
+        return ('<section id="comparison"><h2>Against the approved version</h2>'
+                '<p>No approved version to compare with.</p></section>')
+    low, high = c["delta_interval_95"]
+    verdict = ("better" if c["better"] else "not better") + (
+        ", and the difference is significant (p < 0.05)" if c["mcnemar_p"] < 0.05 else
+        ", but the difference could be chance (p >= 0.05)")
+    version = html.escape(str(c.get("approved_version") or "?"))
+    return f"""<section id="comparison"><h2>Against the approved version ({version})</h2>
+<table><tr><th></th><th>this version</th><th>approved version {version}</th></tr>
+<tr><td>accuracy on the same {c['images']} test images</td><td>{c['accuracy']:.4f}</td>
+<td>{c['approved_accuracy']:.4f}</td></tr>
+<tr><td>images only this one gets right</td><td>{c['new_right_approved_wrong']}</td>
+<td>{c['new_wrong_approved_right']}</td></tr></table>
+<p>Difference <b>{c['accuracy_delta']:+.4f}</b> (95% interval {low:+.4f} to {high:+.4f}, paired
+bootstrap); McNemar's exact p = {c['mcnemar_p']:.3g}: {verdict}.</p></section>"""
+
+
 def write(path: str, *, title: str, probs: np.ndarray, labels: np.ndarray, names: list[str],
-          mistakes: list[dict], top5: float | None = None) -> dict:
+          mistakes: list[dict], top5: float | None = None,
+          comparison: dict | None = None) -> dict:
     """Write report.html; returns its figures (accuracy, interval, balanced accuracy, ECE)."""
     predicted = probs.argmax(axis=1)
     correct = (predicted == labels).astype(np.float64)
@@ -234,6 +249,7 @@ section{{margin-top:1.5em}}</style></head><body>
 <section id="overall"><h2>Overall (test split, {len(labels)} images)</h2>
 <p>Accuracy <b>{correct.mean():.4f}</b> (95% interval {low:.4f}-{high:.4f}, bootstrap);
 balanced accuracy {balanced:.4f}{top5_text}; expected calibration error {ece:.4f}.</p></section>
+{_comparison_section(comparison)}
 <section id="per-class"><h2>Per-class accuracy (worst first)</h2>
 <img alt="per-class accuracy" src="data:image/png;base64,{plots['per_class']}">
 <table><tr><th>class</th><th>accuracy</th><th>95% interval</th><th>images</th></tr>
