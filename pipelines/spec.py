@@ -84,6 +84,18 @@ PARAMETERS: tuple[Parameter, ...] = (
               "most epochs a tuning trial may train (linear-probe: passes over every cached "
               "view)", minimum=1),
     Parameter("Epochs", "Integer", 10, "epochs of TrainFinal", minimum=1),
+    # TrainFinal's own settings after a linear probe (the probe's tuned ones describe a head on
+    # frozen features, not a network learning: see docs/recipe.md)
+    Parameter("FineTuneLearningRate", "Float", 1e-4,
+              "TrainFinal (after linear-probe trials): the pretrained network's and the probed "
+              "head's peak AdamW rate, for batch FineTuneBatchSize on one process",
+              minimum=1e-7),
+    Parameter("FineTuneBatchSize", "Integer", 32, "TrainFinal's batch (after a linear probe)",
+              minimum=1),
+    Parameter("FineTuneWeightDecay", "Float", 0.05,
+              "TrainFinal's decoupled weight decay (after a linear probe)", minimum=0.0),
+    Parameter("FineTuneLabelSmoothing", "Float", 0.1,
+              "TrainFinal's label smoothing (after a linear probe)", minimum=0.0),
     Parameter("MaxTuningJobs", "Integer", 8, "tuning trials in all", minimum=1),
     Parameter("MaxParallelTuningJobs", "Integer", 2, "tuning trials at once", minimum=1),
     Parameter("AccuracyThreshold", "Float", 0.7,
@@ -307,6 +319,12 @@ STATIC_HYPERPARAMETERS: dict[str, str] = {
 }
 TUNING_HYPERPARAMETERS = {"mode": BuildOption("tuning_mode")}  # the head, or it all
 TRAIN_FINAL_HYPERPARAMETERS = {"fine-tune": "FineTuneLayers"}
+# with linear-probe trials, TrainFinal fine-tunes with settings of its own (the trials tuned the
+# probe's), by pipeline parameter; the probe's tuned lr stays the rate of a new head, if no
+# probed head is found. With fine-tune trials, the trials' own settings.
+LP_FT_HYPERPARAMETERS = {"backbone-lr": "FineTuneLearningRate", "batch-size": "FineTuneBatchSize",
+                         "weight-decay": "FineTuneWeightDecay",
+                         "label-smoothing": "FineTuneLabelSmoothing"}
 
 # The rules the TrainingRules step evaluates (scripts/breedkit/rules.py), by SageMaker
 # Debugger's built-in names; with the opt-in SageMaker Debugger build option, the built-in rules

@@ -50,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--backbone-lr-mult", type=float, default=None,
                     help="the pretrained layers learn at --lr times this (default: 0.1 with "
                          "--pretrained true, 1 from scratch)")
+    hp.add_argument("--backbone-lr", type=float, default=0.0,
+                    help="the pretrained layers' peak rate for one process, instead of --lr x "
+                         "--backbone-lr-mult (TrainFinal's FineTuneLearningRate after a linear "
+                         "probe); a probed head learns at it too. Ignored with --pretrained "
+                         "false: no layer is pretrained (0: not given)")
     hp.add_argument("--batch-size", type=int, default=32, help="images per step and process")
     hp.add_argument("--epochs", type=int, default=10)
     hp.add_argument("--weight-decay", type=float, default=0.05,
@@ -123,6 +128,7 @@ def validate(args) -> None:
         (args.patience >= 0, "--patience must be >= 0"),
         (args.backbone_lr_mult is None or args.backbone_lr_mult >= 0,
          "--backbone-lr-mult must be >= 0"),
+        (args.backbone_lr >= 0, f"--backbone-lr must be >= 0, got {args.backbone_lr}"),
         (args.warmup_epochs is None or args.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
         (args.eval_image_size == 0 or args.eval_image_size >= 16,
          "--eval-image-size must be 0 or >= 16"),
@@ -163,6 +169,20 @@ def start_from_probed_head(args, model, class_names) -> dict | None:
     return probed
 
 
+def learning_rates(args, world_size: int, probed: bool) -> tuple[float, float]:
+    """(the head's peak rate, the backbone's rate as a multiple of it) for ``world_size``
+    processes. The backbone learns at --backbone-lr when given (and pretrained), else at --lr x
+    --backbone-lr-mult; a probed head (LP-FT) is trained already and joins the backbone's rate."""
+    from breedkit.training import scale_lr
+
+    head = scale_lr(args.lr, world_size, args.optimizer)
+    backbone = (scale_lr(args.backbone_lr, world_size, args.optimizer)
+                if args.backbone_lr and args.pretrained else head * args.backbone_lr_mult)
+    if probed:
+        return backbone, 1.0
+    return head, backbone / head
+
+
 def default_workers(env) -> int:
     """Leave most cores to the math on small machines; use more where there are many."""
     per_process = cpu_count() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
@@ -174,7 +194,7 @@ def default_workers(env) -> int:
 
 def signature(args, class_names, env) -> dict:
     """What a checkpoint must match to be resumed."""
-    keys = ("lr", "backbone_lr_mult", "batch_size", "epochs", "weight_decay", "arch",
+    keys = ("lr", "backbone_lr_mult", "backbone_lr", "batch_size", "epochs", "weight_decay", "arch",
             "pretrained", "image_size", "eval_image_size", "seed", "optimizer", "momentum",
             "label_smoothing", "fine_tune", "warmup_epochs", "min_scale", "hflip",
             "max_steps_per_epoch", "probed_head")
@@ -218,7 +238,7 @@ def main(argv=None) -> int:
     from breedkit.model import build_model, parameter_groups, preprocessing, save_model_dir
     from breedkit.tracking import Tracker
     from breedkit.training import (Checkpoints, choose_precision, configure_backends,
-                                   cosine_schedule, evaluate, make_optimizer, scale_lr,
+                                   cosine_schedule, evaluate, make_optimizer,
                                    train_one_epoch)
     from breedkit.transforms import eval_transform_for, train_transform
 
@@ -272,11 +292,9 @@ def main(argv=None) -> int:
             net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
 
-        head_lr = scale_lr(args.lr, env.world_size, args.optimizer)
-        if probed:  # LP-FT: the trained head joins the backbone's lower rate
-            head_lr *= args.backbone_lr_mult
+        head_lr, backbone_mult = learning_rates(args, env.world_size, bool(probed))
         optimizer = make_optimizer(parameter_groups(model, head_lr, args.weight_decay,
-                                                    1.0 if probed else args.backbone_lr_mult),
+                                                    backbone_mult),
                                    args.optimizer, head_lr, args.momentum)
         steps = len(train_loader)
         if args.max_steps_per_epoch:
@@ -307,8 +325,7 @@ def main(argv=None) -> int:
                      "warm-up %.2f epoch(s); weight decay %.3g",
                      "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
                      args.arch, args.optimizer, args.pretrained, args.fine_tune, head_lr,
-                     args.lr, env.world_size, head_lr * (1.0 if probed else
-                                                          args.backbone_lr_mult),
+                     args.lr, env.world_size, head_lr * backbone_mult,
                      args.warmup_epochs, args.weight_decay)
 
         from breedkit.profiling import NullProfiler, Profiler
@@ -380,6 +397,7 @@ def main(argv=None) -> int:
                 "epochs_run": len(history), "train_seconds": time.perf_counter() - started,
                 "precision": "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
                 "device": str(env.device), "world_size": env.world_size, "head_lr": head_lr,
+                "backbone_lr": head_lr * backbone_mult,
                 "torch_version": torch.__version__, "hyperparameters": hyperparameters,
                 "probed_head": ({k: probed[k] for k in ("valid_accuracy", "best_epoch")}
                                 if probed else None),

@@ -1,7 +1,10 @@
 """TrainFinal: train with the tuning job's best hyperparameters, writing what the rules read.
 
 Best values come from ``HPTuning``'s BestTrainingJob.TunedHyperParameters; the epochs are the
-``Epochs`` parameter, the trained layers ``FineTuneLayers``. The best trial's model.tar.gz is
+``Epochs`` parameter, the trained layers ``FineTuneLayers``. After linear-probe trials, which
+tuned the probe (a head on frozen features), the fine-tune has settings of its own: the
+``FineTune*`` parameters (spec.LP_FT_HYPERPARAMETERS: the backbone's rate, batch, weight decay,
+label smoothing); the probe's rate stays the rate of a new head if no probed head is found. The best trial's model.tar.gz is
 the ``head`` channel: with --tuning-mode linear-probe it is a probed head and train.py fine-tunes
 from it (LP-FT); a fine-tune trial's whole model is ignored there. train.py writes its hook
 output and profiling data into the job's output data (spec.TRAIN_FINAL_MONITORING) for the
@@ -105,6 +108,8 @@ def make_step(ctx: BuildContext, tuning: TuningStep, inputs: dict) -> TrainingSt
                                  "MLFLOW_EXPERIMENT_NAME": ctx.pipeline_name,
                                  "MLFLOW_RUN_NAME": mlflow_run_name(ctx)}
     fixed = {hp: ctx.p(param) for hp, param in spec.TRAIN_FINAL_HYPERPARAMETERS.items()}
+    if ctx.options.tuning_mode == "linear-probe":  # the fine-tune's own settings
+        fixed.update({hp: ctx.p(param) for hp, param in spec.LP_FT_HYPERPARAMETERS.items()})
     estimator = pytorch_estimator(
         ctx, {**tuned, "epochs": ctx.p("Epochs"), **fixed, **monitoring_hyperparameters(ctx)},
         "train-mlflow" if mlflow else "train",

@@ -188,9 +188,16 @@ def test_definition_in_detail(aws, tmp_path):
     assert "train.py" in job["StaticHyperParameters"]["sagemaker_program"]
 
     train = steps["TrainFinal"]["Arguments"]
-    hp = json.dumps(train["HyperParameters"])
-    for name in ("lr", "batch-size", "weight-decay"):
-        assert f"Steps.HPTuning.BestTrainingJob.TunedHyperParameters['{name}']" in hp
+    # after linear-probe trials the fine-tune has settings of its own; the probe's rate stays
+    # the rate of a new head (when no probed head is found)
+    hp = train["HyperParameters"]
+    assert "Steps.HPTuning.BestTrainingJob.TunedHyperParameters['lr']" in json.dumps(hp["lr"])
+    for name, parameter in (("backbone-lr", "FineTuneLearningRate"),
+                            ("batch-size", "FineTuneBatchSize"),
+                            ("weight-decay", "FineTuneWeightDecay"),
+                            ("label-smoothing", "FineTuneLabelSmoothing")):
+        assert hp[name] == {"Std:Join": {"On": "", "Values": [
+            {"Get": f"Parameters.{parameter}"}]}}, name
     assert "Parameters.Epochs" in json.dumps(train["HyperParameters"]["epochs"])
     assert train["HyperParameters"]["fine-tune"] == {"Get": "Parameters.FineTuneLayers"}
     assert train["ResourceConfig"]["InstanceType"] == {"Get": "Parameters.TrainingInstanceType"}
@@ -489,6 +496,11 @@ def test_the_tuning_mode_is_a_build_option_with_its_image_and_instance(aws, tmp_
     assert "pytorch-training:2.6.0-gpu-" in job["AlgorithmSpecification"]["TrainingImage"]
     defaults = {p["Name"]: p.get("DefaultValue") for p in built["Parameters"]}
     assert defaults["TuningInstanceType"] == "ml.g4dn.xlarge"
+    # fine-tune trials tuned the fine-tune itself: TrainFinal takes their settings
+    hp = json.dumps(steps_by_name(built)["TrainFinal"]["Arguments"]["HyperParameters"])
+    for name in ("lr", "batch-size", "weight-decay", "label-smoothing"):
+        assert f"Steps.HPTuning.BestTrainingJob.TunedHyperParameters['{name}']" in hp
+    assert "backbone-lr" not in hp
     probe = {p["Name"]: p.get("DefaultValue") for p in definition(tmp_path, name="lp.json")[
         "Parameters"]}
     assert probe["TuningInstanceType"] == "ml.m5.large"

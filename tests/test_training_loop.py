@@ -222,6 +222,30 @@ def test_recipe_defaults_for_pretrained_and_from_scratch_runs():
     assert 0.01 <= decay["min"] <= pre.weight_decay <= decay["max"] <= 0.2  # AdamW's range
 
 
+def test_the_fine_tune_has_its_own_backbone_rate_which_a_probed_head_joins():
+    import train
+
+    def rates(*argv, world=1, probed=False):
+        args = train.resolve_defaults(train.build_parser().parse_args(list(argv)))
+        head, mult = train.learning_rates(args, world, probed)
+        return head, head * mult
+
+    # the probe's rate for a new head, a tenth of it for the backbone (no --backbone-lr)
+    assert rates("--lr", "2e-3") == pytest.approx((2e-3, 2e-4))
+    # LP-FT, before: the probed head and the backbone at the probe's rate x 0.1
+    assert rates("--lr", "2e-3", probed=True) == pytest.approx((2e-4, 2e-4))
+    # TrainFinal's FineTuneLearningRate: the backbone's own rate, whatever the probe's was
+    assert rates("--lr", "2e-3", "--backbone-lr", "1e-4", probed=True) == \
+        pytest.approx((1e-4, 1e-4))
+    assert rates("--lr", "2e-3", "--backbone-lr", "1e-4") == pytest.approx((2e-3, 1e-4))
+    # from scratch no layer is pretrained: everything learns at the (tuned) --lr
+    assert rates("--lr", "2e-3", "--backbone-lr", "1e-4", "--pretrained", "false",
+                 probed=True) == pytest.approx((2e-3, 2e-3))
+    # scaled with the processes as --lr is (AdamW: square root)
+    assert rates("--lr", "2e-3", "--backbone-lr", "1e-4", world=4, probed=True) == \
+        pytest.approx((2e-4, 2e-4))
+
+
 def test_evaluation_resizes_as_the_weights_were_trained():
     from breedkit.model import preprocessing
     from breedkit.transforms import eval_transform_for
