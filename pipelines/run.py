@@ -240,6 +240,8 @@ def _run(args) -> int:
                        f"python -m pipelines.data.stage), got {url!r}")
     if params and not args.start:
         raise CliError("--param sets parameters of an execution: add --start")
+    if args.start and not args.batch and spec.size_problem(params):
+        raise CliError(spec.size_problem(params))
     advice = spec.tuning_advice(params, args.tuning_mode) \
         if args.start and args.upsert and not args.batch else ""
     if advice:
@@ -390,6 +392,8 @@ def _run_local(args) -> int:
     else:  # a definition of ours: our parameters, checked here; another one's: its own types
         params = (parse_pairs(args.param, "--param") if args.definition else
                   parse_params(args.param))
+    if not (args.batch or args.definition) and spec.size_problem(params):
+        raise CliError(spec.size_problem(params))
     advice = "" if args.batch else spec.tuning_advice(params, args.tuning_mode)
     if advice and not args.definition:
         print(advice, file=sys.stderr)

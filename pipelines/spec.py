@@ -69,14 +69,23 @@ PARAMETERS: tuple[Parameter, ...] = (
               "instance for the tuning trials (default: ml.m5.large for linear-probe trials, "
               "ml.g4dn.xlarge with the build option --tuning-mode fine-tune)"),
     Parameter("ImageSize", "Integer", 224, "training crop size in pixels", minimum=16),
-    Parameter("PreprocessImageSize", "Integer", 256,
-              "shorter side of the preprocessed images", minimum=16),
+    Parameter("PreprocessImageSize", "Integer", 0,
+              "shorter side preprocessing stores images at (0: derived, about 1.15x the larger "
+              "of ImageSize and EvalImageSize: 256 for 224); below a crop is refused",
+              minimum=0),
+    Parameter("EvalImageSize", "Integer", 0,
+              "evaluation and serving crop (0: ImageSize); a larger one often scores better "
+              "(FixRes)", minimum=0),
     Parameter("BaseModel", "String", "resnet50", "ResNet architecture", choices=ARCHS),
     Parameter("Pretrained", "String", "true", "start from ImageNet weights",
               choices=("true", "false")),
-    Parameter("FeatureViews", "Integer", 2,
-              "views of each training image the Features step caches: 1 the center crop, 2 "
-              "adds its mirror, more add random crops", minimum=1),
+    Parameter("FeatureViews", "Integer", 4,
+              "feature vectors per training image the Features step caches for the linear-"
+              "probe trials: the center crop, its mirror (HorizontalFlip), random-resized crops",
+              minimum=1),
+    Parameter("HorizontalFlip", "String", "true",
+              "random horizontal flips in training and the Features step's views (false for "
+              "digits, text, signs: classes that mirroring changes)", choices=("true", "false")),
     Parameter("FineTuneLayers", "String", "all",
               "layers TrainFinal trains: all, or layer3 / layer4 and the head",
               choices=("all", "layer3", "layer4")),
@@ -166,6 +175,8 @@ def coerce_parameter(name: str, value: str, parameters: tuple | None = None):
         rulespec.parse_blocking(result)  # ValueError names the unknown rule
     if spec.name == "AccuracyThreshold" and result > 1:
         raise ValueError(f"AccuracyThreshold is a fraction in [0, 1], got {value!r}")
+    if spec.name in ("PreprocessImageSize", "EvalImageSize") and 0 < result < 16:
+        raise ValueError(f"{name} must be 0 or >= 16, got {value!r}")
     if spec.name == "FeatureViews" and result > MAX_VIEWS:
         raise ValueError(f"FeatureViews must be <= {MAX_VIEWS}, got {value!r}")
     if spec.name in ("BatchInputUrl", "ModelDataUrl") and not str(result).startswith("s3://"):
@@ -174,6 +185,16 @@ def coerce_parameter(name: str, value: str, parameters: tuple | None = None):
         raise ValueError(f"{name} must be a SageMaker instance type such as ml.m5.xlarge, "
                          f"got {value!r}")
     return result
+
+
+def size_problem(params: dict) -> str:
+    """Why the run's image sizes (given or default) would upsample every image ('' if not):
+    preprocess.py refuses it too, but only once the job runs."""
+    from breedkit.transforms import size_problem as problem
+
+    def value(name):
+        return int(params.get(name, parameter(name).default))
+    return problem(value("PreprocessImageSize"), value("ImageSize"), value("EvalImageSize"))
 
 
 # What the tuning trials train, fixed when the pipeline is built (a build option, --tuning-mode):
@@ -227,7 +248,8 @@ PREPROCESS_JOB = {
     "outputs": {name: f"{PROCESSING_ROOT}/{name}" for name in ("train", "valid", "test",
                                                                "manifest")},
     "arguments": ["--input-dir", f"{PROCESSING_ROOT}/data", "--output-dir", PROCESSING_ROOT,
-                  "--image-size", Param("PreprocessImageSize")],
+                  "--image-size", Param("PreprocessImageSize"),
+                  "--crop-size", Param("ImageSize"), "--eval-crop-size", Param("EvalImageSize")],
 }
 FEATURES_JOB = {
     "script": "features.py",
@@ -238,6 +260,7 @@ FEATURES_JOB = {
                   "--output-dir", f"{PROCESSING_ROOT}/features",
                   "--arch", Param("BaseModel"), "--pretrained", Param("Pretrained"),
                   "--image-size", Param("ImageSize"), "--views", Param("FeatureViews"),
+                  "--hflip", Param("HorizontalFlip"),
                   "--tuning-mode", BuildOption("tuning_mode")],
 }
 EVALUATE_JOB = {
@@ -316,9 +339,10 @@ STATIC_HYPERPARAMETERS: dict[str, str] = {
     "arch": "BaseModel",
     "pretrained": "Pretrained",
     "image-size": "ImageSize",
+    "hflip": "HorizontalFlip",
 }
 TUNING_HYPERPARAMETERS = {"mode": BuildOption("tuning_mode")}  # the head, or it all
-TRAIN_FINAL_HYPERPARAMETERS = {"fine-tune": "FineTuneLayers"}
+TRAIN_FINAL_HYPERPARAMETERS = {"fine-tune": "FineTuneLayers", "eval-image-size": "EvalImageSize"}
 # with linear-probe trials, TrainFinal fine-tunes with settings of its own (the trials tuned the
 # probe's), by pipeline parameter; the probe's tuned lr stays the rate of a new head, if no
 # probed head is found. With fine-tune trials, the trials' own settings.

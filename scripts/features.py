@@ -5,8 +5,9 @@ Inputs:  --train-dir, --valid-dir   <class>/<image> folders (Preprocess's output
 Output:  --output-dir               features.json and float16 arrays (breedkit.features)
 
 Each training image gives ``--views`` feature vectors: the center crop validation uses, its
-mirror image, then random-resized crops (train.py's augmentation), so the linear-probe trials
-still see augmented images. The image is decoded once for all its views. The backbone is built
+mirror image (with ``--hflip true``, as train.py's flips), then random-resized crops (train.py's
+augmentation, flipped at random with ``--hflip true``), so the linear-probe trials still see
+augmented images, and never a mirror image of a data set that must not be mirrored. The image is decoded once for all its views. The backbone is built
 exactly as train.py builds it (same seed), so TrainFinal can start from the probed head.
 
 With ``--tuning-mode fine-tune`` the tuning trials train on images and need no features: the
@@ -38,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="resnet50", choices=ARCHS)
     p.add_argument("--pretrained", type=str2bool, default=True)
     p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--views", type=int, default=2, help="feature vectors per training image")
+    p.add_argument("--views", type=int, default=4, help="feature vectors per training image")
+    p.add_argument("--hflip", type=str2bool, default=True,
+                   help="as train.py's --hflip: a mirror view and flipped crops (false for "
+                        "digits, text, signs)")
     p.add_argument("--seed", type=int, default=42, help="as train.py's --seed")
     p.add_argument("--min-scale", type=float, default=0.25, help="as train.py's --min-scale")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
@@ -130,14 +134,15 @@ def main(argv=None) -> int:
     model.eval().to(device, memory_format=torch.channels_last)
     center = eval_transform_for({"image_size": args.image_size, "resize_size": preprocessing(
         args.arch, args.pretrained, args.image_size)})
-    crops = train_transform(args.image_size, args.min_scale, hflip=True)
+    crops = train_transform(args.image_size, args.min_scale, hflip=args.hflip)
     amp_dtype = choose_precision("auto", device)
     workers = args.workers if args.workers >= 0 else (0 if cpu_count() <= 2 else
                                                        min(8, cpu_count() - 1))
     arrays = {}
     for split, dataset, views in (("train", train, args.views), ("valid", valid, 1)):
         split_start = time.perf_counter()
-        stacked = Views(dataset, center, views >= 2, max(0, views - 2), crops, args.seed)
+        mirror = args.hflip and views >= 2
+        stacked = Views(dataset, center, mirror, views - 1 - mirror, crops, args.seed)
         arrays[split], arrays[f"{split}_labels"] = extract(model, stacked, args.batch_size,
                                                            workers, device, amp_dtype)
         seconds = time.perf_counter() - split_start
@@ -145,6 +150,7 @@ def main(argv=None) -> int:
                  views, seconds, len(dataset) * views / max(seconds, 1e-9))
     features.write(args.output_dir, sig, train.class_names, arrays, args.views, extra={
         "precision": "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
+        "hflip": args.hflip,
         "device": str(device), "seconds": round(time.perf_counter() - started, 1)})
     print(f"features: {arrays['train'].shape[1]} training images x {args.views} view(s), "
           f"{arrays['valid'].shape[1]} validation images, dim {arrays['train'].shape[-1]}",

@@ -59,7 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--input-dir", default="/opt/ml/processing/data")
     p.add_argument("--output-dir", default="/opt/ml/processing")
-    p.add_argument("--image-size", type=int, default=256, help="shorter side after resizing")
+    p.add_argument("--image-size", type=int, default=256,
+                   help="shorter side after resizing (0: derived from --crop-size and "
+                        "--eval-crop-size, 256 for 224: breedkit.transforms.stored_size)")
+    p.add_argument("--crop-size", type=int, default=0,
+                   help="the training crop the images are stored for (refused: a stored size "
+                        "below it)")
+    p.add_argument("--eval-crop-size", type=int, default=0,
+                   help="the evaluation crop, when larger than --crop-size")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--valid-ratio", type=float, default=0.1)
     p.add_argument("--test-ratio", type=float, default=0.1)
@@ -468,6 +475,15 @@ def replace_outputs(output_dir: Path, staging: Path, items: list[Item], names: d
 
 
 def validate_args(args) -> None:
+    from breedkit.transforms import size_problem, stored_size
+
+    if args.image_size == 0 and args.crop_size < 16:
+        raise UserError("--image-size 0 derives the stored size from --crop-size: give "
+                        "--crop-size (>= 16) too")
+    problem = size_problem(args.image_size, args.crop_size, args.eval_crop_size)
+    if problem:
+        raise UserError(problem)
+    args.image_size = stored_size(args.image_size, args.crop_size, args.eval_crop_size)
     if args.image_size < 16:
         raise UserError(f"--image-size must be >= 16, got {args.image_size}")
     if not (0 <= args.valid_ratio < 1 and 0 <= args.test_ratio < 1

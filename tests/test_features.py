@@ -123,3 +123,50 @@ def test_a_head_of_another_backbone_or_classes_is_refused_and_a_whole_model_igno
     assert load_head(str(tmp_path / "model"), model, names, sig)["valid_accuracy"] > 0
     # a fine-tune trial's model (--tuning-mode fine-tune) is no probed head: ignored
     assert load_head(str(trained["model"]), model, names, sig) is None
+
+
+def test_a_network_built_from_the_probed_head_scores_the_probes_valid_accuracy(cached,
+                                                                               tmp_path):
+    """LP-FT's invariant: before its first fine-tuning step (eval mode, the valid split's
+    images through the evaluation transform) the network TrainFinal builds from the best
+    head scores what the probe scored on the cached features, within one image."""
+    import torch
+
+    from breedkit.data import ImageFolderDataset, make_loader
+    from breedkit.model import build_model, preprocessing
+    from breedkit.transforms import eval_transform_for
+
+    assert probe(cached, tmp_path) == 0
+    head = json.loads((tmp_path / "model" / "head.json").read_text())
+    args = train_script.resolve_defaults(train_script.build_parser().parse_args(
+        [*SIZE, "--head-dir", str(tmp_path / "model")]))
+    valid = ImageFolderDataset(str(cached["data"] / "valid"), transform=eval_transform_for(
+        {"image_size": 32, "resize_size": preprocessing("resnet18", False, 32)}))
+    torch.manual_seed(args.seed)  # as train.py builds it
+    model = build_model("resnet18", len(valid.class_names), False)
+    assert train_script.start_from_probed_head(args, model, valid.class_names) is not None
+    model.eval()
+    right = 0
+    with torch.inference_mode():
+        for images, labels in make_loader(valid, 16, shuffle=False, workers=0):
+            right += int((model(images).argmax(1) == labels).sum())
+    assert abs(right - head["valid_accuracy"] * len(valid)) <= 1, (right, head)
+
+
+def test_views_follow_hflip(cached, tmp_path):
+    """--hflip false: no mirror view and no flipped crops (digits must not be mirrored)."""
+    import features as script
+
+    common = ["--train-dir", str(cached["data"] / "train"), "--valid-dir",
+              str(cached["data"] / "valid"), *SIZE, "--views", "2"]
+    assert script.main([*common, "--output-dir", str(tmp_path / "flip")]) == 0
+    assert script.main([*common, "--output-dir", str(tmp_path / "none"), "--hflip",
+                        "false"]) == 0
+    flip, none = features.load(tmp_path / "flip"), features.load(tmp_path / "none")
+    assert np.array_equal(flip.train[0], none.train[0])  # the same center crop
+    # view 1: the center crop's mirror image, or (no flips) a random-resized crop
+    mirror = features.load(cached["features"]).train[1]  # the 3-view cache's mirror view
+    assert np.allclose(flip.train[1], mirror, atol=1e-2)
+    assert not np.allclose(none.train[1], mirror, atol=1e-2)
+    assert json.loads((tmp_path / "none" / "features.json").read_text())["hflip"] is False
+

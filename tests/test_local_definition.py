@@ -73,7 +73,8 @@ def test_a_zip_input_reaches_preprocess_without_the_processors_own_folders(built
     path = tmp_path / "preprocess.json"
     path.write_text(json.dumps(only(built["definition"], "Preprocess")))
     home = home_with_code(built, tmp_path / "home")
-    code = local(home, path, f"InputDataUrl={archive}", "PreprocessImageSize=24")
+    code = local(home, path, f"InputDataUrl={archive}", "PreprocessImageSize=24",
+                 "ImageSize=20")
     out = capsys.readouterr().out
     assert code == 0, out
     manifest = manifest_of(home)
@@ -95,6 +96,8 @@ def test_an_edited_definition_is_run_as_edited_and_the_cache_follows_the_data(bu
     arguments = step(definition, "Preprocess")["Arguments"]["AppSpecification"]
     position = arguments["ContainerArguments"].index("--image-size") + 1
     arguments["ContainerArguments"][position] = "20"  # was Get Parameters.PreprocessImageSize
+    crop = arguments["ContainerArguments"].index("--crop-size") + 1
+    arguments["ContainerArguments"][crop] = "16"  # was Get Parameters.ImageSize
     step(definition, "Preprocess")["PropertyFiles"] = [
         {"PropertyFileName": "Manifest", "OutputName": "manifest", "FilePath": "manifest.json"}]
     count = {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.Preprocess.PropertyFiles.Manifest"},

@@ -516,6 +516,12 @@ def test_the_tuning_mode_is_a_build_option_with_its_image_and_instance(aws, tmp_
     (["--start", "--param", "TrainingInstanceType=g4dn.xlarge"], "SageMaker instance type"),
     (["--start", "--param", "TuningMode=fine-tune"], "--tuning-mode fine-tune"),
     (["--start", "--param", "FeatureViews=40"], "FeatureViews must be <= 16"),
+    # every image would be upsampled: refused before anything runs, in both backends
+    (["--start", "--param", "ImageSize=384", "--param", "PreprocessImageSize=256"],
+     "PreprocessImageSize 256 is smaller than the training crop ImageSize 384"),
+    (["--local", "--param", "EvalImageSize=288", "--param", "PreprocessImageSize=256"],
+     "smaller than the evaluation crop EvalImageSize 288"),
+    (["--start", "--param", "EvalImageSize=8"], "EvalImageSize must be 0 or >= 16"),
     (["--upsert", "--param", "Epochs=3"], "add --start"),
     (["--start"], "does not exist"),
     ([], "nothing to do"),

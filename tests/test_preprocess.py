@@ -202,6 +202,26 @@ def test_output_inside_input_and_bad_arguments_are_refused(tmp_path):
     assert proc.returncode == 2 and "unrecognized arguments" in proc.stderr
 
 
+def test_the_stored_size_is_derived_from_the_crops_and_never_below_one(tmp_path):
+    raw = make_image_folder(tmp_path / "raw", 6, size=(300, 200))
+    # 0: the evaluation's resize of the larger crop (256 for 224: 37 for 32, 55 for 48)
+    proc = preprocess(raw, tmp_path / "derived", "--image-size", "0", "--crop-size", "32",
+                      "--eval-crop-size", "48")
+    assert proc.returncode == 0, proc.stderr
+    assert read_json(tmp_path / "derived/manifest/manifest.json")["parameters"][
+        "image_size"] == 55
+    with Image.open(images_in(tmp_path / "derived/train")[0]) as img:
+        assert min(img.size) == 55
+    # stored below the crop: every image would be upsampled; refused, nothing written
+    proc = preprocess(raw, tmp_path / "small", "--image-size", "256", "--crop-size", "384")
+    assert proc.returncode == 2
+    assert "PreprocessImageSize 256 is smaller than the training crop ImageSize 384" in \
+        proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "small" / "train").exists()
+    proc = preprocess(raw, tmp_path / "small", "--image-size", "0")
+    assert proc.returncode == 2 and "give --crop-size" in proc.stderr
+
+
 def test_decode_tensor_draft_decodes_large_jpegs_at_a_reduced_scale():
     import numpy as np
     import torch

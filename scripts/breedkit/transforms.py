@@ -17,6 +17,25 @@ def resize_size(image_size: int, ratio: float = 256 / 224) -> int:
     return int(round(image_size * ratio))
 
 
+def stored_size(preprocess_size: int, crop: int, eval_crop: int = 0) -> int:
+    """The shorter side preprocess.py stores images at: ``preprocess_size``, or with 0 the
+    evaluation's resize of the larger crop (256 for 224: the classic 256/224, which also
+    covers the V2 weights' 232/224)."""
+    return preprocess_size or resize_size(max(crop, eval_crop or crop))
+
+
+def size_problem(preprocess_size: int, crop: int, eval_crop: int = 0) -> str:
+    """Why images stored at ``preprocess_size`` cannot give these crops without upsampling
+    ('' when they can): every image would be enlarged, which adds no detail."""
+    largest = max(crop, eval_crop or crop)
+    if preprocess_size and preprocess_size < largest:
+        return (f"PreprocessImageSize {preprocess_size} is smaller than the "
+                f"{'evaluation crop EvalImageSize' if largest != crop else 'training crop ImageSize'}"
+                f" {largest}: every image would be upsampled. Pass PreprocessImageSize >= "
+                f"{largest} (about 1.15x the crop: {resize_size(largest)}), or 0 to derive it")
+    return ""
+
+
 def train_transform(image_size: int, min_scale: float = 0.25, hflip: bool = True):
     """Random-resized crop and horizontal flip, the standard fine-tuning augmentation.
 
