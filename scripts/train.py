@@ -25,6 +25,7 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -222,6 +223,234 @@ def train_head(args) -> int:
     return 0
 
 
+@dataclass
+class Data:
+    train_loader: object
+    valid_loader: object
+    class_names: list
+    resize: int
+
+
+@dataclass
+class Optimization:
+    optimizer: object
+    scheduler: object
+    scaler: object
+    head_lr: float
+    backbone_mult: float
+
+
+@dataclass
+class Progress:
+    """Where the epochs are: the history, the best epoch's weights, early stopping's count."""
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"accuracy": -1.0, "epoch": 0, "weights": None})
+    start_epoch: int = 1
+    stale: int = 0
+
+
+def load_data(args, env) -> Data:
+    """The train split (random-resized crops, flips) and the valid split (the evaluation
+    transform, in the weights' own proportion), as loaders of this process's share."""
+    from breedkit.data import ImageFolderDataset, make_loader
+    from breedkit.model import preprocessing
+    from breedkit.transforms import eval_transform_for, train_transform
+
+    train_set = ImageFolderDataset(args.train_dir, transform=train_transform(
+        args.image_size, args.min_scale, args.hflip))
+    class_names = train_set.class_names
+    if len(class_names) < 2:
+        raise UserError(f"{args.train_dir} has {len(class_names)} class folder(s); "
+                        f"a classifier needs at least 2")
+    resize = preprocessing(args.arch, args.pretrained, args.image_size)
+    valid_set = ImageFolderDataset(args.valid_dir, class_names, transform=eval_transform_for(
+        {"image_size": args.image_size, "resize_size": resize,
+         "eval_image_size": args.eval_image_size}))
+    workers = default_workers(env) if args.workers < 0 else args.workers
+    pin = env.device.type == "cuda"
+    train_loader = make_loader(train_set, args.batch_size, shuffle=True, workers=workers,
+                               seed=args.seed, rank=env.rank, world_size=env.world_size,
+                               drop_last=len(train_set) >= 2 * args.batch_size * env.world_size,
+                               pin_memory=pin)
+    valid_loader = make_loader(valid_set, args.batch_size * 2, shuffle=False, workers=workers,
+                               rank=env.rank, world_size=env.world_size, pin_memory=pin)
+    if env.is_main:
+        log.info("data: %d training and %d validation images, %d classes; %d process(es), "
+                 "%d loader worker(s) each, device %s", len(train_set), len(valid_set),
+                 len(class_names), env.world_size, workers, env.device)
+    return Data(train_loader, valid_loader, class_names, resize)
+
+
+def build_network(args, env, class_names):
+    """(the model, the probed head it starts from or None): built as the Features step built
+    its backbone."""
+    import torch
+
+    from breedkit.model import build_model
+    from breedkit.training import configure_backends
+
+    torch.manual_seed(args.seed)  # the backbone the Features step built (breedkit.probe)
+    model = build_model(args.arch, len(class_names), args.pretrained, args.fine_tune)
+    probed = start_from_probed_head(args, model, class_names)
+    configure_backends(env.device)
+    return model, probed
+
+
+def resume_weights(model, ckpt, sig: dict, env):
+    """The checkpoint of these settings, if any (a restarted job), its weights loaded; the
+    model on the device, channels_last. The resume point comes from rank 0, and is loaded
+    before DDP copies rank 0's weights."""
+    import torch
+
+    resumed = ckpt.load(sig)
+    if resumed is not None:
+        model.backbone.load_state_dict(resumed[0]["model"])
+    model.to(env.device, memory_format=torch.channels_last)
+    return resumed
+
+
+def make_optimization(args, env, model, probed, steps: int, amp_dtype) -> Optimization:
+    """AdamW (or SGD) over the parameter groups, warm-up then cosine per step, and a gradient
+    scaler for fp16."""
+    import torch
+
+    from breedkit.model import parameter_groups
+    from breedkit.training import cosine_schedule, make_optimizer
+
+    head_lr, backbone_mult = learning_rates(args, env.world_size, bool(probed))
+    optimizer = make_optimizer(parameter_groups(model, head_lr, args.weight_decay, backbone_mult),
+                               args.optimizer, head_lr, args.momentum)
+    scheduler = cosine_schedule(optimizer, steps * args.epochs, int(steps * args.warmup_epochs))
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    return Optimization(optimizer, scheduler, scaler, head_lr, backbone_mult)
+
+
+def resume_progress(resumed, opt: Optimization, ckpt, env) -> Progress:
+    """The epochs already done, from a checkpoint (a restarted spot job), or a fresh start."""
+    progress = Progress()
+    if resumed is None:
+        return progress
+    state, best_weights = resumed
+    opt.optimizer.load_state_dict(state["optimizer"])
+    opt.scheduler.load_state_dict(state["scheduler"])
+    if opt.scaler is not None and state.get("scaler"):
+        opt.scaler.load_state_dict(state["scaler"])
+    progress.history = list(state["history"])
+    progress.start_epoch, progress.stale = state["epoch"] + 1, state["stale_epochs"]
+    progress.best.update(accuracy=state["best_accuracy"], epoch=state["best_epoch"],
+                         weights=best_weights)
+    if env.is_main:
+        log.info("resumed from checkpoint %s after epoch %d (best valid_accuracy %.4f at epoch "
+                 "%d)", ckpt.dir, state["epoch"], progress.best["accuracy"],
+                 progress.best["epoch"])
+    return progress
+
+
+def log_setup(args, env, opt: Optimization, amp_dtype) -> None:
+    if env.is_main:
+        log.info("precision: %s; channels_last; %s %s, pretrained=%s, fine-tune %s; lr %.3g "
+                 "for the head (--lr %.3g for %d process(es)), %.3g for the backbone; "
+                 "warm-up %.2f epoch(s); weight decay %.3g", precision_name(amp_dtype),
+                 args.arch, args.optimizer, args.pretrained, args.fine_tune, opt.head_lr,
+                 args.lr, env.world_size, opt.head_lr * opt.backbone_mult, args.warmup_epochs,
+                 args.weight_decay)
+
+
+def precision_name(amp_dtype) -> str:
+    return "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", "")
+
+
+def run_epochs(args, env, run: dict, data: Data, opt: Optimization, progress: Progress,
+               ckpt, sig: dict) -> None:
+    """Train and validate epoch by epoch: the best weights by validation accuracy kept, a
+    checkpoint and the tuning metrics' line after each epoch, early stopping by --patience."""
+    from breedkit.training import evaluate, train_one_epoch
+
+    model, net, criterion, hook = run["model"], run["net"], run["criterion"], run["hook"]
+    profiler, tracker, amp_dtype = run["profiler"], run["tracker"], run["amp_dtype"]
+    best = progress.best
+    for epoch in range(progress.start_epoch, args.epochs + 1):
+        data.train_loader.sampler.set_epoch(epoch)
+        lr = opt.optimizer.param_groups[0]["lr"]
+        tr = train_one_epoch(net, data.train_loader, opt.optimizer, criterion, env.device,
+                             amp_dtype=amp_dtype, scaler=opt.scaler, scheduler=opt.scheduler,
+                             hook=hook, epoch=epoch, max_steps=args.max_steps_per_epoch or None,
+                             profiler=profiler if profiler.enabled else None, tracker=tracker)
+        va = evaluate(net, data.valid_loader, criterion, env.device, amp_dtype=amp_dtype,
+                      hook=hook)
+        (t_loss, t_correct, t_count, v_loss, v_correct, v_count) = distributed.all_reduce_sum(
+            [tr["loss_sum"], tr["correct"], tr["count"], va["loss_sum"], va["correct"],
+             va["count"]], env)
+        valid_accuracy = v_correct / max(1, v_count)
+        improved = valid_accuracy > best["accuracy"]
+        if improved:
+            best.update(accuracy=valid_accuracy, epoch=epoch, weights={
+                k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()})
+            progress.stale = 0
+        else:
+            progress.stale += 1
+        metrics = {
+            "train_loss": t_loss / max(1, t_count), "train_accuracy": t_correct / max(1, t_count),
+            "valid_loss": v_loss / max(1, v_count), "valid_accuracy": valid_accuracy,
+            "valid_best_accuracy": best["accuracy"], "lr": lr,
+            "epoch_seconds": tr["seconds"], "images_per_second": t_count / tr["seconds"],
+        }
+        progress.history.append({"epoch": epoch, **metrics})
+        if env.is_main:  # checkpoint first: a job killed after the line can resume it
+            ckpt.save({
+                "signature": sig, "epoch": epoch, "model": model.backbone.state_dict(),
+                "optimizer": opt.optimizer.state_dict(), "scheduler": opt.scheduler.state_dict(),
+                "scaler": opt.scaler.state_dict() if opt.scaler is not None else {},
+                "history": progress.history, "best_accuracy": best["accuracy"],
+                "best_epoch": best["epoch"], "stale_epochs": progress.stale,
+            }, best["weights"] if improved else None)
+            print(format_epoch_line(epoch, metrics), flush=True)
+            tracker.epoch(epoch, metrics, {"data_seconds": tr["data_seconds"],
+                                           "compute_seconds": tr["seconds"] - tr["data_seconds"]})
+        stop = bool(args.patience) and progress.stale >= args.patience
+        if distributed.broadcast_flag(stop, env):
+            if env.is_main:
+                log.info("early stopping: no better validation accuracy for %d epochs",
+                         progress.stale)
+            break
+
+
+def save_outputs(args, env, model, data: Data, opt: Optimization, progress: Progress,
+                 probed, sig: dict, tracker, seconds: float, amp_dtype) -> None:
+    """The best epoch's weights as the model directory (breedkit.model), the history and the
+    training summary as output data."""
+    import torch
+
+    from breedkit.model import save_model_dir
+
+    best = progress.best
+    if best["weights"] is None:
+        raise UserError(f"no best weights to save: checkpoint folder {args.checkpoint_dir} "
+                        f"resumed a finished run without them; delete it to start over")
+    model.backbone.load_state_dict(best["weights"])
+    summary = {
+        "best_epoch": best["epoch"], "valid_accuracy": best["accuracy"],
+        "epochs_run": len(progress.history), "train_seconds": seconds,
+        "precision": precision_name(amp_dtype), "device": str(env.device),
+        "world_size": env.world_size, "head_lr": opt.head_lr,
+        "backbone_lr": opt.head_lr * opt.backbone_mult, "torch_version": torch.__version__,
+        "hyperparameters": {k: getattr(args, k) for k in sig if hasattr(args, k)},
+        "probed_head": ({k: probed[k] for k in ("valid_accuracy", "best_epoch")}
+                        if probed else None),
+    }
+    save_model_dir(args.model_dir, model, arch=args.arch, class_names=data.class_names,
+                   image_size=args.image_size, resize=data.resize,
+                   eval_image_size=args.eval_image_size, extra={"training": summary})
+    os.makedirs(args.output_data_dir, exist_ok=True)
+    with open(os.path.join(args.output_data_dir, "history.json"), "w") as fh:
+        json.dump(progress.history, fh, indent=2)
+    with open(os.path.join(args.output_data_dir, "training_summary.json"), "w") as fh:
+        json.dump(summary, fh, indent=2)
+    tracker.finish(summary, args.model_dir, args.output_data_dir)
+    print(f"best_epoch={best['epoch']} valid_best_accuracy={best['accuracy']:.4f}", flush=True)
+    log.info("model written to %s", args.model_dir)
+
+
 def main(argv=None) -> int:
     args = parse_args(build_parser(), argv)
     setup_logging()
@@ -229,200 +458,67 @@ def main(argv=None) -> int:
     resolve_defaults(args)
     if args.mode == "linear-probe":
         return train_head(args)
+    return fine_tune(args)
 
+
+def fine_tune(args) -> int:
+    """The recipe: data, the network (from the probed head), the optimisation, the epochs,
+    the model directory. Runs under torchrun as one process of several, too."""
     import torch
     import torch.nn as nn
 
-    from breedkit.data import ImageFolderDataset, make_loader
     from breedkit.debugger import create_hook
-    from breedkit.model import build_model, parameter_groups, preprocessing, save_model_dir
+    from breedkit.profiling import NullProfiler, Profiler
     from breedkit.tracking import Tracker
-    from breedkit.training import (Checkpoints, choose_precision, configure_backends,
-                                   cosine_schedule, evaluate, make_optimizer,
-                                   train_one_epoch)
-    from breedkit.transforms import eval_transform_for, train_transform
+    from breedkit.training import Checkpoints, choose_precision
 
     env = distributed.init(args.device)
-    hook = profiler = tracker = None
+    run = {"hook": None, "profiler": None, "tracker": None}
     failed = True
     try:
         torch.manual_seed(args.seed)
-        train_set = ImageFolderDataset(args.train_dir,
-                                       transform=train_transform(args.image_size, args.min_scale,
-                                                                 args.hflip))
-        class_names = train_set.class_names
-        if len(class_names) < 2:
-            raise UserError(f"{args.train_dir} has {len(class_names)} class folder(s); "
-                            f"a classifier needs at least 2")
-        resize = preprocessing(args.arch, args.pretrained, args.image_size)
-        valid_set = ImageFolderDataset(args.valid_dir, class_names, transform=eval_transform_for(
-            {"image_size": args.image_size, "resize_size": resize,
-             "eval_image_size": args.eval_image_size}))
-        workers = default_workers(env) if args.workers < 0 else args.workers
-        pin = env.device.type == "cuda"
-        train_loader = make_loader(train_set, args.batch_size, shuffle=True, workers=workers,
-                                   seed=args.seed, rank=env.rank, world_size=env.world_size,
-                                   drop_last=len(train_set) >= 2 * args.batch_size * env.world_size,
-                                   pin_memory=pin)
-        valid_loader = make_loader(valid_set, args.batch_size * 2, shuffle=False, workers=workers,
-                                   rank=env.rank, world_size=env.world_size, pin_memory=pin)
-        if env.is_main:
-            log.info("data: %d training and %d validation images, %d classes; %d process(es), "
-                     "%d loader worker(s) each, device %s", len(train_set), len(valid_set),
-                     len(class_names), env.world_size, workers, env.device)
-
-        torch.manual_seed(args.seed)  # the backbone the Features step built (breedkit.probe)
-        model = build_model(args.arch, len(class_names), args.pretrained, args.fine_tune)
-        probed = start_from_probed_head(args, model, class_names)
-        configure_backends(env.device)
-        # the resume point comes from rank 0, and is loaded before DDP copies rank 0's weights
+        data = load_data(args, env)
+        model, probed = build_network(args, env, data.class_names)
         ckpt = Checkpoints(args.checkpoint_dir or None)
         ckpt.prepare()
-        sig = signature(args, class_names, env)
-        resumed = ckpt.load(sig)
-        if resumed is not None:
-            model.backbone.load_state_dict(resumed[0]["model"])
-        model.to(env.device, memory_format=torch.channels_last)
+        sig = signature(args, data.class_names, env)  # (with the probed head's identity)
+        resumed = resume_weights(model, ckpt, sig, env)
         criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-        hook = create_hook(args.debugger_out or None, args.debugger_save_interval)
-        hook.register(model, criterion)
+        run["hook"] = create_hook(args.debugger_out or None, args.debugger_save_interval)
+        run["hook"].register(model, criterion)
         amp_dtype = choose_precision(args.amp, env.device)
         net = model
         if env.enabled:
             net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
-
-        head_lr, backbone_mult = learning_rates(args, env.world_size, bool(probed))
-        optimizer = make_optimizer(parameter_groups(model, head_lr, args.weight_decay,
-                                                    backbone_mult),
-                                   args.optimizer, head_lr, args.momentum)
-        steps = len(train_loader)
+        steps = len(data.train_loader)
         if args.max_steps_per_epoch:
             steps = min(steps, args.max_steps_per_epoch)
-        scheduler = cosine_schedule(optimizer, steps * args.epochs,
-                                    int(steps * args.warmup_epochs))
-        scaler = (torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None)
-
-        history: list[dict] = []
-        best = {"accuracy": -1.0, "epoch": 0, "weights": None}
-        start_epoch, stale = 1, 0
-        if resumed is not None:
-            state, best_weights = resumed
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
-            history = list(state["history"])
-            start_epoch, stale = state["epoch"] + 1, state["stale_epochs"]
-            best.update(accuracy=state["best_accuracy"], epoch=state["best_epoch"],
-                        weights=best_weights)
-            if env.is_main:
-                log.info("resumed from checkpoint %s after epoch %d (best valid_accuracy %.4f "
-                         "at epoch %d)", ckpt.dir, state["epoch"], best["accuracy"], best["epoch"])
-        if env.is_main:
-            log.info("precision: %s; channels_last; %s %s, pretrained=%s, fine-tune %s; lr %.3g "
-                     "for the head (--lr %.3g for %d process(es)), %.3g for the backbone; "
-                     "warm-up %.2f epoch(s); weight decay %.3g",
-                     "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
-                     args.arch, args.optimizer, args.pretrained, args.fine_tune, head_lr,
-                     args.lr, env.world_size, head_lr * backbone_mult,
-                     args.warmup_epochs, args.weight_decay)
-
-        from breedkit.profiling import NullProfiler, Profiler
-
-        profiler = (Profiler(args.profile_out, env.device) if args.profile_out and env.is_main
-                    else NullProfiler())
-        tracker = Tracker(args.tensorboard_dir, enabled=env.is_main,
-                          norm_interval=args.debugger_save_interval)
-        tracker.params({**{k: getattr(args, k) for k in sig if hasattr(args, k)},
-                        "mode": args.mode,
-                        "world_size": env.world_size, "classes": len(class_names)})
+        opt = make_optimization(args, env, model, probed, steps, amp_dtype)
+        progress = resume_progress(resumed, opt, ckpt, env)
+        log_setup(args, env, opt, amp_dtype)
+        run["profiler"] = (Profiler(args.profile_out, env.device)
+                           if args.profile_out and env.is_main else NullProfiler())
+        run["tracker"] = Tracker(args.tensorboard_dir, enabled=env.is_main,
+                                 norm_interval=args.debugger_save_interval)
+        run["tracker"].params({**{k: getattr(args, k) for k in sig if hasattr(args, k)},
+                               "mode": args.mode, "world_size": env.world_size,
+                               "classes": len(data.class_names)})
+        run.update(model=model, net=net, criterion=criterion, amp_dtype=amp_dtype)
         started = time.perf_counter()
-        for epoch in range(start_epoch, args.epochs + 1):
-            train_loader.sampler.set_epoch(epoch)
-            lr = optimizer.param_groups[0]["lr"]
-            tr = train_one_epoch(net, train_loader, optimizer, criterion, env.device,
-                                 amp_dtype=amp_dtype, scaler=scaler, scheduler=scheduler,
-                                 hook=hook, epoch=epoch,
-                                 max_steps=args.max_steps_per_epoch or None,
-                                 profiler=profiler if profiler.enabled else None,
-                                 tracker=tracker)
-            va = evaluate(net, valid_loader, criterion, env.device, amp_dtype=amp_dtype, hook=hook)
-            (t_loss, t_correct, t_count, v_loss, v_correct, v_count) = distributed.all_reduce_sum(
-                [tr["loss_sum"], tr["correct"], tr["count"], va["loss_sum"], va["correct"],
-                 va["count"]], env)
-            valid_accuracy = v_correct / max(1, v_count)
-            improved = valid_accuracy > best["accuracy"]
-            if improved:
-                best.update(accuracy=valid_accuracy, epoch=epoch, weights={
-                    k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()})
-                stale = 0
-            else:
-                stale += 1
-            metrics = {
-                "train_loss": t_loss / max(1, t_count), "train_accuracy": t_correct / max(1, t_count),
-                "valid_loss": v_loss / max(1, v_count), "valid_accuracy": valid_accuracy,
-                "valid_best_accuracy": best["accuracy"], "lr": lr,
-                "epoch_seconds": tr["seconds"], "images_per_second": t_count / tr["seconds"],
-            }
-            history.append({"epoch": epoch, **metrics})
-            if env.is_main:  # checkpoint first: a job killed after the line can resume it
-                ckpt.save({
-                    "signature": sig, "epoch": epoch, "model": model.backbone.state_dict(),
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else {},
-                    "history": history, "best_accuracy": best["accuracy"],
-                    "best_epoch": best["epoch"], "stale_epochs": stale,
-                }, best["weights"] if improved else None)
-                print(format_epoch_line(epoch, metrics), flush=True)
-                tracker.epoch(epoch, metrics, {
-                    "data_seconds": tr["data_seconds"],
-                    "compute_seconds": tr["seconds"] - tr["data_seconds"]})
-            stop = bool(args.patience) and stale >= args.patience
-            if distributed.broadcast_flag(stop, env):
-                if env.is_main:
-                    log.info("early stopping: no better validation accuracy for %d epochs",
-                             stale)
-                break
-
+        run_epochs(args, env, run, data, opt, progress, ckpt, sig)
         if env.is_main:
-            if best["weights"] is None:
-                raise UserError(f"no best weights to save: checkpoint folder "
-                                f"{args.checkpoint_dir} resumed a finished run without them; "
-                                f"delete it to start over")
-            model.backbone.load_state_dict(best["weights"])
-            hyperparameters = {k: getattr(args, k) for k in sig if hasattr(args, k)}
-            summary = {
-                "best_epoch": best["epoch"], "valid_accuracy": best["accuracy"],
-                "epochs_run": len(history), "train_seconds": time.perf_counter() - started,
-                "precision": "fp32" if amp_dtype is None else str(amp_dtype).replace("torch.", ""),
-                "device": str(env.device), "world_size": env.world_size, "head_lr": head_lr,
-                "backbone_lr": head_lr * backbone_mult,
-                "torch_version": torch.__version__, "hyperparameters": hyperparameters,
-                "probed_head": ({k: probed[k] for k in ("valid_accuracy", "best_epoch")}
-                                if probed else None),
-            }
-            save_model_dir(args.model_dir, model, arch=args.arch, class_names=class_names,
-                           image_size=args.image_size, resize=resize,
-                           eval_image_size=args.eval_image_size, extra={"training": summary})
-            os.makedirs(args.output_data_dir, exist_ok=True)
-            with open(os.path.join(args.output_data_dir, "history.json"), "w") as fh:
-                json.dump(history, fh, indent=2)
-            with open(os.path.join(args.output_data_dir, "training_summary.json"), "w") as fh:
-                json.dump(summary, fh, indent=2)
-            tracker.finish(summary, args.model_dir, args.output_data_dir)
-            print(f"best_epoch={best['epoch']} valid_best_accuracy={best['accuracy']:.4f}",
-                  flush=True)
-            log.info("model written to %s", args.model_dir)
+            save_outputs(args, env, model, data, opt, progress, probed, sig, run["tracker"],
+                         time.perf_counter() - started, amp_dtype)
         distributed.barrier(env)
         failed = False
     finally:
-        if tracker is not None:
-            tracker.close(failed)
-        if hook is not None:  # flush Debugger output even when training failed (e.g. NaN)
-            hook.close()
-        if profiler is not None:
-            profiler.close()
+        if run["tracker"] is not None:
+            run["tracker"].close(failed)
+        if run["hook"] is not None:  # flush Debugger output even when training failed (NaN)
+            run["hook"].close()
+        if run["profiler"] is not None:
+            run["profiler"].close()
         distributed.shutdown(env)
     return 0
 
