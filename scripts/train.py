@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="smallest area fraction of the random-resized crop")
     hp.add_argument("--hflip", type=str2bool, default=True,
                     help="random horizontal flips (turn off for digits, text, signs)")
+    hp.add_argument("--ema-decay", type=float, default=0.998,
+                    help="per-step decay of the weights' exponential moving average, evaluated "
+                         "beside the raw weights each epoch: the better of the two is kept "
+                         "(0: no average; 0.998 averages over the last ~500 steps)")
     hp.add_argument("--patience", type=int, default=0,
                     help="stop after this many epochs without a better validation accuracy "
                          "(0: never)")
@@ -130,6 +134,7 @@ def validate(args) -> None:
         (args.backbone_lr_mult is None or args.backbone_lr_mult >= 0,
          "--backbone-lr-mult must be >= 0"),
         (args.backbone_lr >= 0, f"--backbone-lr must be >= 0, got {args.backbone_lr}"),
+        (0 <= args.ema_decay < 1, f"--ema-decay must be in [0, 1), got {args.ema_decay}"),
         (args.warmup_epochs is None or args.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
         (args.eval_image_size == 0 or args.eval_image_size >= 16,
          "--eval-image-size must be 0 or >= 16"),
@@ -198,7 +203,7 @@ def signature(args, class_names, env) -> dict:
     keys = ("lr", "backbone_lr_mult", "backbone_lr", "batch_size", "epochs", "weight_decay", "arch",
             "pretrained", "image_size", "eval_image_size", "seed", "optimizer", "momentum",
             "label_smoothing", "fine_tune", "warmup_epochs", "min_scale", "hflip",
-            "max_steps_per_epoch", "probed_head")
+            "max_steps_per_epoch", "probed_head", "ema_decay")
     sig = {k: getattr(args, k) for k in keys}
     sig.update(class_names=list(class_names), world_size=env.world_size)
     return sig
@@ -238,13 +243,15 @@ class Optimization:
     scaler: object
     head_lr: float
     backbone_mult: float
+    average: object = None  # breedkit.training.WeightAverage, with --ema-decay
 
 
 @dataclass
 class Progress:
     """Where the epochs are: the history, the best epoch's weights, early stopping's count."""
     history: list = field(default_factory=list)
-    best: dict = field(default_factory=lambda: {"accuracy": -1.0, "epoch": 0, "weights": None})
+    best: dict = field(default_factory=lambda: {"accuracy": -1.0, "epoch": 0, "weights": None,
+                                                "kept": "raw"})
     start_epoch: int = 1
     stale: int = 0
 
@@ -310,19 +317,20 @@ def resume_weights(model, ckpt, sig: dict, env):
 
 
 def make_optimization(args, env, model, probed, steps: int, amp_dtype) -> Optimization:
-    """AdamW (or SGD) over the parameter groups, warm-up then cosine per step, and a gradient
-    scaler for fp16."""
+    """AdamW (or SGD) over the parameter groups, warm-up then cosine per step, a gradient
+    scaler for fp16, and the weights' moving average (--ema-decay)."""
     import torch
 
     from breedkit.model import parameter_groups
-    from breedkit.training import cosine_schedule, make_optimizer
+    from breedkit.training import WeightAverage, cosine_schedule, make_optimizer
 
     head_lr, backbone_mult = learning_rates(args, env.world_size, bool(probed))
     optimizer = make_optimizer(parameter_groups(model, head_lr, args.weight_decay, backbone_mult),
                                args.optimizer, head_lr, args.momentum)
     scheduler = cosine_schedule(optimizer, steps * args.epochs, int(steps * args.warmup_epochs))
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    return Optimization(optimizer, scheduler, scaler, head_lr, backbone_mult)
+    average = WeightAverage(model.backbone, args.ema_decay) if args.ema_decay else None
+    return Optimization(optimizer, scheduler, scaler, head_lr, backbone_mult, average)
 
 
 def resume_progress(resumed, opt: Optimization, ckpt, env) -> Progress:
@@ -338,7 +346,9 @@ def resume_progress(resumed, opt: Optimization, ckpt, env) -> Progress:
     progress.history = list(state["history"])
     progress.start_epoch, progress.stale = state["epoch"] + 1, state["stale_epochs"]
     progress.best.update(accuracy=state["best_accuracy"], epoch=state["best_epoch"],
-                         weights=best_weights)
+                         weights=best_weights, kept=state.get("best_kept", "raw"))
+    if opt.average is not None and state.get("ema"):
+        opt.average.load_state_dict(state["ema"])
     if env.is_main:
         log.info("resumed from checkpoint %s after epoch %d (best valid_accuracy %.4f at epoch "
                  "%d)", ckpt.dir, state["epoch"], progress.best["accuracy"],
@@ -375,23 +385,20 @@ def run_epochs(args, env, run: dict, data: Data, opt: Optimization, progress: Pr
         tr = train_one_epoch(net, data.train_loader, opt.optimizer, criterion, env.device,
                              amp_dtype=amp_dtype, scaler=opt.scaler, scheduler=opt.scheduler,
                              hook=hook, epoch=epoch, max_steps=args.max_steps_per_epoch or None,
-                             profiler=profiler if profiler.enabled else None, tracker=tracker)
+                             profiler=profiler if profiler.enabled else None, tracker=tracker,
+                             after_step=opt.average.update if opt.average else None)
         va = evaluate(net, data.valid_loader, criterion, env.device, amp_dtype=amp_dtype,
                       hook=hook)
         (t_loss, t_correct, t_count, v_loss, v_correct, v_count) = distributed.all_reduce_sum(
             [tr["loss_sum"], tr["correct"], tr["count"], va["loss_sum"], va["correct"],
              va["count"]], env)
         valid_accuracy = v_correct / max(1, v_count)
-        improved = valid_accuracy > best["accuracy"]
-        if improved:
-            best.update(accuracy=valid_accuracy, epoch=epoch, weights={
-                k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()})
-            progress.stale = 0
-        else:
-            progress.stale += 1
+        ema_accuracy = average_accuracy(net, data, criterion, env, opt, amp_dtype)
+        improved = keep_best(progress, model, opt, epoch, valid_accuracy, ema_accuracy)
         metrics = {
             "train_loss": t_loss / max(1, t_count), "train_accuracy": t_correct / max(1, t_count),
             "valid_loss": v_loss / max(1, v_count), "valid_accuracy": valid_accuracy,
+            **({"valid_ema_accuracy": ema_accuracy} if ema_accuracy is not None else {}),
             "valid_best_accuracy": best["accuracy"], "lr": lr,
             "epoch_seconds": tr["seconds"], "images_per_second": t_count / tr["seconds"],
         }
@@ -402,7 +409,9 @@ def run_epochs(args, env, run: dict, data: Data, opt: Optimization, progress: Pr
                 "optimizer": opt.optimizer.state_dict(), "scheduler": opt.scheduler.state_dict(),
                 "scaler": opt.scaler.state_dict() if opt.scaler is not None else {},
                 "history": progress.history, "best_accuracy": best["accuracy"],
-                "best_epoch": best["epoch"], "stale_epochs": progress.stale,
+                "best_epoch": best["epoch"], "best_kept": best["kept"],
+                "stale_epochs": progress.stale,
+                "ema": opt.average.state_dict() if opt.average is not None else None,
             }, best["weights"] if improved else None)
             print(format_epoch_line(epoch, metrics), flush=True)
             tracker.epoch(epoch, metrics, {"data_seconds": tr["data_seconds"],
@@ -413,6 +422,36 @@ def run_epochs(args, env, run: dict, data: Data, opt: Optimization, progress: Pr
                 log.info("early stopping: no better validation accuracy for %d epochs",
                          progress.stale)
             break
+
+
+def keep_best(progress: Progress, model, opt: Optimization, epoch: int, raw: float,
+              ema: float | None) -> bool:
+    """Keep this epoch's weights (the raw ones or their average, the better; a tie: the raw)
+    if they beat the best so far; whether they did."""
+    accuracy, kept = max([(raw, "raw")] + ([(ema, "ema")] if ema is not None else []),
+                         key=lambda c: c[0])
+    best = progress.best
+    if accuracy <= best["accuracy"]:
+        progress.stale += 1
+        return False
+    best.update(accuracy=accuracy, epoch=epoch, kept=kept, weights=(
+        opt.average.weights() if kept == "ema" else
+        {k: v.detach().cpu().clone() for k, v in model.backbone.state_dict().items()}))
+    progress.stale = 0
+    return True
+
+
+def average_accuracy(net, data: Data, criterion, env, opt: Optimization, amp_dtype):
+    """The valid accuracy of the weights' moving average (None without one), every rank's
+    share summed."""
+    from breedkit.training import evaluate
+
+    if opt.average is None:
+        return None
+    with opt.average.applied():
+        va = evaluate(net, data.valid_loader, criterion, env.device, amp_dtype=amp_dtype)
+    correct, count = distributed.all_reduce_sum([va["correct"], va["count"]], env)
+    return correct / max(1, count)
 
 
 def save_outputs(args, env, model, data: Data, opt: Optimization, progress: Progress,
@@ -430,6 +469,7 @@ def save_outputs(args, env, model, data: Data, opt: Optimization, progress: Prog
     model.backbone.load_state_dict(best["weights"])
     summary = {
         "best_epoch": best["epoch"], "valid_accuracy": best["accuracy"],
+        "kept": best["kept"],  # the raw weights of that epoch, or their moving average
         "epochs_run": len(progress.history), "train_seconds": seconds,
         "precision": precision_name(amp_dtype), "device": str(env.device),
         "world_size": env.world_size, "head_lr": opt.head_lr,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import math
 import os
 import shutil
@@ -26,13 +28,20 @@ def test_training_beats_chance_and_logs_the_tuning_metrics(trained):
         assert len(metrics[name]) == 5, name
     best = metrics[OBJECTIVE_METRIC]
     assert best == sorted(best)  # best-so-far never decreases
-    assert best[-1] == max(metrics["valid:accuracy"])
+    # the weights' moving average is evaluated beside the raw weights; the better one is kept
+    assert len(metrics["valid:ema_accuracy"]) == 5
+    assert best[-1] == max(metrics["valid:accuracy"] + metrics["valid:ema_accuracy"])
+    summary = json.loads((trained["output"] / "training_summary.json").read_text())
+    history = json.loads((trained["output"] / "history.json").read_text())
+    epoch = history[summary["best_epoch"] - 1]
+    kept = epoch["valid_ema_accuracy" if summary["kept"] == "ema" else "valid_accuracy"]
+    assert summary["valid_accuracy"] == kept == best[-1]
     assert best[-1] >= 0.8  # 3 classes: chance is 0.33
     assert metrics["train:loss"][-1] < metrics["train:loss"][0]
-    # the valid_accuracy regex must not also match valid_best_accuracy
+    # the valid_accuracy regex must not also match valid_best_accuracy or valid_ema_accuracy
     valid_regex = next(d["Regex"] for d in METRIC_DEFINITIONS if d["Name"] == "valid:accuracy")
     import re
-    assert re.findall(valid_regex, "valid_best_accuracy=0.9") == []
+    assert re.findall(valid_regex, "valid_best_accuracy=0.9 valid_ema_accuracy=0.8") == []
 
 
 def test_model_directory_is_self_contained_and_standard(trained):

@@ -293,3 +293,29 @@ def test_no_bootstrap_rounds_gives_valid_json_without_nan():
     text = json.dumps(report, allow_nan=False)  # NaN is not JSON: the registry rejects it
     accuracy = json.loads(text)["multiclass_classification_metrics"]["accuracy"]
     assert accuracy["standard_deviation"] is None and math.isclose(accuracy["value"], 2 / 3)
+
+
+def test_the_weights_moving_average_warms_up_and_is_applied_then_restored():
+    import torch.nn as nn
+
+    from breedkit.training import WeightAverage
+
+    layer = nn.BatchNorm1d(2)
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    average = WeightAverage(layer, decay=0.9)
+    with torch.no_grad():
+        layer.weight.fill_(3.0)
+    average.update()  # warm-up: decay min(0.9, 2/11)
+    d = 2 / 11
+    assert average.shadow["weight"][0].item() == pytest.approx(d * 1 + (1 - d) * 3)
+    for _ in range(200):
+        average.update()
+    assert average.rate() == 0.9 and average.shadow["weight"][0].item() == pytest.approx(3.0)
+    with torch.no_grad():
+        layer.weight.fill_(5.0)
+    average.update()
+    with average.applied():
+        assert layer.weight[0].item() == pytest.approx(0.9 * 3 + 0.1 * 5)
+    assert layer.weight[0].item() == 5.0  # the raw weights are back
+    assert average.shadow["num_batches_tracked"].dtype == torch.int64  # buffers copied

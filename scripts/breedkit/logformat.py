@@ -7,8 +7,8 @@ valid_best_accuracy=0.7712 lr=0.000812 epoch_seconds=41.2 images_per_second=162.
 
 SageMaker training and tuning jobs read metrics from the log with ``METRIC_DEFINITIONS``; the
 local engine reads its trials' logs with the same regexes (``parse_metrics``). The tuning
-objective is ``valid:best_accuracy``: the best validation accuracy so far, which is the accuracy
-of the weights the job keeps, and it is reported every epoch so early stopping can use it.
+objective is ``valid:best_accuracy``: the best validation accuracy so far, of the raw weights or
+their moving average (``valid_ema_accuracy``), which is the accuracy of the weights the job keeps, and it is reported every epoch so early stopping can use it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ _METRICS = (
     ("valid:loss", "valid_loss"),
     ("valid:accuracy", "valid_accuracy"),
     ("valid:best_accuracy", "valid_best_accuracy"),
+    ("valid:ema_accuracy", "valid_ema_accuracy"),
     ("train:images_per_second", "images_per_second"),
 )
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
@@ -33,7 +34,8 @@ OBJECTIVE_METRIC = "valid:best_accuracy"
 OBJECTIVE_TYPE = "Maximize"
 
 EPOCH_LINE_KEYS = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy",
-                   "valid_best_accuracy", "lr", "epoch_seconds", "images_per_second")
+                   "valid_ema_accuracy", "valid_best_accuracy", "lr", "epoch_seconds",
+                   "images_per_second")
 _DECIMALS = {"lr": 6, "epoch_seconds": 1, "images_per_second": 1}
 
 

@@ -126,7 +126,7 @@ NO_STEP = 2 ** 62  # "no step yet" for the first step with a loss that is not fi
 
 def train_one_epoch(model, loader, optimizer, criterion, device, *, amp_dtype=None, scaler=None,
                     scheduler=None, hook=None, epoch: int = 0, max_steps: int | None = None,
-                    progress=None, profiler=None, tracker=None,
+                    progress=None, profiler=None, tracker=None, after_step=None,
                     check_every: int = FINITE_CHECK_EVERY) -> dict:
     """One pass over ``loader``; returns sums (loss, correct, count) and timings for this rank.
 
@@ -175,6 +175,8 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, amp_dtype=No
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if after_step is not None:  # (the weights' moving average)
+            after_step()
         if profiler is not None:
             profiler.sync()
             done = time.perf_counter()
@@ -193,6 +195,55 @@ def train_one_epoch(model, loader, optimizer, criterion, device, *, amp_dtype=No
     seconds = time.perf_counter() - start
     return {"loss_sum": loss_sum.item(), "correct": int(correct.item()), "count": count,
             "seconds": seconds, "data_seconds": data_seconds}
+
+
+class WeightAverage:
+    """An exponential moving average of a module's weights and buffers (Polyak averaging, as
+    timm's ModelEmaV2), updated after every optimizer step and kept in fp32. The decay warms up
+    as ``min(decay, (1 + n) / (10 + n))`` after n updates, so early averages are not dominated
+    by the starting weights. ``applied()`` puts the average in the module for a while (to
+    evaluate it) and restores the raw weights after."""
+
+    def __init__(self, module: torch.nn.Module, decay: float):
+        self.module, self.decay, self.updates = module, decay, 0
+        self.shadow = {k: (v.detach().float().clone() if v.is_floating_point()
+                           else v.detach().clone()) for k, v in module.state_dict().items()}
+
+    def rate(self) -> float:
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = self.rate()
+        for key, value in self.module.state_dict().items():
+            shadow = self.shadow[key]
+            if shadow.is_floating_point():
+                shadow.mul_(d).add_(value.detach().float(), alpha=1 - d)
+            else:
+                shadow.copy_(value)
+
+    def weights(self) -> dict:
+        """The average, in the module's own dtypes, on the CPU (to keep or save)."""
+        own = self.module.state_dict()
+        return {k: v.to(own[k].dtype).cpu().clone() for k, v in self.shadow.items()}
+
+    @contextlib.contextmanager
+    def applied(self):
+        raw = {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+        self.module.load_state_dict(self.weights())
+        try:
+            yield
+        finally:
+            self.module.load_state_dict(raw)
+
+    def state_dict(self) -> dict:
+        return {"shadow": self.shadow, "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state["shadow"].items():
+            self.shadow[key].copy_(value)
+        self.updates = int(state["updates"])
 
 
 def _check_finite(first_bad: torch.Tensor, optimizer, epoch: int) -> None:
