@@ -47,11 +47,15 @@ from pipelines.deploy.endpoints import start_server, stop  # noqa: E402
 from pipelines.spec import parameter  # noqa: E402
 
 
-def make_model(path: Path, arch: str = "resnet18", image_size: int = 224) -> Path:
+def make_model(path: Path, arch: str = "resnet18", image_size: int = 224,
+               preprocess_size: int = 0) -> Path:
+    """``preprocess_size``: the size the pipeline's models record (serving repeats
+    preprocessing's resize and JPEG encoding first); 0: none, serving resizes straight."""
     torch.manual_seed(0)
     model = build_model(arch, 133)
     return save_model_dir(path, model, arch=arch, image_size=image_size,
-                          class_names=[f"{i:03d}.Breed_{i}" for i in range(133)])
+                          class_names=[f"{i:03d}.Breed_{i}" for i in range(133)],
+                          extra={"preprocess_size": preprocess_size} if preprocess_size else {})
 
 
 def jpeg(width: int = 500, height: int = 375, seed: int = 0) -> bytes:
@@ -126,6 +130,9 @@ def main() -> int:
     p.add_argument("--arch", default=parameter("BaseModel").default)
     p.add_argument("--image-size", type=int, default=parameter("ImageSize").default)
     p.add_argument("--photo", default="500x375", help="request image size, WIDTHxHEIGHT")
+    p.add_argument("--preprocess-size", type=int, default=-1,
+                   help="the model's preprocess_size (-1: as the pipeline derives it, 256 for "
+                        "224; 0: none, as models trained before serving parity)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--requests", type=int, default=40, help="per round and measurement")
     args = p.parse_args()
@@ -134,7 +141,12 @@ def main() -> int:
     except ValueError:
         p.error(f"--photo: expected WIDTHxHEIGHT such as 500x375, got {args.photo!r}")
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_model(Path(tmp) / "model", args.arch, args.image_size)
+        from breedkit.transforms import stored_size
+
+        stored = stored_size(0, args.image_size) if args.preprocess_size < 0 \
+            else args.preprocess_size
+        print(f"model preprocess_size: {stored or 'none (resized straight)'}")
+        model_dir = make_model(Path(tmp) / "model", args.arch, args.image_size, stored)
         raw = RawForward(model_dir, body)
         print(f"device={raw.loaded.device} threads={torch.get_num_threads()} "
               f"{args.arch} {args.image_size} px, {args.photo} JPEG of {len(body)} bytes")

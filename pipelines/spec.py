@@ -342,7 +342,8 @@ STATIC_HYPERPARAMETERS: dict[str, str] = {
     "hflip": "HorizontalFlip",
 }
 TUNING_HYPERPARAMETERS = {"mode": BuildOption("tuning_mode")}  # the head, or it all
-TRAIN_FINAL_HYPERPARAMETERS = {"fine-tune": "FineTuneLayers", "eval-image-size": "EvalImageSize"}
+TRAIN_FINAL_HYPERPARAMETERS = {"fine-tune": "FineTuneLayers", "eval-image-size": "EvalImageSize",
+                               "preprocess-image-size": "PreprocessImageSize"}
 # with linear-probe trials, TrainFinal fine-tunes with settings of its own (the trials tuned the
 # probe's), by pipeline parameter; the probe's tuned lr stays the rate of a new head, if no
 # probed head is found. With fine-tune trials, the trials' own settings.

@@ -21,8 +21,10 @@ Every image is decoded by ``breedkit.images.decode_tensor``, the decode of ``eva
 loader: RGB and greyscale JPEGs through torchvision (pixel-identical to Pillow's, in half the
 time: 0.9 against 1.9 ms for a 500x375 photo on one core), every other image through
 ``open_rgb``, the function ``preprocess.py`` decodes training images with (alpha on white,
-16-bit rescaled, an animation's first frame, EXIF orientation); then resized and cropped by the
-evaluation transform, one image at a time: a request never holds more than one full-resolution
+16-bit rescaled, an animation's first frame, EXIF orientation); then, for a model trained on
+preprocessed images (``preprocess_size`` in its config), stored as preprocess.py stored them
+(shorter side ``preprocess_size``, Lanczos, JPEG q95: ``breedkit.images.as_stored``), and resized
+and cropped by the evaluation transform: the two resizes evaluation applied, one image at a time: a request never holds more than one full-resolution
 image. Limits, checked on the headers before
 anything is decoded (413 with the limit): ``MAX_IMAGE_PIXELS`` per image, ``MAX_REQUEST_PIXELS``
 per request, ``MAX_IMAGES_PER_REQUEST`` images; JSON nested deeper than ``MAX_JSON_DEPTH``
@@ -41,8 +43,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
-from breedkit.images import (ImageDecodeError, ImageTooLarge, decode_tensor,  # noqa: E402
-                             image_size)
+from breedkit.images import (ImageDecodeError, ImageTooLarge, as_stored,  # noqa: E402
+                             decode_tensor, image_size)
 from breedkit.model import display_label, load_model  # noqa: E402
 from breedkit.transforms import eval_size, eval_transform_for  # noqa: E402
 
@@ -92,10 +94,17 @@ class LoadedModel:
         # the shorter side the transform resizes to: large JPEGs are decoded at a reduced
         # scale that still covers it, as preprocess.py decodes large training photos
         self.draft = eval_size(config)[1]
+        # the size preprocess.py stored the evaluated images at (None: the model was not
+        # trained on preprocessed images): an upload is stored the same way first
+        self.stored = config.get("preprocess_size") or None
 
     def prepare(self, blob: bytes):
-        """One image's bytes -> the model's input (uint8, 3 x size x size). The full-size
-        decode lives only inside this call."""
+        """One image's bytes -> the model's input (uint8, 3 x size x size): as preprocess.py
+        stored it (shorter side ``preprocess_size``, Lanczos, JPEG q95), then the evaluation
+        transform: the two resizes evaluation applied. The full-size decode lives only inside
+        this call."""
+        if self.stored:
+            blob = as_stored(blob, self.stored, max_pixels=MAX_IMAGE_PIXELS)
         return self.transform(decode_tensor(blob, MAX_IMAGE_PIXELS, draft=self.draft))
 
 

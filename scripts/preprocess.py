@@ -44,7 +44,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from breedkit import archives  # noqa: E402
 from breedkit.contract import (UserError, cpu_count, parse_args, run_main,  # noqa: E402
                                setup_logging)
-from breedkit.images import DEFAULT_MAX_PIXELS, ImageDecodeError, open_rgb  # noqa: E402
+from breedkit.images import (DEFAULT_MAX_PIXELS, ImageDecodeError, open_rgb,  # noqa: E402
+                             stored_jpeg)
 
 log = logging.getLogger("preprocess")
 
@@ -198,16 +199,8 @@ def _init_worker(location: str, is_zip: bool, staging: str, image_size: int, qua
                    zip=zipfile.ZipFile(location) if is_zip else None)
 
 
-def resized_size(width: int, height: int, short: int) -> tuple[int, int]:
-    if width <= height:
-        return short, max(1, round(height * short / width))
-    return max(1, round(width * short / height)), short
-
-
 def _process(task: tuple[int, str, int]) -> tuple[int, str, str | None]:
     """-> (index, sha256 of the input bytes, None if written else the reason it was skipped)."""
-    from PIL import Image
-
     index, name, size = task
     w = _WORKER
     if size > w["max_bytes"]:
@@ -225,15 +218,13 @@ def _process(task: tuple[int, str, int]) -> tuple[int, str, str | None]:
         return index, digest, "empty file (0 bytes)"
     try:
         img = open_rgb(io.BytesIO(data), w["max_pixels"], draft=w["size"])
-        img = img.resize(resized_size(img.width, img.height, w["size"]), Image.Resampling.LANCZOS)
-        out = io.BytesIO()
-        img.save(out, format="JPEG", quality=w["quality"])
+        stored = stored_jpeg(img, w["size"], w["quality"])
     except ImageDecodeError as exc:
         return index, digest, str(exc)
     except (OSError, ValueError) as exc:  # encoder errors: report, do not crash the run
         return index, digest, f"cannot convert image: {exc}"
     with open(os.path.join(w["staging"], f"{index}.jpg"), "wb") as fh:
-        fh.write(out.getvalue())
+        fh.write(stored)
     return index, digest, None
 
 

@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--eval-image-size", type=int, default=0,
                     help="validation, evaluation and serving crop (0: --image-size); resized in "
                          "the pretrained weights' own proportion (232 -> 224 for ResNet50)")
+    hp.add_argument("--preprocess-image-size", type=int, default=-1,
+                    help="the shorter side preprocess.py stored the images at (0: derived from "
+                         "the crops, as preprocess.py derives it; -1: not preprocessed). Serving "
+                         "repeats that resize and JPEG encoding before the evaluation transform, "
+                         "so it scores uploads as evaluation scored the stored test images")
     hp.add_argument("--seed", type=int, default=42)
     hp.add_argument("--optimizer", default="adamw", choices=("adamw", "sgd"))
     hp.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
@@ -152,6 +157,10 @@ def resolve_defaults(args):
         args.warmup_epochs = min(1.0, args.epochs / 10) if args.pretrained else 0.0
     if not args.eval_image_size:
         args.eval_image_size = args.image_size
+    if args.preprocess_image_size == 0:
+        from breedkit.transforms import stored_size
+
+        args.preprocess_image_size = stored_size(0, args.image_size, args.eval_image_size)
     return args
 
 
@@ -480,7 +489,9 @@ def save_outputs(args, env, model, data: Data, opt: Optimization, progress: Prog
     }
     save_model_dir(args.model_dir, model, arch=args.arch, class_names=data.class_names,
                    image_size=args.image_size, resize=data.resize,
-                   eval_image_size=args.eval_image_size, extra={"training": summary})
+                   eval_image_size=args.eval_image_size, extra={
+                       "training": summary, **({"preprocess_size": args.preprocess_image_size}
+                                               if args.preprocess_image_size > 0 else {})})
     os.makedirs(args.output_data_dir, exist_ok=True)
     with open(os.path.join(args.output_data_dir, "history.json"), "w") as fh:
         json.dump(progress.history, fh, indent=2)

@@ -169,3 +169,46 @@ def test_bad_requests_get_4xx_with_a_message(trained, served_model, tmp_path):
         assert err.value.status_code == 400 and "empty" in str(err.value)
     finally:
         sys.path.remove(str(served_model / "code"))
+
+
+def test_serving_repeats_the_preprocessing_evaluation_scored(trained, served_model, tmp_path):
+    """Serving parity: evaluation scores what preprocess.py stored (Lanczos to the preprocess
+    size, JPEG q95, then the evaluation resize); an upload gets the same two resizes, so its
+    answer is the evaluation's for the same photo."""
+    import shutil
+
+    from conftest import make_image_folder
+
+    from breedkit.images import as_stored
+
+    raw = make_image_folder(tmp_path / "raw", 4, size=(300, 200), seed=7)
+    stored = tmp_path / "stored"
+    proc = run_script("preprocess.py", "--input-dir", raw, "--output-dir", stored,
+                      "--image-size", "37", "--valid-ratio", "0", "--test-ratio", "0")
+    assert proc.returncode == 0, proc.stderr
+    photos = sorted(raw.rglob("*.jpg"))
+    for photo in photos:  # preprocess.py stores exactly what serving recomputes
+        kept = stored / "train" / photo.parent.name / photo.name
+        assert kept.read_bytes() == as_stored(photo.read_bytes(), 37)
+    proc = run_script("evaluate.py", "--model-dir", trained["model"], "--test-dir",
+                      stored / "train", "--output-dir", tmp_path / "evaluation",
+                      "--bootstrap-rounds", "0")
+    assert proc.returncode == 0, proc.stderr
+    with open(tmp_path / "evaluation" / "predictions.csv") as fh:
+        evaluated = {r["file"]: float(r["probability"]) for r in csv.DictReader(fh)}
+
+    parity = tmp_path / "parity-model"
+    shutil.copytree(served_model, parity)
+    config = json.loads((parity / "model_config.json").read_text())
+    (parity / "model_config.json").write_text(json.dumps({**config, "preprocess_size": 37}))
+    requests = [("image/jpeg", p.read_bytes()) for p in photos]
+    names = [f"{p.parent.name}/{p.name}" for p in photos]
+    served = [r["body"]["predictions"][0]["probability"]
+              for r in invoke(parity, requests, tmp_path)]
+    for name, probability in zip(names, served):
+        assert probability == pytest.approx(evaluated[name], abs=1e-4), name
+    # resized straight to the evaluation size (before; a model without preprocess_size), the
+    # answers are those of other pixels
+    straight = [r["body"]["predictions"][0]["probability"]
+                for r in invoke(served_model, requests, tmp_path)]
+    assert max(abs(a - evaluated[n]) for a, n in zip(straight, names)) > 1e-4

@@ -49,5 +49,8 @@ def test_the_pretrained_default_runs_offline_with_lp_ft(planted, tmp_path, monke
     assert training["backbone_lr"] == pytest.approx(1e-4) == training["head_lr"]
     # the weights' own transforms: resnet18's V1 weights evaluate 224 of 256 (37 for 32)
     assert config["resize_size"] == 37
+    # and the size preprocessing stored the images at (derived: 37 for 32), which serving
+    # repeats before the evaluation transform
+    assert config["preprocess_size"] == 37
     package = LocalRegistry(home).describe("DogBreedModels", 1)
     assert package.accuracy > 0.8

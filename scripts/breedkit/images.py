@@ -145,6 +145,31 @@ def decode_tensor(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int 
     return rgb_tensor(open_rgb(io.BytesIO(data), max_pixels))
 
 
+def resized_size(width: int, height: int, short: int) -> tuple[int, int]:
+    """The size with the shorter side ``short``, the aspect ratio kept."""
+    if width <= height:
+        return short, max(1, round(height * short / width))
+    return max(1, round(width * short / height)), short
+
+
+def stored_jpeg(img: Image.Image, short: int, quality: int = 95) -> bytes:
+    """What preprocess.py stores of an upright RGB image: its shorter side resized to ``short``
+    (Lanczos), as a JPEG of ``quality``."""
+    img = img.resize(resized_size(img.width, img.height, short), Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
+
+def as_stored(data: bytes, short: int, quality: int = 95,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
+    """Encoded image bytes as preprocess.py would have stored them: serving repeats the
+    preprocessing the model was evaluated on, so it scores what evaluation scored."""
+    if not data:
+        raise ImageDecodeError("empty image")
+    return stored_jpeg(open_rgb(io.BytesIO(data), max_pixels, draft=short), short, quality)
+
+
 def rgb_tensor(img: Image.Image):
     """An RGB Pillow image as a ``uint8`` tensor of shape (3, H, W)."""
     import numpy as np
