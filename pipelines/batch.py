@@ -294,17 +294,9 @@ def _flush(window, batch_size, handlers, model, top_k, output, counts, bar) -> N
 # --- the command -------------------------------------------------------------------------------
 
 def model_archive(home, group: str, version: int | None) -> tuple[int, str]:
-    from pipelines.registry import LocalRegistry
+    from pipelines.registry import LocalRegistry, usable_version
 
-    registry = LocalRegistry(home)
-    package = registry.describe(group, version) if version is not None \
-        else registry.latest_approved(group)
-    if package is None:
-        raise BatchError(f"no Approved version in {group}: pass --version N, or approve one "
-                         f"with python -m pipelines.registry approve N")
-    problem = registry.artifact_problem(package)
-    if problem:
-        raise BatchError(f"{group} version {package.version} cannot be used: {problem}")
+    package = usable_version(LocalRegistry(home), group, version)  # (RegistryError: main says)
     return package.version, package.model_data
 
 

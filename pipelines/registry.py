@@ -349,6 +349,20 @@ class LocalRegistry:
         return approved[0] if approved else None
 
 
+def usable_version(registry: LocalRegistry, group: str, version: int | None = None):
+    """``version`` of the local group, or its newest Approved one, whose archive is intact:
+    what batch scoring and the batch pipeline score with. RegistryError says what to do."""
+    package = registry.describe(group, version) if version is not None \
+        else registry.latest_approved(group)
+    if package is None:
+        raise RegistryError(f"no Approved version in {group} under {registry.home}: approve one "
+                            f"(python -m pipelines.registry approve N) or pass --version N")
+    problem = registry.artifact_problem(package)
+    if problem:
+        raise RegistryError(f"{group} version {package.version} cannot be used: {problem}")
+    return package
+
+
 class SageMakerRegistry:
     """The same operations on SageMaker's Model Registry."""
 

@@ -60,20 +60,12 @@ def local_version(home: Path, group: str, bucket: str, prefix: str, image: str,
     parameters (and its ModelPackageVersion). Its archive is put into the local object store, where a version's
     ModelDataUrl is in SageMaker: ``s3://<bucket>/<prefix>/registry/<group>/<version>/``."""
     from pipelines.local.objectstore import ObjectStore
-    from pipelines.registry import LocalRegistry, RegistryError
+    from pipelines.registry import LocalRegistry, RegistryError, usable_version
 
-    registry = LocalRegistry(home)
     try:
-        package = registry.describe(group, version) if version is not None \
-            else registry.latest_approved(group)
+        package = usable_version(LocalRegistry(home), group, version)
     except RegistryError as exc:
         raise CliError(str(exc)) from None
-    if package is None:
-        raise CliError(f"no Approved version in {group} under {home}: approve one (python -m "
-                       f"pipelines.registry approve N) or pass --version N")
-    problem = registry.artifact_problem(package)
-    if problem:
-        raise CliError(f"{group} version {package.version} cannot be used: {problem}")
     uri = f"s3://{bucket}/{prefix}/registry/{group}/{package.version}/model.tar.gz"
     store = ObjectStore(home / "s3")
     target = store.path(uri)
