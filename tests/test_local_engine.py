@@ -72,7 +72,7 @@ def test_failed_step_then_resume_from_cache(home, monkeypatch):
                                                            "weight-decay", "label-smoothing"}
                for t in record["trials"])
 
-    assert any(line.startswith("[Features] 84 training images x 2 view(s)") for line in lines)
+    assert any(line.startswith("[Features] 84 training images x 4 view(s)") for line in lines)
     # the tuning step's properties, as DescribeHyperParameterTuningJob and the trials' list
     tuned = json.loads(next(s for s in record["steps"] if s["name"] == "HPTuning")["outputs"])[
         "properties"]
