@@ -36,6 +36,8 @@ def test_the_batch_pipeline_scores_a_folder_locally_as_the_endpoint_answers(appr
                          "--param", f"BatchInputUrl={photos}", "--definition-out", str(out_def)])
     printed = capsys.readouterr()
     assert code == 0, printed.out + printed.err
+    assert f"[BatchScore] {len(good) + 2} records in s3://dogbreed-local/dogbreed/batch/output/" \
+        in printed.out and "transform_output: " in printed.out
     definition = json.loads(out_def.read_text())
     assert [s["Type"] for s in definition["Steps"]] == ["Model", "Transform"]
 

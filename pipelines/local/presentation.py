@@ -47,6 +47,12 @@ class Presenter:
             if step["Type"] == "Tuning":
                 best = self.engine.described[name]["BestTrainingJob"]["TunedHyperParameters"]
                 self.result.best_hyperparameters = {k: _decode(v) for k, v in best.items()}
+            if step["Type"] == "Transform":  # where the records are, here and as S3 names them
+                uri = self.engine.described[name]["TransformOutput"]["S3OutputPath"]
+                folder = self.engine.objects.path(uri)
+                records = sum(1 for _ in folder.rglob("*.out")) if folder.is_dir() else 0
+                self.result.reports["transform_output"] = str(folder)
+                self.echo(f"[{name}] {records} records in {uri} ({folder})")
             handler = {spec.STEP.PREPROCESS: self._preprocess,
                        spec.STEP.FEATURES: self._features,
                        spec.STEP.RULES: self._rules, spec.STEP.EVALUATE: self._evaluate,
