@@ -355,7 +355,19 @@ def approved_parameters(session, group: str) -> dict:
         package = transform.sagemaker_package(session, group)
         return {**transform.version_parameters(package),
                 "ModelPackageVersion": package["ModelPackageVersion"]}
-    found = transform.approved_for_comparison(find)
+    from botocore.exceptions import ClientError
+
+    try:
+        found = transform.approved_for_comparison(find)
+    except ClientError as exc:  # a stack from before the comparison: its role may not look
+        if exc.response.get("Error", {}).get("Code") not in ("AccessDenied",
+                                                             "AccessDeniedException"):
+            raise
+        print(f"note: the newest Approved version of {group} cannot be looked up "
+              f"({exc.response['Error']['Code']}): Evaluate compares with nothing. Update the "
+              f"stack (infra/template.yaml lets the build role ListModelPackages and "
+              f"DescribeModelPackage)", file=sys.stderr)
+        return {}
     if found:
         print(f"Evaluate compares the new model with {group} version "
               f"{found['ApprovedModelVersion']} (Approved)", file=sys.stderr)

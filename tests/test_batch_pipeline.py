@@ -206,3 +206,25 @@ def test_upsert_batch_pins_the_newest_approved_version_and_start_passes_it(
     assert "BatchInputUrl must be an s3:// URI" in capsys.readouterr().err
     assert run_cli.main(["--start", "--param", "BatchInputUrl=s3://p/"]) == 2
     assert "unknown pipeline parameter 'BatchInputUrl'" in capsys.readouterr().err
+
+
+def test_a_start_whose_role_may_not_find_the_approved_version_still_starts(monkeypatch, capsys):
+    """A stack from before the comparison: its build role may not ListModelPackages. The start
+    goes on without a comparison, saying to update the stack; other AWS errors still stop it."""
+    from botocore.exceptions import ClientError
+
+    from pipelines import transform
+
+    def denied(session, group, version=None):
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}},
+                          "ListModelPackages")
+    monkeypatch.setattr(transform, "sagemaker_package", denied)
+    assert run_cli.approved_parameters(None, GROUP) == {}
+    assert "cannot be looked up (AccessDeniedException)" in capsys.readouterr().err
+
+    def throttled(session, group, version=None):
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow"}},
+                          "ListModelPackages")
+    monkeypatch.setattr(transform, "sagemaker_package", throttled)
+    with pytest.raises(ClientError):
+        run_cli.approved_parameters(None, GROUP)
