@@ -4,8 +4,8 @@ The engine takes everything from the definition: the steps, their order (the ste
 arguments reference, and ``DependsOn``), their requests, the conditions and the branches they
 choose. For each job step it resolves the step's ``Arguments`` into the request SageMaker would
 receive (CreateProcessingJob, CreateTrainingJob, CreateHyperParameterTuningJob and each trial's
-CreateTrainingJob, CreateModelPackage, CreateModel, CreateTransformJob), validates it against botocore's input shape
-(:mod:`pipelines.shapes`: a request the API would refuse fails the step with that message),
+CreateTrainingJob, CreateModelPackage, CreateModel, CreateTransformJob), validates it against
+botocore's input shape (:mod:`pipelines.shapes`: a request the API would refuse fails the step with that message),
 saves it as ``request.json`` in the step's folder, and runs it (:mod:`.jobs`, :mod:`.tuning`,
 the local registry). Properties (``Steps.X.…``) come from the Describe* response of what ran,
 lists keyed by name as the SDK writes them. Objects live in the local object store
