@@ -160,7 +160,7 @@ def run_seed(seed: int, args, work: Path, log) -> dict[str, dict]:
     # probe only: the backbone train.py and features.py build for this seed, the probed head
     torch.manual_seed(seed)
     model = build_model(args.arch, len(class_names), pretrained=True)
-    model.backbone.fc.load_state_dict(load_state(probe_dir / "head.pt"))
+    model.head.load_state_dict(load_state(probe_dir / "head.pt"))
     config = {"image_size": args.image_size,
               "resize_size": preprocessing(args.arch, True, args.image_size)}
     probe_meta = json.loads((probe_dir / "head.json").read_text())

@@ -76,7 +76,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("EvalImageSize", "Integer", 0,
               "evaluation and serving crop (0: ImageSize); a larger one often scores better "
               "(FixRes)", minimum=0),
-    Parameter("BaseModel", "String", "resnet50", "ResNet architecture", choices=ARCHS),
+    Parameter("BaseModel", "String", "resnet50",
+              "the backbone: ResNet, ConvNeXt, EfficientNetV2 or ViT-B/16 (docs/recipe.md)",
+              choices=ARCHS),
     Parameter("Pretrained", "String", "true", "start from ImageNet weights",
               choices=("true", "false")),
     Parameter("FeatureViews", "Integer", 4,
@@ -188,13 +190,17 @@ def coerce_parameter(name: str, value: str, parameters: tuple | None = None):
 
 
 def size_problem(params: dict) -> str:
-    """Why the run's image sizes (given or default) would upsample every image ('' if not):
-    preprocess.py refuses it too, but only once the job runs."""
+    """Why the run's image sizes (given or default) would upsample every image, or do not fit
+    the backbone ('' if neither): preprocess.py and train.py refuse them too, but only once
+    their jobs run."""
+    from breedkit.archs import size_problem as backbone_problem
     from breedkit.transforms import size_problem as problem
 
     def value(name):
-        return int(params.get(name, parameter(name).default))
-    return problem(value("PreprocessImageSize"), value("ImageSize"), value("EvalImageSize"))
+        return params.get(name, parameter(name).default)
+    crop, eval_crop = int(value("ImageSize")), int(value("EvalImageSize"))
+    return (problem(int(value("PreprocessImageSize")), crop, eval_crop)
+            or backbone_problem(str(value("BaseModel")), crop, eval_crop))
 
 
 # What the tuning trials train, fixed when the pipeline is built (a build option, --tuning-mode):

@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from breedkit.contract import (UserError, cpu_count, parse_args, run_main,  # noqa: E402
                                setup_logging, str2bool)
-from breedkit.model import ARCHS  # noqa: E402
+from breedkit.archs import ARCHS, size_problem  # noqa: E402
 
 log = logging.getLogger("features")
 
@@ -101,6 +101,8 @@ def main(argv=None) -> int:
     setup_logging()
     from breedkit import features
 
+    if size_problem(args.arch, args.image_size):
+        raise UserError(size_problem(args.arch, args.image_size))
     if not 1 <= args.views <= features.MAX_VIEWS:
         raise UserError(f"--views must be between 1 and {features.MAX_VIEWS}, got {args.views}")
 
@@ -114,7 +116,7 @@ def main(argv=None) -> int:
     import torch.nn as nn
 
     from breedkit.data import ImageFolderDataset
-    from breedkit.model import build_model, preprocessing
+    from breedkit.model import build_model, interpolation, preprocessing
     from breedkit.training import choose_precision
     from breedkit.transforms import eval_transform_for, train_transform
 
@@ -127,14 +129,17 @@ def main(argv=None) -> int:
                         f"classifier needs at least 2")
     valid = ImageFolderDataset(args.valid_dir, train.class_names)
     torch.manual_seed(args.seed)  # as train.py: the same backbone, random or pretrained
-    model = build_model(args.arch, len(train.class_names), args.pretrained)
+    model = build_model(args.arch, len(train.class_names), args.pretrained,
+                        image_size=args.image_size)
     sig = features.signature(args.arch, args.pretrained, args.image_size, args.seed,
-                             features.backbone_checksum(model.backbone))
-    model.backbone.fc = nn.Identity()
+                             features.backbone_checksum(model))
+    model.set_head(nn.Identity())
     model.eval().to(device, memory_format=torch.channels_last)
+    resampling = interpolation(args.arch, args.pretrained)
     center = eval_transform_for({"image_size": args.image_size, "resize_size": preprocessing(
-        args.arch, args.pretrained, args.image_size)})
-    crops = train_transform(args.image_size, args.min_scale, hflip=args.hflip)
+        args.arch, args.pretrained, args.image_size), "interpolation": resampling})
+    crops = train_transform(args.image_size, args.min_scale, hflip=args.hflip,
+                            interpolation=resampling)
     amp_dtype = choose_precision("auto", device)
     workers = args.workers if args.workers >= 0 else (0 if cpu_count() <= 2 else
                                                        min(8, cpu_count() - 1))

@@ -1,4 +1,4 @@
-"""Fine-tune a torchvision ResNet on an image folder (SageMaker training contract), or train
+"""Fine-tune a torchvision backbone (ResNet, ConvNeXt, EfficientNetV2, ViT) on an image folder (SageMaker training contract), or train
 only its new head on cached features (``--mode linear-probe``: a tuning trial, breedkit.probe).
 
 Data:        SM_CHANNEL_TRAIN, SM_CHANNEL_VALID  (<class>/<image> folders, e.g. from preprocess.py)
@@ -33,7 +33,7 @@ from breedkit import distributed  # noqa: E402
 from breedkit.contract import (UserError, cpu_count, env_path, parse_args, run_main,  # noqa: E402
                                sagemaker_checkpoint_dir, setup_logging, str2bool)
 from breedkit.logformat import format_epoch_line  # noqa: E402
-from breedkit.model import ARCHS, FINE_TUNE_CHOICES  # noqa: E402
+from breedkit.archs import ARCHS, FINE_TUNE_CHOICES, size_problem  # noqa: E402
 from breedkit.training import AMP_CHOICES  # noqa: E402
 
 log = logging.getLogger("train")
@@ -59,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--batch-size", type=int, default=32, help="images per step and process")
     hp.add_argument("--epochs", type=int, default=10)
     hp.add_argument("--weight-decay", type=float, default=0.05,
-                    help="decoupled weight decay (not applied to biases and BatchNorm)")
-    hp.add_argument("--arch", default="resnet50", choices=ARCHS)
+                    help="decoupled weight decay of the linear maps' weights (not of biases, "
+                         "norms, layer scales, embeddings)")
+    hp.add_argument("--arch", default="resnet50", choices=ARCHS,
+                    help="the backbone (docs/recipe.md#backbones); a ViT trains, evaluates and "
+                         "serves at one --image-size, a multiple of 16")
     hp.add_argument("--pretrained", type=str2bool, default=True,
                     help="start from torchvision's ImageNet weights (true/false)")
     hp.add_argument("--image-size", type=int, default=224, help="training crop size")
@@ -77,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     hp.add_argument("--label-smoothing", type=float, default=0.1)
     hp.add_argument("--fine-tune", default="all", choices=FINE_TUNE_CHOICES,
-                    help="layers to train: all, layer3 (+layer4+fc), layer4 (+fc) or head (fc)")
+                    help="layers to train: all; layer3: the last two stages and the head (a "
+                         "ResNet's layer3, layer4, fc); layer4: the last stage and the head; "
+                         "head: the head alone")
     hp.add_argument("--warmup-epochs", type=float, default=None,
                     help="linear learning-rate warm-up before the cosine decay (default: a "
                          "tenth of --epochs, at most 1, with --pretrained true; 0 from scratch)")
@@ -143,6 +148,8 @@ def validate(args) -> None:
         (args.warmup_epochs is None or args.warmup_epochs >= 0, "--warmup-epochs must be >= 0"),
         (args.eval_image_size == 0 or args.eval_image_size >= 16,
          "--eval-image-size must be 0 or >= 16"),
+        (not size_problem(args.arch, args.image_size, args.eval_image_size),
+         size_problem(args.arch, args.image_size, args.eval_image_size)),
     ]
     for ok, message in checks:
         if not ok:
@@ -165,7 +172,7 @@ def resolve_defaults(args):
 
 
 def start_from_probed_head(args, model, class_names) -> dict | None:
-    """LP-FT: the best linear-probe trial's head in ``model.fc`` (its head.json), or None."""
+    """LP-FT: the best linear-probe trial's head in ``model.head`` (its head.json), or None."""
     args.probed_head = ""
     if not args.head_dir:
         return None
@@ -173,7 +180,7 @@ def start_from_probed_head(args, model, class_names) -> dict | None:
     from breedkit.probe import load_head
 
     expected = features.signature(args.arch, args.pretrained, args.image_size, args.seed,
-                                  features.backbone_checksum(model.backbone))
+                                  features.backbone_checksum(model))
     probed = load_head(args.head_dir, model, class_names, expected)
     if probed is None:
         log.info("%s holds no probed head: starting from a new head", args.head_dir)
@@ -243,6 +250,7 @@ class Data:
     valid_loader: object
     class_names: list
     resize: int
+    interpolation: str
 
 
 @dataclass
@@ -269,11 +277,12 @@ def load_data(args, env) -> Data:
     """The train split (random-resized crops, flips) and the valid split (the evaluation
     transform, in the weights' own proportion), as loaders of this process's share."""
     from breedkit.data import ImageFolderDataset, make_loader
-    from breedkit.model import preprocessing
+    from breedkit.model import interpolation, preprocessing
     from breedkit.transforms import eval_transform_for, train_transform
 
+    resampling = interpolation(args.arch, args.pretrained)
     train_set = ImageFolderDataset(args.train_dir, transform=train_transform(
-        args.image_size, args.min_scale, args.hflip))
+        args.image_size, args.min_scale, args.hflip, resampling))
     class_names = train_set.class_names
     if len(class_names) < 2:
         raise UserError(f"{args.train_dir} has {len(class_names)} class folder(s); "
@@ -281,7 +290,7 @@ def load_data(args, env) -> Data:
     resize = preprocessing(args.arch, args.pretrained, args.image_size)
     valid_set = ImageFolderDataset(args.valid_dir, class_names, transform=eval_transform_for(
         {"image_size": args.image_size, "resize_size": resize,
-         "eval_image_size": args.eval_image_size}))
+         "eval_image_size": args.eval_image_size, "interpolation": resampling}))
     workers = default_workers(env) if args.workers < 0 else args.workers
     pin = env.device.type == "cuda"
     train_loader = make_loader(train_set, args.batch_size, shuffle=True, workers=workers,
@@ -294,7 +303,7 @@ def load_data(args, env) -> Data:
         log.info("data: %d training and %d validation images, %d classes; %d process(es), "
                  "%d loader worker(s) each, device %s", len(train_set), len(valid_set),
                  len(class_names), env.world_size, workers, env.device)
-    return Data(train_loader, valid_loader, class_names, resize)
+    return Data(train_loader, valid_loader, class_names, resize, resampling)
 
 
 def build_network(args, env, class_names):
@@ -306,7 +315,8 @@ def build_network(args, env, class_names):
     from breedkit.training import configure_backends
 
     torch.manual_seed(args.seed)  # the backbone the Features step built (breedkit.probe)
-    model = build_model(args.arch, len(class_names), args.pretrained, args.fine_tune)
+    model = build_model(args.arch, len(class_names), args.pretrained, args.fine_tune,
+                        args.image_size)
     probed = start_from_probed_head(args, model, class_names)
     configure_backends(env.device)
     return model, probed
@@ -489,7 +499,8 @@ def save_outputs(args, env, model, data: Data, opt: Optimization, progress: Prog
     }
     save_model_dir(args.model_dir, model, arch=args.arch, class_names=data.class_names,
                    image_size=args.image_size, resize=data.resize,
-                   eval_image_size=args.eval_image_size, extra={
+                   eval_image_size=args.eval_image_size, interpolation_mode=data.interpolation,
+                   extra={
                        "training": summary, **({"preprocess_size": args.preprocess_image_size}
                                                if args.preprocess_image_size > 0 else {})})
     os.makedirs(args.output_data_dir, exist_ok=True)

@@ -125,8 +125,7 @@ def test_a_head_of_another_backbone_or_classes_is_refused_and_a_whole_model_igno
     assert load_head(str(trained["model"]), model, names, sig) is None
 
 
-def test_a_network_built_from_the_probed_head_scores_the_probes_valid_accuracy(cached,
-                                                                               tmp_path):
+def scores_the_probes_accuracy(features_dir, data, out, size=SIZE):
     """LP-FT's invariant: before its first fine-tuning step (eval mode, the valid split's
     images through the evaluation transform) the network TrainFinal builds from the best
     head scores what the probe scored on the cached features, within one image."""
@@ -136,14 +135,17 @@ def test_a_network_built_from_the_probed_head_scores_the_probes_valid_accuracy(c
     from breedkit.model import build_model, preprocessing
     from breedkit.transforms import eval_transform_for
 
-    assert probe(cached, tmp_path) == 0
-    head = json.loads((tmp_path / "model" / "head.json").read_text())
+    assert train_script.main(["--mode", "linear-probe", "--features-dir", str(features_dir),
+                              *size, "--lr", "0.003", "--epochs", "4", "--batch-size", "32",
+                              "--model-dir", str(out / "model"), "--output-data-dir",
+                              str(out / "output")]) == 0
+    head = json.loads((out / "model" / "head.json").read_text())
     args = train_script.resolve_defaults(train_script.build_parser().parse_args(
-        [*SIZE, "--head-dir", str(tmp_path / "model")]))
-    valid = ImageFolderDataset(str(cached["data"] / "valid"), transform=eval_transform_for(
-        {"image_size": 32, "resize_size": preprocessing("resnet18", False, 32)}))
+        [*size, "--head-dir", str(out / "model")]))
+    valid = ImageFolderDataset(str(data / "valid"), transform=eval_transform_for(
+        {"image_size": 32, "resize_size": preprocessing(args.arch, False, 32)}))
     torch.manual_seed(args.seed)  # as train.py builds it
-    model = build_model("resnet18", len(valid.class_names), False)
+    model = build_model(args.arch, len(valid.class_names), False, image_size=32)
     assert train_script.start_from_probed_head(args, model, valid.class_names) is not None
     model.eval()
     right = 0
@@ -151,6 +153,22 @@ def test_a_network_built_from_the_probed_head_scores_the_probes_valid_accuracy(c
         for images, labels in make_loader(valid, 16, shuffle=False, workers=0):
             right += int((model(images).argmax(1) == labels).sum())
     assert abs(right - head["valid_accuracy"] * len(valid)) <= 1, (right, head)
+
+
+def test_a_network_built_from_the_probed_head_scores_the_probes_valid_accuracy(cached,
+                                                                               tmp_path):
+    scores_the_probes_accuracy(cached["features"], cached["data"], tmp_path)
+
+
+@pytest.mark.parametrize("arch", ("convnext_tiny", "efficientnet_v2_s", "vit_b_16"))
+def test_the_probed_head_fits_every_family(arch, split_data, tmp_path):
+    """The Features step takes each family's pooled features from where its head was, and the
+    probed head goes back there (ConvNeXt's after its LayerNorm, a ViT's class token)."""
+    size = ("--arch", arch, "--pretrained", "false", "--image-size", "32")
+    assert features_script.main(["--train-dir", str(split_data / "train"), "--valid-dir",
+                                 str(split_data / "valid"), "--output-dir",
+                                 str(tmp_path / "features"), *size, "--views", "1"]) == 0
+    scores_the_probes_accuracy(tmp_path / "features", split_data, tmp_path, size)
 
 
 def test_views_follow_hflip(cached, tmp_path):

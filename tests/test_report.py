@@ -150,7 +150,8 @@ def test_evaluate_compares_with_the_approved_version_on_the_same_images(trained,
     shutil.copytree(trained["model"], worse)
     state = torch.load(worse / WEIGHTS_FILE, weights_only=True)
     head = [k for k in state if k.endswith("weight")][-1]
-    state[head] = state[head][torch.randperm(state[head].shape[0])]  # classes shuffled
+    state[head] = state[head].roll(1, 0)  # every class's row moved to another: classes shuffled
+    # (a random permutation of 3 rows is the identity one time in six: a flaky test)
     torch.save(state, worse / WEIGHTS_FILE)
     empty = tmp_path / "no-approved-version"
     empty.mkdir()

@@ -36,14 +36,15 @@ SPLITS = ("train", "valid")
 CHECKED = ("arch", "pretrained", "image_size")  # what a trial's own arguments must match
 
 
-def backbone_checksum(backbone) -> float:
-    """A float that changes with any weight of the backbone (its ``fc`` left out)."""
+def backbone_checksum(model) -> float:
+    """A float that changes with any weight of the classifier's backbone (its head left out)."""
     import torch
 
+    head = model.family.head + "."
     with torch.no_grad():
         total = 0.0
-        for name, tensor in backbone.state_dict().items():
-            if not name.startswith("fc.") and tensor.is_floating_point():
+        for name, tensor in model.backbone.state_dict().items():
+            if not name.startswith(head) and tensor.is_floating_point():
                 total += float(tensor.double().abs().sum())
     return round(total, 6)
 

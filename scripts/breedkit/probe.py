@@ -3,7 +3,7 @@ Kumar et al., ICLR 2022: fine-tuning from a probed head distorts the pretrained 
 than from a random one, and beats it in and out of distribution).
 
 A linear-probe trial (``train.py --mode linear-probe``) trains only the new head, an
-``nn.Linear(dim, classes)`` identical to the network's ``fc``, on the Features step's arrays:
+``nn.Linear(dim, classes)`` identical to the network's head, on the Features step's arrays:
 seconds where a fine-tuning trial takes minutes to hours. It prints the same epoch lines (so the
 tuning job's metrics and objective are unchanged) and writes the head as its model::
 
@@ -136,7 +136,7 @@ def _head_folder(path: str, scratch: str) -> Path | None:
 
 
 def load_head(path: str, model, class_names: list[str], expected: dict) -> dict | None:
-    """Put the probed head found at ``path`` into ``model``'s ``fc``; returns its head.json, or
+    """Put the probed head found at ``path`` into ``model.head``; returns its head.json, or
     None when ``path`` holds no probed head (the best trial of --tuning-mode fine-tune is a whole
     model: TrainFinal then starts from a new head, as that mode always has). A head of another
     backbone, size or class list is a UserError."""
@@ -165,7 +165,7 @@ def load_head(path: str, model, class_names: list[str], expected: dict) -> dict 
                         f"({len(meta.get('class_names') or [])} vs {len(class_names)}); run "
                         f"Features and HPTuning again on this data")
     try:
-        model.backbone.fc.load_state_dict(state)
+        model.head.load_state_dict(state)
     except (RuntimeError, TypeError) as exc:
         raise UserError(f"the probed head in {path} does not fit the network: {exc}") from None
     return meta

@@ -70,27 +70,35 @@ def confused_pairs(labels: np.ndarray, predicted: np.ndarray, names: list[str],
             for i, j in zip(*np.unravel_index(order, matrix.shape)) if matrix[i, j] > 0]
 
 
-def last_stage(network):
-    """The module whose output Grad-CAM weighs: a ResNet's layer4 (the last convolutional
-    stage, wherever the network wraps it), else the last convolution."""
+def cam_layer(network):
+    """(the module whose output Grad-CAM weighs, whether that output is ViT tokens): the last
+    stage our classifier's family names (a ResNet's layer4, ConvNeXt's last stage,
+    EfficientNetV2's last convolution, the patch tokens entering a ViT's last block) wherever
+    the network wraps it; else the network's last convolution, or None."""
     import torch.nn as nn
 
-    convolutions = []
-    for name, module in network.named_modules():
-        if name.split(".")[-1] == "layer4":
-            return module
-        if isinstance(module, nn.Conv2d):
-            convolutions.append(module)
-    return convolutions[-1] if convolutions else None
+    for module in network.modules():
+        family = getattr(module, "family", None)
+        if family is not None and getattr(family, "cam", None) is not None:
+            return module.backbone.get_submodule(family.cam(module.backbone)), family.tokens
+    convolutions = [m for m in network.modules() if isinstance(m, nn.Conv2d)]
+    return (convolutions[-1] if convolutions else None), False
+
+
+def _as_maps(tokens):
+    """[N, 1 + h*w, D] tokens (the class token first) as [N, D, h, w] maps."""
+    patches = tokens[:, 1:]
+    side = int(round(patches.shape[1] ** 0.5))
+    return patches.reshape(patches.shape[0], side, side, -1).permute(0, 3, 1, 2)
 
 
 def grad_cam(network, images, classes: list[int]) -> np.ndarray | None:
     """Heatmaps in [0, 1], one per image (N x H x W at the images' size), or None when the
-    network has no convolutional stage."""
+    network has no stage to place a heatmap on."""
     import torch
     import torch.nn.functional as F
 
-    stage = last_stage(network)
+    stage, tokens = cam_layer(network)
     if stage is None:
         return None
     kept = {}
@@ -103,6 +111,8 @@ def grad_cam(network, images, classes: list[int]) -> np.ndarray | None:
             (grads,) = torch.autograd.grad(chosen, activations)
     finally:
         handle.remove()
+    if tokens:
+        activations, grads = _as_maps(activations), _as_maps(grads)
     if activations.dim() != 4 or activations.shape[-2:] == (1, 1):
         return None  # not a feature map, or one of a single position: nothing to place
     weights = grads.mean(dim=(2, 3), keepdim=True)

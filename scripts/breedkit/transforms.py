@@ -36,26 +36,36 @@ def size_problem(preprocess_size: int, crop: int, eval_crop: int = 0) -> str:
     return ""
 
 
-def train_transform(image_size: int, min_scale: float = 0.25, hflip: bool = True):
+def _mode(interpolation: str):
+    from torchvision.transforms import InterpolationMode
+
+    return InterpolationMode(interpolation)
+
+
+def train_transform(image_size: int, min_scale: float = 0.25, hflip: bool = True,
+                    interpolation: str = "bilinear"):
     """Random-resized crop and horizontal flip, the standard fine-tuning augmentation.
 
     Turn ``hflip`` off for classes that mirroring changes (digits, text, road signs).
+    ``interpolation``: the resampling of the weights' own transforms (``model.interpolation``).
     """
     from torchvision.transforms import v2
 
-    steps = [v2.RandomResizedCrop(image_size, scale=(min_scale, 1.0), antialias=True)]
+    steps = [v2.RandomResizedCrop(image_size, scale=(min_scale, 1.0),
+                                  interpolation=_mode(interpolation), antialias=True)]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps)
 
 
-def eval_transform(image_size: int, resize: int | None = None):
+def eval_transform(image_size: int, resize: int | None = None, interpolation: str = "bilinear"):
     """Resize the shorter side (to ``resize``), then center crop: used by validation,
     evaluation and serving."""
     from torchvision.transforms import v2
 
     return v2.Compose([
-        v2.Resize(resize or resize_size(image_size), antialias=True),
+        v2.Resize(resize or resize_size(image_size), interpolation=_mode(interpolation),
+                  antialias=True),
         v2.CenterCrop(image_size),
     ])
 
@@ -73,6 +83,7 @@ def eval_size(config: dict) -> tuple[int, int]:
 
 
 def eval_transform_for(config: dict):
-    """The evaluation/serving transform a model directory's config describes."""
+    """The evaluation/serving transform a model directory's config describes (configs from
+    before ``interpolation`` was recorded resized bilinearly)."""
     crop, resize = eval_size(config)
-    return eval_transform(crop, resize)
+    return eval_transform(crop, resize, config.get("interpolation", "bilinear"))
