@@ -160,6 +160,22 @@ def describe_or_none(call) -> dict | None:
         raise
 
 
+def exit_code(action) -> int:
+    """``action()``'s exit code (None: 0), with a CliError or an AWS error printed as one
+    ``error:`` line and exit code 2: how our AWS commands end."""
+    import sys
+
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return action() or 0
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except (ClientError, BotoCoreError) as exc:
+        print(f"error: {describe_aws_error(exc)}", file=sys.stderr)
+    return 2
+
+
 def describe_aws_error(exc) -> str:
     """One line for a botocore error."""
     from botocore.exceptions import ClientError, NoCredentialsError, NoRegionError

@@ -366,31 +366,26 @@ def main(argv=None) -> int:
 # --- in SageMaker: a Batch Transform job --------------------------------------------------------
 
 def sagemaker_main(args) -> int:
-    from botocore.exceptions import BotoCoreError, ClientError
+    from pipelines.aws import exit_code
 
-    from pipelines.aws import CliError, describe_aws_error
+    return exit_code(lambda: start_sagemaker_job(args))
 
-    try:
-        if not (args.sagemaker and args.input.startswith("s3://")
-                and args.output.startswith("s3://")):
-            raise CliError("a Batch Transform job reads an s3:// prefix and writes to one: "
-                           "pass --sagemaker --input s3://... --output s3://... (a folder or "
-                           "zip here is scored without --sagemaker)")
-        if args.instance_count < 1:
-            raise CliError("--instance-count must be at least 1")
-        if not args.instance_type.startswith("ml."):
-            raise CliError(f"--instance-type must be a SageMaker instance type such as "
-                           f"{spec.BATCH_INSTANCE_TYPE}, got {args.instance_type!r}")
-        job = start_transform(args)
-        if args.wait:
-            return wait_transform(job, args)
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (ClientError, BotoCoreError) as exc:
-        print(f"error: {describe_aws_error(exc)}", file=sys.stderr)
-        return 2
-    return 0
+
+def start_sagemaker_job(args) -> int:
+    from pipelines.aws import CliError
+
+    if not (args.sagemaker and args.input.startswith("s3://")
+            and args.output.startswith("s3://")):
+        raise CliError("a Batch Transform job reads an s3:// prefix and writes to one: "
+                       "pass --sagemaker --input s3://... --output s3://... (a folder or "
+                       "zip here is scored without --sagemaker)")
+    if args.instance_count < 1:
+        raise CliError("--instance-count must be at least 1")
+    if not args.instance_type.startswith("ml."):
+        raise CliError(f"--instance-type must be a SageMaker instance type such as "
+                       f"{spec.BATCH_INSTANCE_TYPE}, got {args.instance_type!r}")
+    job = start_transform(args)
+    return wait_transform(job, args) if args.wait else 0
 
 
 def start_transform(args) -> dict:

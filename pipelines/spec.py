@@ -89,7 +89,8 @@ PARAMETERS: tuple[Parameter, ...] = (
               "random horizontal flips in training and the Features step's views (false for "
               "digits, text, signs: classes that mirroring changes)", choices=("true", "false")),
     Parameter("FineTuneLayers", "String", "all",
-              "layers TrainFinal trains: all, or layer3 / layer4 and the head",
+              "layers TrainFinal trains: all; layer3: the last two stages and the head (a ResNet's "
+              "layer3, layer4, fc); layer4: the last stage and the head (docs/recipe.md)",
               choices=("all", "layer3", "layer4")),
     Parameter("TuningEpochs", "Integer", 4,
               "most epochs a tuning trial may train (linear-probe: passes over every cached "

@@ -83,7 +83,7 @@ def locate_model(path: str, scratch: str) -> str:
 
 
 def write_report(path: str, model, dataset, probs, report: dict, config: dict, device,
-                 comparison: dict | None = None) -> None:
+                 comparison: dict | None = None, why_not: str = "") -> None:
     """report.html: what the approver looks at (breedkit.report)."""
     import numpy as np
 
@@ -97,7 +97,7 @@ def write_report(path: str, model, dataset, probs, report: dict, config: dict, d
     top5 = report["multiclass_classification_metrics"].get("top_5_accuracy", {}).get("value")
     page.write(path, title=f"{config['arch']}, {len(names)} classes: evaluation on the test split",
                probs=probs, labels=labels, names=names, mistakes=mistakes, top5=top5,
-               comparison=comparison)
+               comparison=comparison, why_not=why_not)
 
 
 def approved_model_dir(path: str, scratch: str) -> str | None:
@@ -125,10 +125,15 @@ def compare_with_approved(args, scratch: str, dataset, probs, config: dict, devi
     from breedkit.model import load_model
     from breedkit.transforms import eval_transform_for
 
-    model_dir = approved_model_dir(args.approved_model, scratch)
-    if model_dir is None:
-        return None, "no approved version"
-    approved, approved_config = load_model(model_dir, device, tta_hflip=None)
+    try:
+        model_dir = approved_model_dir(args.approved_model, scratch)
+        if model_dir is None:
+            return None, "no approved version"
+        approved, approved_config = load_model(model_dir, device, tta_hflip=None)
+    except UserError as exc:  # the new model is still evaluated; the approver reads why
+        reason = " ".join(str(exc).split())
+        log.warning("no comparison: the approved version's model cannot be read: %s", reason)
+        return None, f"version {args.approved_version or '?'}'s model cannot be read: {reason}"
     if list(approved_config["class_names"]) != list(config["class_names"]):
         log.warning("the approved version has other classes: no comparison")
         return None, "the approved version has other classes"
@@ -242,7 +247,7 @@ def main(argv=None) -> int:
             writer.writerow([os.path.relpath(path, args.test_dir), class_names[label],
                              class_names[pred], f"{row[pred]:.6f}"])
     write_report(os.path.join(args.output_dir, "report.html"), model, dataset, probs_np, report,
-                 config, device, comparison)
+                 config, device, comparison, why_not)
     metrics = report["multiclass_classification_metrics"]
     print(f"test_accuracy={metrics['accuracy']['value']:.4f} "
           f"test_top5_accuracy={metrics['top_5_accuracy']['value']:.4f} "

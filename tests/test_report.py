@@ -24,6 +24,15 @@ BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 def test_intervals_calibration_and_confused_pairs():
     assert report.wilson(0, 10)[0] == 0.0 and report.wilson(10, 10)[1] == 1.0
+    # the interval holds its own estimate: rounding put 0/11's lower bound above 0 and 6/6's
+    # upper bound below 1, and the per-class plot's error bars then refused negative lengths
+    # (a model with a class it never gets right failed Evaluate)
+    for n in range(1, 120):
+        for k in (0, 1, n // 2, n - 1, n):
+            low, high = report.wilson(k, n)
+            assert low <= k / n <= high, (k, n)
+    assert report._plots([("never right", 0.0, *report.wilson(0, 11), 11),
+                          ("always right", 1.0, *report.wilson(6, 6), 6)], [], 0.0)["per_class"]
     low, high = report.wilson(8, 10)
     assert low == pytest.approx(0.490, abs=1e-3) and high == pytest.approx(0.943, abs=1e-3)
     correct = np.array([1.0] * 80 + [0.0] * 20)
@@ -184,6 +193,17 @@ def test_evaluate_compares_with_the_approved_version_on_the_same_images(trained,
     assert result["comparison"] is None and result["passes_require_improvement"] is True
     assert result["comparison_summary"] == "none (no approved version)"
     assert "No approved version to compare with." in page
+
+    # an approved version whose archive is damaged: the new model is still evaluated, and the
+    # approver reads why there is no comparison
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "model.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
+    result, page = evaluate(damaged, "vs-damaged")
+    assert result["comparison"] is None
+    assert result["comparison_summary"].startswith("none (version 7's model cannot be read: ")
+    assert "model.tar.gz" in result["comparison_summary"]
+    assert "cannot be read" in page
     lo, hi = result["accuracy_interval_95"]
     assert lo <= result["multiclass_classification_metrics"]["accuracy"]["value"] <= hi
     assert 0 < result["balanced_accuracy"] <= 1

@@ -137,6 +137,19 @@ def test_vanishing_gradient(value, fires):
     assert (run_rule(rules.VanishingGradient, trial) is not None) == fires
 
 
+def test_poor_weight_initialization_without_relu_activations_says_so():
+    """ConvNeXt, ViT (GELU) and EfficientNetV2 (SiLU) have no ReLU modules: the rule has
+    nothing to read, which must not read as NoIssuesFound."""
+    import numpy as np
+
+    with pytest.raises(rules.NothingToRead, match="no ReLU modules"):
+        run_rule(rules.PoorWeightInitialization, train_trial([1.0, 0.9]))
+    relu = {f"layer{i}.relu_output": {s: np.full(4, float(i)) + np.arange(4) for s in range(3)}
+            for i in (1, 2)}
+    trial = FakeTrial([modes.TRAIN] * 3, {"relu_output": relu})
+    assert run_rule(rules.PoorWeightInitialization, trial) is None
+
+
 def rules_json(tmp_path, training_output, *extra):
     proc = run_script("training_rules.py", "--training-output", training_output,
                       "--output-dir", tmp_path / "rules", *extra)

@@ -139,7 +139,7 @@ def test_a_job_step_does_not_start_without_free_space(tmp_path, capsys, monkeypa
     monkeypatch.setattr(engine_module, "free_bytes", lambda path: 100 * 2**20)
     assert local_run(home, image_folder) == 1
     out = capsys.readouterr().out
-    assert f"[Preprocess] failed in" in out
+    assert "[Preprocess] failed in" in out
     assert f"only 100 MB free under {home}, and a job step needs 512 MB to start" in out
     (execution,) = Store(home).executions()
     assert execution["status"] == "Failed" and "only 100 MB free" in execution["error"]

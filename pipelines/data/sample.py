@@ -10,7 +10,6 @@ upscaled and written as ``DEST/digit_<n>/<i>.png``: an unsplit image folder that
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 DATASETS = ("sklearn-digits",)

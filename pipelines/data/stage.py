@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -110,27 +109,24 @@ def stage(s3, files: list[tuple[Path, str]], bucket: str, prefix: str, replace: 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from botocore.exceptions import BotoCoreError, ClientError
+    from pipelines.aws import exit_code
 
-    from pipelines.aws import boto_session, describe_aws_error, resolve_bucket
+    return exit_code(lambda: stage_command(args))
 
-    try:
-        with tempfile.TemporaryDirectory(prefix="stage-") as workdir:
-            files = local_files(args.source, workdir, args)
-            session = boto_session(args.region, args.profile)
-            if args.dest:
-                bucket, prefix = split_s3(args.dest)
-                resolve_bucket(session, bucket)
-            else:
-                bucket = resolve_bucket(session, args.bucket)
-                prefix = f"{args.prefix.strip('/')}/data/"
-            counts = stage(session.client("s3"), files, bucket, prefix, args.replace)
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (ClientError, BotoCoreError) as exc:
-        print(f"error: {describe_aws_error(exc)}", file=sys.stderr)
-        return 2
+
+def stage_command(args) -> int:
+    from pipelines.aws import boto_session, resolve_bucket
+
+    with tempfile.TemporaryDirectory(prefix="stage-") as workdir:
+        files = local_files(args.source, workdir, args)
+        session = boto_session(args.region, args.profile)
+        if args.dest:
+            bucket, prefix = split_s3(args.dest)
+            resolve_bucket(session, bucket)
+        else:
+            bucket = resolve_bucket(session, args.bucket)
+            prefix = f"{args.prefix.strip('/')}/data/"
+        counts = stage(session.client("s3"), files, bucket, prefix, args.replace)
     print(f"{counts['uploaded']} uploaded, {counts['unchanged']} unchanged, "
           f"{counts['deleted']} deleted")
     # Preprocess reads a prefix of image folders, or a prefix holding one zip

@@ -140,8 +140,6 @@ def load_head(path: str, model, class_names: list[str], expected: dict) -> dict 
     None when ``path`` holds no probed head (the best trial of --tuning-mode fine-tune is a whole
     model: TrainFinal then starts from a new head, as that mode always has). A head of another
     backbone, size or class list is a UserError."""
-    import torch
-
     from . import features
 
     if not path or not os.path.exists(path):

@@ -39,7 +39,8 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    # mathematically the interval holds p; at 0/n and n/n rounding can leave p just outside
+    return float(max(0.0, min(p, centre - half))), float(min(1.0, max(p, centre + half)))
 
 
 def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = BINS):
@@ -203,10 +204,12 @@ def worst_mistakes(network, dataset, probs: np.ndarray, labels: np.ndarray, name
     return shown
 
 
-def _comparison_section(c: dict | None) -> str:
+def _comparison_section(c: dict | None, why_not: str = "") -> str:
     if c is None:
+        why = ("No approved version to compare with." if why_not in ("", "no approved version")
+               else f"No comparison: {html.escape(why_not)}.")
         return ('<section id="comparison"><h2>Against the approved version</h2>'
-                '<p>No approved version to compare with.</p></section>')
+                f'<p>{why}</p></section>')
     low, high = c["delta_interval_95"]
     verdict = ("better" if c["better"] else "not better") + (
         ", and the difference is significant (p < 0.05)" if c["mcnemar_p"] < 0.05 else
@@ -224,7 +227,7 @@ bootstrap); McNemar's exact p = {c['mcnemar_p']:.3g}: {verdict}.</p></section>""
 
 def write(path: str, *, title: str, probs: np.ndarray, labels: np.ndarray, names: list[str],
           mistakes: list[dict], top5: float | None = None,
-          comparison: dict | None = None) -> dict:
+          comparison: dict | None = None, why_not: str = "") -> dict:
     """Write report.html; returns its figures (accuracy, interval, balanced accuracy, ECE)."""
     predicted = probs.argmax(axis=1)
     correct = (predicted == labels).astype(np.float64)
@@ -259,7 +262,7 @@ section{{margin-top:1.5em}}</style></head><body>
 <section id="overall"><h2>Overall (test split, {len(labels)} images)</h2>
 <p>Accuracy <b>{correct.mean():.4f}</b> (95% interval {low:.4f}-{high:.4f}, bootstrap);
 balanced accuracy {balanced:.4f}{top5_text}; expected calibration error {ece:.4f}.</p></section>
-{_comparison_section(comparison)}
+{_comparison_section(comparison, why_not)}
 <section id="per-class"><h2>Per-class accuracy (worst first)</h2>
 <img alt="per-class accuracy" src="data:image/png;base64,{plots['per_class']}">
 <table><tr><th>class</th><th>accuracy</th><th>95% interval</th><th>images</th></tr>

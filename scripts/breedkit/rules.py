@@ -189,6 +189,10 @@ class Overtraining(_PhaseRule):
         return self.stale >= self.patience
 
 
+class NothingToRead(Exception):
+    """The hook output holds none of the tensors a rule reads."""
+
+
 class PoorWeightInitialization(_TrialRule):
     """In the first ``steps`` training steps, the variance of activations differs between
     layers by more than a factor ``threshold`` (or some layer's activations are all zero)."""
@@ -197,6 +201,10 @@ class PoorWeightInitialization(_TrialRule):
         super().__init__(base_trial)
         self.threshold, self.steps = float(threshold), int(steps)
         self.tensors = self.names("relu_output") or self.names("relu_input")
+        if not self.tensors:  # an Error verdict, not a silent NoIssuesFound
+            raise NothingToRead("the hook output holds no relu_output or relu_input tensors: "
+                                "the network has no ReLU modules (ConvNeXt and ViT use GELU, "
+                                "EfficientNetV2 SiLU), so this rule has nothing to read")
         self.seen = 0
 
     def invoke_at_step(self, step):
