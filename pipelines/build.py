@@ -1,4 +1,5 @@
-"""The build pipeline (and the batch pipeline, at the end): Preprocess -> Features -> HPTuning -> TrainFinal -> TrainingRules and
+"""The build pipeline (and the batch pipeline, at the end): Preprocess -> Features -> HPTuning
+(-> FineTuneTuning, with --tune-fine-tune) -> TrainFinal -> TrainingRules and
 Evaluate -> CheckTrainingRules -> CheckAccuracy -> CheckImprovement -> RegisterModel (or
 TrainingRulesFired, AccuracyTooLow, NotBetterThanApproved).
 Each step is defined in its own module of ``steps/``."""
@@ -16,7 +17,10 @@ def build_pipeline(ctx: BuildContext) -> Pipeline:
     step_preprocess = preprocess.make_step(ctx)
     step_features = features.make_step(ctx, step_preprocess)
     step_tune = tune.make_step(ctx, step_preprocess, step_features)
-    step_train = train.make_step(ctx, step_tune, tune.training_inputs(step_preprocess))
+    step_fine_tune = (tune.make_fine_tune_step(ctx, step_preprocess, step_tune)
+                      if ctx.options.tune_fine_tune else None)
+    step_train = train.make_step(ctx, step_tune, tune.training_inputs(step_preprocess),
+                                 step_fine_tune)
     step_evaluate, reports = evaluate.make_step(ctx, step_preprocess, step_train)
     options = ctx.options
     step_rules = (rules.make_step(ctx, step_train) if options.training_rules or options.profiler
@@ -27,9 +31,10 @@ def build_pipeline(ctx: BuildContext) -> Pipeline:
                                                         if_steps=[step_register])
     step_check = condition.make_step(ctx, step_evaluate, reports, if_steps=[step_improvement],
                                      else_steps=[step_fail])
-    jobs = [step_preprocess, step_features, step_tune, step_train, step_evaluate]
+    jobs = [step_preprocess, step_features, step_tune,
+            *([step_fine_tune] if step_fine_tune is not None else []), step_train, step_evaluate]
     if step_rules is not None:
-        jobs.insert(4, step_rules[0])
+        jobs.insert(jobs.index(step_train) + 1, step_rules[0])
     gate = step_check
     if options.training_rules:  # the rules' gate first, then the accuracy's
         gate = rules.make_check_step(ctx, *step_rules, if_steps=[step_check])

@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="what the tuning trials train: linear-probe (the head on cached "
                             "features, CPU image and instance; LP-FT) or fine-tune (the whole "
                             "network on images, GPU image and instance)")
+    build.add_argument("--tune-fine-tune", action="store_true",
+                       help="after the linear-probe trials, MaxFineTuneJobs short fine-tuning "
+                            "trials from the best probed head (FineTuneTuning, on "
+                            "TrainingInstanceType) tune TrainFinal's backbone rate, weight decay "
+                            "and label smoothing, which FineTune* parameters fix otherwise")
     build.add_argument("--spot", action="store_true",
                        help="managed spot training (TrainFinal resumes from S3 checkpoints)")
     build.add_argument("--training-instance-count", type=int, default=1,
@@ -146,7 +151,7 @@ def make_context(args, session, role_arn: str, bucket: str, tags: list | None = 
                            sagemaker_debugger=args.sagemaker_debugger,
                            mlflow_arn=args.mlflow_arn,
                            training_instance_count=args.training_instance_count,
-                           tuning_mode=args.tuning_mode)
+                           tuning_mode=args.tuning_mode, tune_fine_tune=args.tune_fine_tune)
     return BuildContext(session=pipeline_session, role_arn=role_arn, bucket=bucket,
                         prefix=args.prefix.strip("/"), pipeline_name=default_pipeline_name(args),
                         model_package_group=args.model_package_group, options=options,
@@ -217,6 +222,10 @@ def _run(args) -> int:
     if args.version is not None and not args.batch:
         raise CliError("--version chooses the version the batch pipeline scores with: add "
                        "--batch")
+    if args.tune_fine_tune and args.tuning_mode != "linear-probe":
+        raise CliError("--tune-fine-tune adds fine-tuning trials from the best probed head: it "
+                       "follows linear-probe trials (--tuning-mode fine-tune trials tune the "
+                       "fine-tune already)")
     if args.local:
         return _run_local(args)
     if args.list or args.describe or args.definition:

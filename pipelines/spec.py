@@ -36,6 +36,7 @@ class STEP:
     PREPROCESS = "Preprocess"
     FEATURES = "Features"
     TUNE = "HPTuning"
+    TUNE_FINE_TUNE = "FineTuneTuning"  # with the build option --tune-fine-tune
     TRAIN = "TrainFinal"
     RULES = "TrainingRules"
     EVALUATE = "Evaluate"
@@ -110,6 +111,12 @@ PARAMETERS: tuple[Parameter, ...] = (
               "TrainFinal's label smoothing (after a linear probe)", minimum=0.0),
     Parameter("MaxTuningJobs", "Integer", 8, "tuning trials in all", minimum=1),
     Parameter("MaxParallelTuningJobs", "Integer", 2, "tuning trials at once", minimum=1),
+    Parameter("MaxFineTuneJobs", "Integer", 4,
+              "fine-tuning trials from the best probed head, in all (build option "
+              "--tune-fine-tune): they tune what FineTuneLearningRate, FineTuneWeightDecay and "
+              "FineTuneLabelSmoothing otherwise fix", minimum=1),
+    Parameter("FineTuneTuningEpochs", "Integer", 2,
+              "epochs of each fine-tuning trial (--tune-fine-tune)", minimum=1),
     Parameter("AccuracyThreshold", "Float", 0.7,
               "validation accuracy needed to register the model", minimum=0.0),
     Parameter("BlockingRules", "String", ",".join(rulespec.DEFAULT_BLOCKING),
@@ -338,6 +345,15 @@ HYPERPARAMETER_RANGES: dict[str, dict] = {
     "weight-decay": {"type": "Continuous", "min": 0.01, "max": 0.1, "scaling": "Logarithmic"},
     "label-smoothing": {"type": "Continuous", "min": 0.0, "max": 0.2, "scaling": "Linear"},
 }
+# With the build option --tune-fine-tune, a second tuning step (FineTuneTuning) runs short
+# fine-tuning trials from the best probed head, on TrainingInstanceType with TrainFinal's image,
+# over what LP_FT_HYPERPARAMETERS otherwise fixes by parameter (the batch stays
+# FineTuneBatchSize: the rates are tuned for it); TrainFinal takes the best trial's values.
+FINE_TUNE_RANGES: dict[str, dict] = {
+    "backbone-lr": {"type": "Continuous", "min": 1e-5, "max": 3e-4, "scaling": "Logarithmic"},
+    "weight-decay": {"type": "Continuous", "min": 0.01, "max": 0.1, "scaling": "Logarithmic"},
+    "label-smoothing": {"type": "Continuous", "min": 0.0, "max": 0.2, "scaling": "Linear"},
+}
 TUNING_STRATEGY = "Bayesian"
 EARLY_STOPPING = "Auto"
 
@@ -477,6 +493,7 @@ class BuildOptions:
     spot: bool = False
     training_instance_count: int = 1
     tuning_mode: str = DEFAULT_TUNING_MODE  # what the trials train (TUNING_MODES)
+    tune_fine_tune: bool = False  # fine-tuning trials from the best probed head too
     cache_expire: str = "P30D"
 
 

@@ -4,8 +4,9 @@ Best values come from ``HPTuning``'s BestTrainingJob.TunedHyperParameters; the e
 ``Epochs`` parameter, the trained layers ``FineTuneLayers``. After linear-probe trials, which
 tuned the probe (a head on frozen features), the fine-tune has settings of its own: the
 ``FineTune*`` parameters (spec.LP_FT_HYPERPARAMETERS: the backbone's rate, batch, weight decay,
-label smoothing); the probe's rate stays the rate of a new head if no probed head is found. The best trial's model.tar.gz is
-the ``head`` channel: with --tuning-mode linear-probe it is a probed head and train.py fine-tunes
+label smoothing), or with the build option --tune-fine-tune the best of FineTuneTuning's
+fine-tuning trials (its rate, weight decay, label smoothing); the probe's rate stays the rate of
+a new head if no probed head is found. The best trial's model.tar.gz is the ``head`` channel: with --tuning-mode linear-probe it is a probed head and train.py fine-tunes
 from it (LP-FT); a fine-tune trial's whole model is ignored there. train.py writes its hook
 output and profiling data into the job's output data (spec.TRAIN_FINAL_MONITORING) for the
 TrainingRules step, and TensorBoard events that the job's TensorBoardOutputConfig syncs to S3
@@ -80,7 +81,8 @@ def monitoring_hyperparameters(ctx: BuildContext) -> dict:
     return {name: path for name, path in spec.TRAIN_FINAL_MONITORING.items() if wanted[name]}
 
 
-def make_step(ctx: BuildContext, tuning: TuningStep, inputs: dict) -> TrainingStep:
+def make_step(ctx: BuildContext, tuning: TuningStep, inputs: dict,
+              fine_tune_tuning: TuningStep | None = None) -> TrainingStep:
     tuned = {name: best_hyperparameter(tuning, name) for name in spec.HYPERPARAMETER_RANGES
              if name != "epochs"}
     kwargs = {"tensorboard_output_config": TensorBoardOutputConfig(
@@ -110,6 +112,9 @@ def make_step(ctx: BuildContext, tuning: TuningStep, inputs: dict) -> TrainingSt
     fixed = {hp: ctx.p(param) for hp, param in spec.TRAIN_FINAL_HYPERPARAMETERS.items()}
     if ctx.options.tuning_mode == "linear-probe":  # the fine-tune's own settings
         fixed.update({hp: ctx.p(param) for hp, param in spec.LP_FT_HYPERPARAMETERS.items()})
+    if fine_tune_tuning is not None:  # tuned by fine-tuning trials (--tune-fine-tune)
+        fixed.update({hp: best_hyperparameter(fine_tune_tuning, hp)
+                      for hp in spec.FINE_TUNE_RANGES})
     estimator = pytorch_estimator(
         ctx, {**tuned, "epochs": ctx.p("Epochs"), **fixed, **monitoring_hyperparameters(ctx)},
         "train-mlflow" if mlflow else "train",

@@ -43,8 +43,8 @@ MLFLOW_ARN = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/te
 @pytest.mark.parametrize("options", [
     (),
     ("--spot", "--training-instance-count", "2", "--no-training-rules", "--no-profiler"),
-    ("--sagemaker-debugger", "--mlflow-arn", MLFLOW_ARN),
-], ids=["defaults", "spot-2-instances-no-rules", "sagemaker-debugger-mlflow"])
+    ("--sagemaker-debugger", "--mlflow-arn", MLFLOW_ARN, "--tune-fine-tune"),
+], ids=["defaults", "spot-2-instances-no-rules", "sagemaker-debugger-mlflow-tune-fine-tune"])
 def test_our_definition_matches_the_request_shapes(build, options):
     definition = build(*options)
     checked = {name: operation for name, operation, _ in job_steps(definition)}
@@ -56,6 +56,8 @@ def test_our_definition_matches_the_request_shapes(build, options):
                 "RegisterModel-RegisterModel": "CreateModelPackage"}
     if "--no-training-rules" in options:
         del expected["TrainingRules"]
+    if "--tune-fine-tune" in options:
+        expected["FineTuneTuning"] = "CreateHyperParameterTuningJob"
     assert checked == expected
     problems = validate_definition(definition)
     assert problems == [], "\n".join(problems)

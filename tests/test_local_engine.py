@@ -385,3 +385,68 @@ def test_evaluate_compares_with_the_approved_version_and_require_improvement_gat
     metadata = json.loads(requests[-1].read_text())["CustomerMetadataProperties"]
     assert metadata["vs_approved_version"] == "1"
     assert metadata["accuracy_delta"].startswith("+0.0000 (95% interval")
+
+
+def test_tune_fine_tune_runs_fine_tuning_trials_from_the_probed_head(home, capsys):
+    """--tune-fine-tune: FineTuneTuning's trials fine-tune from HPTuning's best head, each with
+    its own backbone rate; TrainFinal takes the best one's; the trials of both tuning steps are
+    recorded apart."""
+    code = run.main(["--local", "--home", str(home["home"]), "--no-profiler",
+                     "--no-training-rules", "--tune-fine-tune",
+                     "--pipeline-name", "FineTuned", "--model-package-group", "FineTuned",
+                     *[f"--param={k}={v}" for k, v in SMALL.items() if k != "Epochs"],
+                     "--param=Epochs=1", "--param=MaxFineTuneJobs=2",
+                     "--param=FineTuneTuningEpochs=1", f"--param=InputDataUrl={home['data']}",
+                     "--param=AccuracyThreshold=0"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    execution = out.split("local execution ", 1)[1].split(" ", 1)[0]
+    record = Store(home["home"]).execution(execution)
+    by_step = {}
+    for trial in record["trials"]:
+        by_step.setdefault(trial["step"], []).append(trial)
+    assert [len(by_step[s]) for s in ("HPTuning", "FineTuneTuning")] == [2, 2]
+    fine = by_step["FineTuneTuning"]
+    assert all(json.loads(t["hyperparameters"]).keys() == {"backbone-lr", "weight-decay",
+                                                           "label-smoothing"} for t in fine)
+    for trial in fine:  # each started from the probed head, at its own rate
+        log = Path(trial["log_path"]).read_text()
+        assert "starting from the probed head" in log
+    root = home["home"] / "pipelines" / "FineTuned" / execution
+    request = json.loads((root / "FineTuneTuning" / "trial-0" / "request.json").read_text())
+    assert request["HyperParameters"]["mode"] == '"fine-tune"'
+    assert request["HyperParameters"]["epochs"] == "1"
+    best = max((t for t in fine if t["state"] == "Completed"), key=lambda t: t["value"])
+    config = json.loads((root / "TrainFinal" / "job" / "opt" / "ml" / "model" /
+                         "model_config.json").read_text())
+    hyperparameters = config["training"]["hyperparameters"]
+    assert hyperparameters["backbone_lr"] == pytest.approx(
+        json.loads(best["hyperparameters"])["backbone-lr"], rel=1e-3)
+    assert config["training"]["probed_head"] is not None
+    assert "[FineTuneTuning] best trial" in out
+
+
+def test_trials_of_a_home_from_before_two_tuning_steps_are_kept(tmp_path):
+    """A home written when trials were numbered per execution (all HPTuning's): its trials are
+    moved once into the table that records each tuning step's trials apart."""
+    tmp_path.mkdir(exist_ok=True)
+    db = sqlite3.connect(tmp_path / "engine.sqlite")
+    db.executescript("""
+        CREATE TABLE trials (execution_id TEXT NOT NULL, number INTEGER NOT NULL,
+            state TEXT NOT NULL, hyperparameters TEXT NOT NULL, value REAL,
+            intermediate TEXT NOT NULL DEFAULT '[]', log_path TEXT,
+            PRIMARY KEY (execution_id, number));
+        INSERT INTO trials VALUES ('e1', 0, 'Completed', '{"lr": 0.001}', 0.5, '[]', 'a.log');
+        INSERT INTO trials VALUES ('e1', 1, 'Completed', '{"lr": 0.002}', 0.6, '[]', 'b.log');
+    """)
+    db.commit()
+    db.close()
+    store = Store(tmp_path)
+    store.record_trial("e1", "FineTuneTuning", 0, "Completed", {"backbone-lr": 1e-4}, 0.7, [],
+                       "c.log")
+    Store(tmp_path)  # a second start moves nothing twice
+    db = sqlite3.connect(tmp_path / "engine.sqlite")
+    rows = db.execute("SELECT step, number, value FROM tuning_trials ORDER BY step, number"
+                      ).fetchall()
+    assert rows == [("FineTuneTuning", 0, 0.7), ("HPTuning", 0, 0.5), ("HPTuning", 1, 0.6)]
+    assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'trials'").fetchone()

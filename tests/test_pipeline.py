@@ -506,6 +506,47 @@ def test_the_tuning_mode_is_a_build_option_with_its_image_and_instance(aws, tmp_
     assert probe["TuningInstanceType"] == "ml.m5.large"
 
 
+def test_tune_fine_tune_adds_fine_tuning_trials_from_the_best_probed_head(aws, tmp_path):
+    """--tune-fine-tune: FineTuneTuning runs short fine-tuning trials from HPTuning's best head
+    (its rate for a head, the head itself), as TrainFinal fine-tunes (instance type, image,
+    layers, batch), over the fine-tune's own ranges; TrainFinal takes the best of them."""
+    built = definition(tmp_path, "--tune-fine-tune")
+    names = [s["Name"] for s in built["Steps"]]
+    assert names.index("HPTuning") < names.index("FineTuneTuning") < names.index("TrainFinal")
+    steps = steps_by_name(built)
+    args = steps["FineTuneTuning"]["Arguments"]
+    config = args["HyperParameterTuningJobConfig"]
+    ranges = config["ParameterRanges"]["ContinuousParameterRanges"]
+    assert {r["Name"] for r in ranges} == set(spec.FINE_TUNE_RANGES) == {
+        "backbone-lr", "weight-decay", "label-smoothing"}
+    assert config["ResourceLimits"]["MaxNumberOfTrainingJobs"] == {
+        "Get": "Parameters.MaxFineTuneJobs"}
+    job = args["TrainingJobDefinition"]
+    static = json.dumps(job["StaticHyperParameters"])
+    assert json.loads(job["StaticHyperParameters"]["mode"]) == "fine-tune"
+    assert "Steps.HPTuning.BestTrainingJob.TunedHyperParameters['lr']" in static
+    for param in ("FineTuneTuningEpochs", "FineTuneBatchSize", "FineTuneLayers"):
+        assert f"Parameters.{param}" in static
+    head = next(c for c in job["InputDataConfig"] if c["ChannelName"] == "head")
+    assert "Steps.HPTuning.BestTrainingJob.TrainingJobName" in json.dumps(head)
+    assert {c["ChannelName"] for c in job["InputDataConfig"]} == {"train", "valid", "head"}
+    train = steps["TrainFinal"]["Arguments"]
+    assert job["HyperParameterTuningResourceConfig"]["InstanceType"] == \
+        train["ResourceConfig"]["InstanceType"] == {"Get": "Parameters.TrainingInstanceType"}
+    assert job["AlgorithmSpecification"]["TrainingImage"] == \
+        train["AlgorithmSpecification"]["TrainingImage"]
+    hp = json.dumps(train["HyperParameters"])
+    for name in spec.FINE_TUNE_RANGES:
+        assert f"Steps.FineTuneTuning.BestTrainingJob.TunedHyperParameters['{name}']" in hp
+    assert "Parameters.FineTuneBatchSize" in hp and "Parameters.FineTuneLearningRate" not in hp
+    # without the option: no such step, TrainFinal's settings are the FineTune* parameters
+    plain = steps_by_name(definition(tmp_path, name="plain.json"))
+    assert "FineTuneTuning" not in plain
+    assert "Parameters.FineTuneLearningRate" in json.dumps(plain["TrainFinal"]["Arguments"])
+    assert cli("--definition-out", str(tmp_path / "x.json"), "--tune-fine-tune",
+               "--tuning-mode", "fine-tune") == 2
+
+
 @pytest.mark.parametrize("args, message", [
     (["--start", "--param", "Epoks=3"], "unknown pipeline parameter 'Epoks'"),
     (["--start", "--param", "Epochs=three"], "Epochs must be integer"),

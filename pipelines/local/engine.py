@@ -612,8 +612,8 @@ class LocalEngine:
         def on_trial(outcome):
             outcome.log_path = str(step_dir / f"trial-{outcome.number}" / "train.log")
             shown = _shown(outcome.hyperparameters)
-            self.store.record_trial(self.result.execution_id, outcome.number, outcome.state,
-                                    shown, outcome.value, outcome.intermediate,
+            self.store.record_trial(self.result.execution_id, name, outcome.number,
+                                    outcome.state, shown, outcome.value, outcome.intermediate,
                                     outcome.log_path)
             value = f"{outcome.value:.4f}" if outcome.value is not None else "-"
             self.echo(f"[{name}] trial {outcome.number}: {outcome.state}, {metric}={value}, "

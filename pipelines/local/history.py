@@ -51,8 +51,8 @@ def describe_execution(store: Store, execution_id: str) -> str:
         value = f"{t['value']:.4f}" if t["value"] is not None else "-"
         hps = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in json.loads(t["hyperparameters"]).items())
-        lines.append(f"  trial {t['number']:<3} {t['state']:<10} objective {value}  {hps}  "
-                     f"{t['log_path'] or ''}")
+        lines.append(f"  {t['step']} trial {t['number']:<3} {t['state']:<10} objective "
+                     f"{value}  {hps}  {t['log_path'] or ''}")
     return "\n".join(lines)
 
 

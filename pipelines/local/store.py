@@ -33,10 +33,11 @@ CREATE TABLE IF NOT EXISTS steps (
     cache_key TEXT, cached_from TEXT, outputs TEXT NOT NULL DEFAULT '{}', error TEXT,
     log_path TEXT, PRIMARY KEY (execution_id, name)
 );
-CREATE TABLE IF NOT EXISTS trials (
-    execution_id TEXT NOT NULL, number INTEGER NOT NULL, state TEXT NOT NULL,
-    hyperparameters TEXT NOT NULL, value REAL, intermediate TEXT NOT NULL DEFAULT '[]',
-    log_path TEXT, PRIMARY KEY (execution_id, number)
+CREATE TABLE IF NOT EXISTS tuning_trials (
+    execution_id TEXT NOT NULL, step TEXT NOT NULL, number INTEGER NOT NULL,
+    state TEXT NOT NULL, hyperparameters TEXT NOT NULL, value REAL,
+    intermediate TEXT NOT NULL DEFAULT '[]', log_path TEXT,
+    PRIMARY KEY (execution_id, step, number)
 );
 CREATE TABLE IF NOT EXISTS step_cache (
     pipeline TEXT NOT NULL, step TEXT NOT NULL, cache_key TEXT NOT NULL,
@@ -44,6 +45,27 @@ CREATE TABLE IF NOT EXISTS step_cache (
     PRIMARY KEY (pipeline, step, cache_key)
 );
 """
+
+
+def _move_trials(path: Path) -> None:
+    """Homes written before a pipeline could hold two tuning steps kept their trials in
+    ``trials``, numbered per execution: they were all HPTuning's. Moved once, in one
+    transaction (another process moving them first is fine)."""
+    db = connect(path)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'trials'"
+                      ).fetchone():
+            db.execute("INSERT OR IGNORE INTO tuning_trials SELECT execution_id, 'HPTuning', "
+                       "number, state, hyperparameters, value, intermediate, log_path "
+                       "FROM trials")
+            db.execute("DROP TABLE trials")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    finally:
+        db.close()
 
 
 def now() -> str:
@@ -63,6 +85,7 @@ class Store:
             f"created, with no execution history or step cache (the outputs under "
             f"{Path(home) / 'pipelines'} stay)"))
         add_column(self.path, "executions", "engine_pid", "INTEGER")  # homes before 2026-11
+        _move_trials(self.path)  # homes before 2026-12
         self._held: dict[str, int] = {}  # execution id -> its lock's file descriptor
 
     @contextlib.contextmanager
@@ -190,11 +213,12 @@ class Store:
                        "name = ?", (status, now(), seconds, json.dumps(outputs or {}), cache_key,
                                     cached_from, error, execution_id, name))
 
-    def record_trial(self, execution_id: str, number: int, state: str, hyperparameters: dict,
-                     value: float | None, intermediate: list, log_path: str) -> None:
+    def record_trial(self, execution_id: str, step: str, number: int, state: str,
+                     hyperparameters: dict, value: float | None, intermediate: list,
+                     log_path: str) -> None:
         with self._db() as db:
-            db.execute("INSERT OR REPLACE INTO trials VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (execution_id, number, state, json.dumps(hyperparameters), value,
+            db.execute("INSERT OR REPLACE INTO tuning_trials VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (execution_id, step, number, state, json.dumps(hyperparameters), value,
                         json.dumps(intermediate), log_path))
 
     def cached(self, pipeline: str, step: str, cache_key: str) -> dict | None:
@@ -246,7 +270,9 @@ class Store:
             steps = db.execute("SELECT * FROM steps WHERE execution_id = ? ORDER BY started_at, "
                                "rowid",
                                (execution_id,)).fetchall()
-            trials = db.execute("SELECT * FROM trials WHERE execution_id = ? ORDER BY number",
-                                (execution_id,)).fetchall()
+            trials = db.execute(
+                "SELECT t.* FROM tuning_trials t LEFT JOIN steps s ON s.execution_id = "
+                "t.execution_id AND s.name = t.step WHERE t.execution_id = ? ORDER BY "
+                "s.started_at, t.step, t.number", (execution_id,)).fetchall()
         return {**dict(row), "steps": [dict(s) for s in steps],
                 "trials": [dict(t) for t in trials]}
