@@ -93,6 +93,16 @@ def test_grad_cam_places_a_heatmap_for_each_family(arch):
     # tokens leaving a ViT's last block would give none: the class token does not read them)
 
 
+def test_convnext_base_fine_tunes_with_a_fine_tuning_stochastic_depth():
+    from torchvision.ops import StochasticDepth
+
+    def deepest(arch):
+        return max(m.p for m in build_model(arch, 3).modules() if isinstance(m, StochasticDepth))
+
+    assert deepest("convnext_base") == pytest.approx(0.2)  # torchvision's default: 0.5
+    assert deepest("convnext_tiny") == pytest.approx(0.1)
+
+
 def test_a_vit_takes_one_size_in_whole_patches():
     assert size_problem("vit_b_16", 224) == "" and size_problem("convnext_tiny", 230, 300) == ""
     assert "multiple of 16" in size_problem("vit_b_16", 230)

@@ -18,6 +18,7 @@ class Backbone:
     family: str         # resnet, convnext, efficientnet, vit: head, stages, Grad-CAM layer
     crop: int           # the crop its weights were evaluated at (torchvision's metadata)
     top1: float         # their ImageNet-1K top-1 (torchvision's metadata), for the docs' table
+    options: tuple = ()  # builder arguments for fine-tuning, as (name, value) pairs
 
 
 BACKBONES = {
@@ -26,7 +27,10 @@ BACKBONES = {
     "resnet50": Backbone("resnet50", "IMAGENET1K_V2", "resnet", 224, 80.858),
     "resnet101": Backbone("resnet101", "IMAGENET1K_V2", "resnet", 224, 81.886),
     "convnext_tiny": Backbone("convnext_tiny", "IMAGENET1K_V1", "convnext", 224, 82.52),
-    "convnext_base": Backbone("convnext_base", "IMAGENET1K_V1", "convnext", 224, 84.062),
+    # stochastic depth 0.2, as ConvNeXt's own fine-tuning recipes for B (torchvision's 0.5 is
+    # its ImageNet training from scratch: too strong for a few epochs on a few thousand images)
+    "convnext_base": Backbone("convnext_base", "IMAGENET1K_V1", "convnext", 224, 84.062,
+                              (("stochastic_depth_prob", 0.2),)),
     "efficientnet_v2_s": Backbone("efficientnet_v2_s", "IMAGENET1K_V1", "efficientnet", 384,
                                   84.228),
     "efficientnet_v2_m": Backbone("efficientnet_v2_m", "IMAGENET1K_V1", "efficientnet", 480,

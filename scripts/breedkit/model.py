@@ -197,7 +197,7 @@ def build_model(arch: str, num_classes: int, pretrained: bool = False,
         raise UserError(f"unknown --fine-tune {fine_tune!r}; choose one of "
                         f"{', '.join(FINE_TUNE_CHOICES)}")
     fam = family(arch)
-    options = {}
+    options = dict(backbone(arch).options)
     if fam.tokens:
         if size_problem(arch, image_size):
             raise UserError(size_problem(arch, image_size))
