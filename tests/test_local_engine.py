@@ -389,11 +389,10 @@ def test_evaluate_compares_with_the_approved_version_and_require_improvement_gat
 
 def test_tune_fine_tune_runs_fine_tuning_trials_from_the_probed_head(home, capsys):
     """--tune-fine-tune: FineTuneTuning's trials fine-tune from HPTuning's best head, each with
-    its own backbone rate; TrainFinal takes the best one's; the trials of both tuning steps are
-    recorded apart."""
+    its own backbone rate; TrainFinal takes the best one's."""
     code = run.main(["--local", "--home", str(home["home"]), "--no-profiler",
                      "--no-training-rules", "--tune-fine-tune",
-                     "--pipeline-name", "FineTuned", "--model-package-group", "FineTuned",
+                     "--model-package-group", "FineTuned",  # Preprocess to HPTuning: cached
                      *[f"--param={k}={v}" for k, v in SMALL.items() if k != "Epochs"],
                      "--param=Epochs=1", "--param=MaxFineTuneJobs=2",
                      "--param=FineTuneTuningEpochs=1", f"--param=InputDataUrl={home['data']}",
@@ -405,14 +404,16 @@ def test_tune_fine_tune_runs_fine_tuning_trials_from_the_probed_head(home, capsy
     by_step = {}
     for trial in record["trials"]:
         by_step.setdefault(trial["step"], []).append(trial)
-    assert [len(by_step[s]) for s in ("HPTuning", "FineTuneTuning")] == [2, 2]
+    # HPTuning is a cache hit of an earlier run here (its trials are that run's); the store
+    # keeps each tuning step's trials apart (the next test)
+    assert len(by_step["FineTuneTuning"]) == 2 and set(by_step) <= {"HPTuning", "FineTuneTuning"}
     fine = by_step["FineTuneTuning"]
     assert all(json.loads(t["hyperparameters"]).keys() == {"backbone-lr", "weight-decay",
                                                            "label-smoothing"} for t in fine)
     for trial in fine:  # each started from the probed head, at its own rate
         log = Path(trial["log_path"]).read_text()
         assert "starting from the probed head" in log
-    root = home["home"] / "pipelines" / "FineTuned" / execution
+    root = home["home"] / "pipelines" / "DogBreedBuild" / execution
     request = json.loads((root / "FineTuneTuning" / "trial-0" / "request.json").read_text())
     assert request["HyperParameters"]["mode"] == '"fine-tune"'
     assert request["HyperParameters"]["epochs"] == "1"
