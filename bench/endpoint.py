@@ -52,7 +52,7 @@ def make_model(path: Path, arch: str = "resnet18", image_size: int = 224,
     """``preprocess_size``: the size the pipeline's models record (serving repeats
     preprocessing's resize and JPEG encoding first); 0: none, serving resizes straight."""
     torch.manual_seed(0)
-    model = build_model(arch, 133)
+    model = build_model(arch, 133, image_size=image_size)
     return save_model_dir(path, model, arch=arch, image_size=image_size,
                           class_names=[f"{i:03d}.Breed_{i}" for i in range(133)],
                           extra={"preprocess_size": preprocess_size} if preprocess_size else {})

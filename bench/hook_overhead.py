@@ -79,7 +79,8 @@ def batches(n: int, batch: int, size: int) -> list:
 def run(side: str, args, data, tmp: Path, round_: int) -> float:
     device = torch.device("cpu")
     torch.manual_seed(0)
-    model = build_model(args.arch, CLASSES).to(device, memory_format=torch.channels_last)
+    model = build_model(args.arch, CLASSES, image_size=args.image_size).to(
+        device, memory_format=torch.channels_last)
     criterion = nn.CrossEntropyLoss()
     optimizer = make_optimizer(model.parameters(), "adamw", 1e-3)
     amp = choose_precision(args.amp, device)

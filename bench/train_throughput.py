@@ -64,7 +64,7 @@ def make_raw_images(root: Path, n: int, seed: int = 0) -> None:
 
 
 def baseline_epoch(raw: Path, arch: str, image_size: int, batch: int, lr: float) -> float:
-    from torchvision import datasets, models, transforms
+    from torchvision import datasets, transforms
 
     tf = transforms.Compose([
         transforms.RandomResizedCrop(image_size),
@@ -74,8 +74,8 @@ def baseline_epoch(raw: Path, arch: str, image_size: int, batch: int, lr: float)
     ])
     loader = torch.utils.data.DataLoader(datasets.ImageFolder(str(raw), tf), batch_size=batch,
                                          shuffle=True, num_workers=0, drop_last=True)
-    model = getattr(models, arch)(weights=None)
-    model.fc = nn.Linear(model.fc.in_features, CLASSES)
+    # the bare torchvision network with a new head (any family), normalized by the transform
+    model = build_model(arch, CLASSES, image_size=image_size).backbone
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     criterion = nn.CrossEntropyLoss()
     model.train()
@@ -103,7 +103,8 @@ def ours_epoch(data: Path, arch: str, image_size: int, batch: int, lr: float,
     dataset = ImageFolderDataset(data, transform=train_transform(image_size))
     loader = make_loader(dataset, batch, shuffle=True, workers=workers, drop_last=True,
                          pin_memory=device.type == "cuda")
-    model = build_model(arch, CLASSES).to(device, memory_format=torch.channels_last)
+    model = build_model(arch, CLASSES, image_size=image_size).to(
+        device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model.parameters(), "adamw", lr)
     run = dict(criterion=nn.CrossEntropyLoss(), device=device,
                amp_dtype=choose_precision(amp, device))

@@ -159,7 +159,8 @@ def run_seed(seed: int, args, work: Path, log) -> dict[str, dict]:
                             "--output-data-dir", str(work / f"probe-out-{seed}")])
     # probe only: the backbone train.py and features.py build for this seed, the probed head
     torch.manual_seed(seed)
-    model = build_model(args.arch, len(class_names), pretrained=True)
+    model = build_model(args.arch, len(class_names), pretrained=True,
+                        image_size=args.image_size)
     model.head.load_state_dict(load_state(probe_dir / "head.pt"))
     config = {"image_size": args.image_size,
               "resize_size": preprocessing(args.arch, True, args.image_size)}

@@ -255,6 +255,10 @@ def _run(args) -> int:
         if args.start and args.upsert and not args.batch else ""
     if advice:
         print(advice, file=sys.stderr)
+    unused = "" if args.batch else spec.unused_parameters_note(params, args.tuning_mode,
+                                                               args.tune_fine_tune)
+    if unused:
+        print(unused, file=sys.stderr)
     tags = [{"Key": k, "Value": v} for k, v in parse_pairs(args.tag, "--tag").items()]
 
     from pipelines.aws import boto_session, describe_aws_error, resolve_bucket, resolve_role
@@ -415,7 +419,9 @@ def _run_local(args) -> int:
                   parse_params(args.param))
     if not (args.batch or args.definition) and spec.size_problem(params):
         raise CliError(spec.size_problem(params))
-    advice = "" if args.batch else spec.tuning_advice(params, args.tuning_mode)
+    advice = "" if args.batch else "\n".join(filter(None, (
+        spec.tuning_advice(params, args.tuning_mode),
+        spec.unused_parameters_note(params, args.tuning_mode, args.tune_fine_tune))))
     if advice and not args.definition:
         print(advice, file=sys.stderr)
     from pipelines.local.engine import DefinitionError, HomeError, summary

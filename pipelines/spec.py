@@ -101,14 +101,17 @@ PARAMETERS: tuple[Parameter, ...] = (
     # frozen features, not a network learning: see docs/recipe.md)
     Parameter("FineTuneLearningRate", "Float", 1e-4,
               "TrainFinal (after linear-probe trials): the pretrained network's and the probed "
-              "head's peak AdamW rate, for batch FineTuneBatchSize on one process",
+              "head's peak AdamW rate, for batch FineTuneBatchSize on one process (tuned "
+              "instead with --tune-fine-tune)",
               minimum=1e-7),
     Parameter("FineTuneBatchSize", "Integer", 32, "TrainFinal's batch (after a linear probe)",
               minimum=1),
     Parameter("FineTuneWeightDecay", "Float", 0.05,
-              "TrainFinal's decoupled weight decay (after a linear probe)", minimum=0.0),
+              "TrainFinal's decoupled weight decay (after a linear probe; tuned instead with "
+              "--tune-fine-tune)", minimum=0.0),
     Parameter("FineTuneLabelSmoothing", "Float", 0.1,
-              "TrainFinal's label smoothing (after a linear probe)", minimum=0.0),
+              "TrainFinal's label smoothing (after a linear probe; tuned instead with "
+              "--tune-fine-tune)", minimum=0.0),
     Parameter("MaxTuningJobs", "Integer", 8, "tuning trials in all", minimum=1),
     Parameter("MaxParallelTuningJobs", "Integer", 2, "tuning trials at once", minimum=1),
     Parameter("MaxFineTuneJobs", "Integer", 4,
@@ -240,6 +243,20 @@ def tuning_advice(params: dict, tuning_mode: str = DEFAULT_TUNING_MODE) -> str:
                 f"TuningInstanceType {instance} has no GPU: give --param "
                 f"TuningInstanceType=ml.g4dn.xlarge (or another GPU type)")
     return ""
+
+
+def unused_parameters_note(params: dict, tuning_mode: str = DEFAULT_TUNING_MODE,
+                           tune_fine_tune: bool = False) -> str:
+    """A note naming the given parameters this build's TrainFinal does not read ('' if none):
+    the fine-tune's settings are tuned instead (--tune-fine-tune, or fine-tune trials)."""
+    fixed = ({LP_FT_HYPERPARAMETERS[hp] for hp in FINE_TUNE_RANGES} if tune_fine_tune else
+             set(LP_FT_HYPERPARAMETERS.values()) if tuning_mode == "fine-tune" else set())
+    given = sorted(name for name in params if name in fixed)
+    if not given:
+        return ""
+    why = ("--tune-fine-tune tunes them (FineTuneTuning)" if tune_fine_tune else
+           "--tuning-mode fine-tune trials tune the fine-tune")
+    return f"note: {', '.join(given)} not used: {why}"
 
 
 class Param(str):

@@ -65,7 +65,7 @@ def make_step(ctx: BuildContext, train: TrainingStep, evaluate: ProcessingStep,
         # what the monitoring job judges the version's live traffic against
         drift_check_baselines=DriftCheckBaselines(model_data_statistics=MetricsSource(
             s3_uri=baseline_uri(evaluate), content_type="application/json")),
-        description="ResNet fine-tuned by the DogBreedBuild pipeline",
+        description="A torchvision backbone fine-tuned by the DogBreedBuild pipeline",
         # for the approver (Studio, pipelines.registry describe) and the deploy pipeline
         customer_metadata_properties=metadata(ctx, evaluate, reports, rules),
     )

@@ -75,6 +75,16 @@ def test_fine_tune_choices_train_the_last_stages_and_the_head(arch):
         for module in model.frozen:  # frozen layers keep their normalization statistics
             assert not module.training and not any(p.requires_grad for p in module.parameters())
     assert counts["head"] < counts["layer4"] < counts["layer3"] < counts["all"]
+    # layer4: the last stage, what lies between it and the head, the head; nothing before
+    model = build_model(arch, 5, fine_tune="layer4", image_size=32)
+    from breedkit.model import trainable_modules
+
+    names = trainable_modules(model, "layer4")
+    for name, param in model.backbone.named_parameters():
+        assert param.requires_grad == any(name.startswith(n + ".") for n in names), name
+    last = {"resnet18": "layer4", "convnext_tiny": "features.7",
+            "efficientnet_v2_s": "features.6", "vit_b_16": "encoder.layers.encoder_layer_11"}
+    assert last[arch] in names and model.family.head in names
     # the last stage is the late part of the network, not its stem
     model = build_model(arch, 5, fine_tune="layer4", image_size=32)
     first = next(iter(model.backbone.named_parameters()))
@@ -91,6 +101,17 @@ def test_grad_cam_places_a_heatmap_for_each_family(arch):
     assert heat.min() >= 0 and heat.max() == pytest.approx(1.0)
     assert heat.reshape(2, -1).std(axis=1).max() > 0  # a map, not a constant (the patch
     # tokens leaving a ViT's last block would give none: the class token does not read them)
+
+
+def test_a_stateless_module_keeps_its_training_mode_when_its_neighbours_are_frozen():
+    """EfficientNetV2's dropout before the head regularizes a head-only fine-tune as it does a
+    whole one; frozen stages skip their stochastic depth (they keep their statistics)."""
+    from torchvision.ops import StochasticDepth
+
+    model = build_model("efficientnet_v2_s", 3, fine_tune="head").train()
+    assert model.backbone.classifier[0].training
+    frozen = [m for m in model.backbone.features.modules() if isinstance(m, StochasticDepth)]
+    assert frozen and not any(m.training for m in frozen)
 
 
 def test_convnext_base_fine_tunes_with_a_fine_tuning_stochastic_depth():
@@ -121,11 +142,15 @@ def test_pretrained_vit_position_embeddings_follow_the_crop(monkeypatch):
     from breedkit import model as model_module
 
     torch.manual_seed(0)
-    source = build_model("vit_b_16", 1000, image_size=384).backbone.state_dict()
-    monkeypatch.setattr(model_module, "_pretrained_state_dict", lambda arch, weights: source)
+    source = {k: v.clone() for k, v in
+              build_model("vit_b_16", 1000, image_size=384).backbone.state_dict().items()}
+    # torchvision's interpolation writes into the dict it is given: hand it a copy
+    monkeypatch.setattr(model_module, "_pretrained_state_dict",
+                        lambda arch, weights: dict(source))
     model = build_model("vit_b_16_swag", 4, pretrained=True, image_size=64)
     state = model.backbone.state_dict()
     assert state["encoder.pos_embedding"].shape == (1, 1 + 4 * 4, 768)
+    assert source["encoder.pos_embedding"].shape == (1, 1 + 24 * 24, 768)
     assert torch.equal(state["class_token"], source["class_token"])
     assert torch.equal(state["encoder.pos_embedding"][:, 0], source["encoder.pos_embedding"][:, 0])
     name = "encoder.layers.encoder_layer_3.mlp.0.weight"
@@ -164,8 +189,15 @@ def test_a_vit_trains_evaluates_and_serves(arch, tmp_path, split_data):
     proc = run_script("train.py", "--arch", arch, "--pretrained", "false", "--image-size", "32",
                       "--batch-size", "16", "--workers", "0", "--epochs", "1",
                       "--max-steps-per-epoch", "2", "--fine-tune", "layer4",
-                      "--checkpoint-dir", "", env=train_env(tmp_path, split_data))
+                      "--checkpoint-dir", "", "--debugger-out", tmp_path / "hook",
+                      "--debugger-save-interval", "1", env=train_env(tmp_path, split_data))
     assert proc.returncode == 0, proc.stderr
+    from breedkit.rules import evaluate_rules
+
+    verdicts = {v["rule"]: v for v in evaluate_rules(str(tmp_path / "hook"))}
+    assert verdicts["ExplodingTensor"]["status"] == "NoIssuesFound"  # the hook read the ViT
+    assert verdicts["PoorWeightInitialization"]["status"] == "Error"
+    assert "no ReLU modules" in verdicts["PoorWeightInitialization"]["message"]
     config = read_json(tmp_path / "model" / "model_config.json")
     assert config["arch"] == arch and config["interpolation"] == "bilinear"
     trained, _ = load_model(tmp_path / "model", tta_hflip=False)

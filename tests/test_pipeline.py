@@ -485,6 +485,11 @@ def test_start_passes_parameters(aws, capsys):
     assert "TuningInstanceType=ml.g4dn.xlarge" in capsys.readouterr().err
     assert cli("--upsert", "--tuning-mode", "fine-tune", "--start") == 0  # its GPU default
     assert "note:" not in capsys.readouterr().err
+    # a setting that a tuning step tunes instead is named, not silently dropped
+    assert cli("--upsert", "--tune-fine-tune", "--start", "--param",
+               "FineTuneLearningRate=0.0002", "--param", "FineTuneBatchSize=16") == 0
+    assert "note: FineTuneLearningRate not used: --tune-fine-tune tunes them" in \
+        capsys.readouterr().err  # the batch is still TrainFinal's: not named
 
 
 def test_the_tuning_mode_is_a_build_option_with_its_image_and_instance(aws, tmp_path):

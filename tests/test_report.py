@@ -3,11 +3,13 @@ itself rendered in a real browser (Debian's chromium, headless)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
+import tarfile
 
 import numpy as np
 import pytest
@@ -204,6 +206,13 @@ def test_evaluate_compares_with_the_approved_version_on_the_same_images(trained,
     assert result["comparison_summary"].startswith("none (version 7's model cannot be read: ")
     assert "model.tar.gz" in result["comparison_summary"]
     assert "cannot be read" in page
+    # a real archive cut short (an interrupted upload): gzip's EOFError, not a failed Evaluate
+    whole = io.BytesIO()
+    with tarfile.open(fileobj=whole, mode="w:gz") as tar:
+        tar.add(trained["model"], arcname=".")
+    (damaged / "model.tar.gz").write_bytes(whole.getvalue()[:len(whole.getvalue()) // 2])
+    result, _ = evaluate(damaged, "vs-truncated")
+    assert result["comparison"] is None and "cannot be read" in result["comparison_summary"]
     lo, hi = result["accuracy_interval_95"]
     assert lo <= result["multiclass_classification_metrics"]["accuracy"]["value"] <= hi
     assert 0 < result["balanced_accuracy"] <= 1

@@ -144,10 +144,13 @@ def test_poor_weight_initialization_without_relu_activations_says_so():
 
     with pytest.raises(rules.NothingToRead, match="no ReLU modules"):
         run_rule(rules.PoorWeightInitialization, train_trial([1.0, 0.9]))
-    relu = {f"layer{i}.relu_output": {s: np.full(4, float(i)) + np.arange(4) for s in range(3)}
-            for i in (1, 2)}
-    trial = FakeTrial([modes.TRAIN] * 3, {"relu_output": relu})
-    assert run_rule(rules.PoorWeightInitialization, trial) is None
+    def relu(scales):
+        return FakeTrial([modes.TRAIN] * 3, {"relu_output": {
+            f"layer{i}.relu_output": {s: np.arange(4.0) * scale for s in range(3)}
+            for i, scale in enumerate(scales)}})
+
+    assert run_rule(rules.PoorWeightInitialization, relu([1.0, 2.0])) is None  # 4x variance
+    assert run_rule(rules.PoorWeightInitialization, relu([1.0, 10.0])) == 0  # 100x: fires
 
 
 def rules_json(tmp_path, training_output, *extra):

@@ -1,6 +1,6 @@
 """Past executions of the local engine, as ``python -m pipelines.run --local --list`` and
 ``--describe EXECUTION`` print them. A step's log is shown where the step wrote one (the
-processing and training steps; HPTuning's are its trials')."""
+processing and training steps; a tuning step's are its trials')."""
 
 from __future__ import annotations
 

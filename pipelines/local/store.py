@@ -50,20 +50,25 @@ CREATE TABLE IF NOT EXISTS step_cache (
 def _move_trials(path: Path) -> None:
     """Homes written before a pipeline could hold two tuning steps kept their trials in
     ``trials``, numbered per execution: they were all HPTuning's. Moved once, in one
-    transaction (another process moving them first is fine)."""
+    transaction (another process moving them first is fine); a home with nothing to move is
+    only read."""
     db = connect(path)
+    exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'trials'"
     try:
+        if not db.execute(exists).fetchone():
+            return
         db.execute("BEGIN IMMEDIATE")
-        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'trials'"
-                      ).fetchone():
-            db.execute("INSERT OR IGNORE INTO tuning_trials SELECT execution_id, 'HPTuning', "
-                       "number, state, hyperparameters, value, intermediate, log_path "
-                       "FROM trials")
-            db.execute("DROP TABLE trials")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
+        try:
+            if db.execute(exists).fetchone():
+                db.execute("INSERT OR IGNORE INTO tuning_trials SELECT execution_id, "
+                           "'HPTuning', number, state, hyperparameters, value, intermediate, "
+                           "log_path FROM trials")
+                db.execute("DROP TABLE trials")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
     finally:
         db.close()
 

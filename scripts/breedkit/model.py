@@ -19,6 +19,7 @@ import pickle
 import re
 import shutil
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -156,7 +157,8 @@ def _resize_position_embeddings(state: dict, image_size: int) -> dict:
 
 def _freeze_all_but(model: Classifier, trainable: list[str]) -> None:
     """Freeze every parameter outside the ``trainable`` modules; a module wholly frozen keeps
-    its normalization statistics in training mode too (``Classifier.train``)."""
+    its normalization statistics (and skips its stochastic depth) in training mode too
+    (``Classifier.train``)."""
     def walk(module, prefix):
         for param in module.parameters(recurse=False):  # a ViT's class token, positions
             param.requires_grad_(False)
@@ -166,9 +168,10 @@ def _freeze_all_but(model: Classifier, trainable: list[str]) -> None:
                 continue
             if any(t.startswith(full + ".") for t in trainable):
                 walk(child, full + ".")
-            else:
+            elif any(True for _ in child.parameters()) or any(True for _ in child.buffers()):
                 child.requires_grad_(False)
                 model.frozen.append(child)
+            # a module with no state (EfficientNetV2's dropout before the head) keeps its mode
     walk(model.backbone, "")
 
 
@@ -406,7 +409,7 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike) -> Path
     try:
         with tarfile.open(archive, "r:*") as tar:
             archives.extract(tar, dest)
-    except (tarfile.TarError, OSError) as exc:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:  # truncated: EOFError
         raise UserError(f"cannot extract {archive}: {exc}. Pass a model directory or the "
                         f"model.tar.gz written by a training job.") from None
     return dest
