@@ -31,7 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipelines import spec
-from pipelines.sqlite import DamagedStore, add_column, check, connect, initialize
+from pipelines.sqlite import (DamagedStore, add_column, check, connect, initialize,
+                              write_transaction)
 
 STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 DEFAULT_HOME = ".dogbreed"
@@ -248,33 +249,29 @@ class LocalRegistry:
         now = _now()
         db = self._open()
         try:
-            db.execute("BEGIN IMMEDIATE")  # one writer at a time: versions never collide
-            existing = next((row for row in db.execute(
-                "SELECT * FROM model_packages WHERE group_name = ? AND artifact_sha256 = ? "
-                "ORDER BY version DESC", (group, digest))
-                if self.artifact_problem(_from_row(row), full=False) is None),
-                None) if once and digest else None
-            if existing:
-                db.execute("ROLLBACK")
-                return _from_row(existing), False
-            db.execute("INSERT OR IGNORE INTO model_package_groups (name, created_at) "
-                       "VALUES (?, ?)", (group, now))
-            version = db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM model_packages "
-                                 "WHERE group_name = ?", (group,)).fetchone()[0]
-            db.execute(
-                "INSERT INTO model_packages (group_name, version, approval_status, model_data, "
-                "metrics, hyperparameters, lineage, description, created_at, updated_at, "
-                "metadata, artifact_bytes, artifact_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?, ?, ?)",
-                (group, version, approval_status, str(model_data), json.dumps(metrics or {}),
-                 json.dumps(hyperparameters or {}), json.dumps(lineage or {}), description,
-                 now, now, json.dumps({k: str(v) for k, v in (metadata or {}).items()}),
-                 size, digest))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+            with write_transaction(db):  # one writer at a time: versions never collide
+                existing = next((row for row in db.execute(
+                    "SELECT * FROM model_packages WHERE group_name = ? AND artifact_sha256 = ? "
+                    "ORDER BY version DESC", (group, digest))
+                    if self.artifact_problem(_from_row(row), full=False) is None),
+                    None) if once and digest else None
+                if existing:
+                    db.execute("ROLLBACK")
+                    return _from_row(existing), False
+                db.execute("INSERT OR IGNORE INTO model_package_groups (name, created_at) "
+                           "VALUES (?, ?)", (group, now))
+                version = db.execute(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM model_packages "
+                    "WHERE group_name = ?", (group,)).fetchone()[0]
+                db.execute(
+                    "INSERT INTO model_packages (group_name, version, approval_status, "
+                    "model_data, metrics, hyperparameters, lineage, description, created_at, "
+                    "updated_at, metadata, artifact_bytes, artifact_sha256) VALUES (?, ?, ?, ?, "
+                    "?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (group, version, approval_status, str(model_data),
+                     json.dumps(metrics or {}), json.dumps(hyperparameters or {}),
+                     json.dumps(lineage or {}), description, now, now,
+                     json.dumps({k: str(v) for k, v in (metadata or {}).items()}), size, digest))
         finally:
             db.close()
         self._backup()

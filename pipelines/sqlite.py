@@ -9,6 +9,8 @@ Each store is checked when it is opened (``PRAGMA quick_check``): a damaged file
 
 from __future__ import annotations
 
+import contextlib
+
 import random
 import sqlite3
 import time
@@ -47,6 +49,21 @@ def connect(path: str | Path) -> sqlite3.Connection:
     db.row_factory = sqlite3.Row
     db.execute("PRAGMA foreign_keys=ON")
     return db
+
+
+@contextlib.contextmanager
+def write_transaction(db: sqlite3.Connection):
+    """``BEGIN IMMEDIATE`` (one writer at a time): committed when the block ends, unless the
+    block rolled back itself; rolled back when it raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    if db.in_transaction:
+        db.execute("COMMIT")
 
 
 def add_column(path: str | Path, table: str, name: str, definition: str) -> None:

@@ -17,7 +17,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipelines.sqlite import add_column, connect, initialize
+from pipelines.sqlite import add_column, connect, initialize, write_transaction
 
 NOTE_BYTES = 1024  # written when the lock is taken, so a note later needs no new disk blocks
 
@@ -57,18 +57,12 @@ def _move_trials(path: Path) -> None:
     try:
         if not db.execute(exists).fetchone():
             return
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with write_transaction(db):
             if db.execute(exists).fetchone():
                 db.execute("INSERT OR IGNORE INTO tuning_trials SELECT execution_id, "
                            "'HPTuning', number, state, hyperparameters, value, intermediate, "
                            "log_path FROM trials")
                 db.execute("DROP TABLE trials")
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
     finally:
         db.close()
 
