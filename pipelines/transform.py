@@ -57,8 +57,8 @@ def sagemaker_package(session, group: str, version: int | None = None) -> dict:
 def local_version(home: Path, group: str, bucket: str, prefix: str, image: str,
                   version: int | None = None) -> dict:
     """The local registry's version (default the newest Approved) as the batch pipeline's
-    parameters (and its ModelPackageVersion). Its archive is put into the local object store, where a version's
-    ModelDataUrl is in SageMaker: ``s3://<bucket>/<prefix>/registry/<group>/<version>/``."""
+    parameters (and its ModelPackageVersion). Its archive is put into the local object store,
+    where a version's ModelDataUrl is in SageMaker: ``s3://<bucket>/<prefix>/registry/<group>/<version>/``."""
     from pipelines.local.objectstore import ObjectStore
     from pipelines.registry import LocalRegistry, RegistryError, usable_version
 

@@ -7,8 +7,9 @@ Output:  --output-dir               features.json and float16 arrays (breedkit.f
 Each training image gives ``--views`` feature vectors: the center crop validation uses, its
 mirror image (with ``--hflip true``, as train.py's flips), then random-resized crops (train.py's
 augmentation, flipped at random with ``--hflip true``), so the linear-probe trials still see
-augmented images, and never a mirror image of a data set that must not be mirrored. The image is decoded once for all its views. The backbone is built
-exactly as train.py builds it (same seed), so TrainFinal can start from the probed head.
+augmented images, and never a mirror image of a data set that must not be mirrored. The image
+is decoded once for all its views. The backbone is built exactly as train.py builds it (same
+seed), so TrainFinal can start from the probed head.
 
 With ``--tuning-mode fine-tune`` the tuning trials train on images and need no features: the
 step writes a features.json that says so and stops.

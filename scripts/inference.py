@@ -24,8 +24,8 @@ time: 0.9 against 1.9 ms for a 500x375 photo on one core), every other image thr
 16-bit rescaled, an animation's first frame, EXIF orientation); then, for a model trained on
 preprocessed images (``preprocess_size`` in its config), stored as preprocess.py stored them
 (shorter side ``preprocess_size``, Lanczos, JPEG q95: ``breedkit.images.as_stored``), and resized
-and cropped by the evaluation transform: the two resizes evaluation applied, one image at a time: a request never holds more than one full-resolution
-image. Limits, checked on the headers before
+and cropped by the evaluation transform: the two resizes evaluation applied. One image at a time:
+a request never holds more than one full-resolution image. Limits, checked on the headers before
 anything is decoded (413 with the limit): ``MAX_IMAGE_PIXELS`` per image, ``MAX_REQUEST_PIXELS``
 per request, ``MAX_IMAGES_PER_REQUEST`` images; JSON nested deeper than ``MAX_JSON_DEPTH``
 levels is refused (400).

@@ -1,5 +1,5 @@
-"""Fine-tune a torchvision backbone (ResNet, ConvNeXt, EfficientNetV2, ViT) on an image folder (SageMaker training contract), or train
-only its new head on cached features (``--mode linear-probe``: a tuning trial, breedkit.probe).
+"""Fine-tune a torchvision backbone (ResNet, ConvNeXt, EfficientNetV2, ViT) on an image folder
+(SageMaker training contract), or train only its new head on cached features (``--mode linear-probe``: a tuning trial, breedkit.probe).
 
 Data:        SM_CHANNEL_TRAIN, SM_CHANNEL_VALID  (<class>/<image> folders, e.g. from preprocess.py)
              SM_CHANNEL_FEATURES  (--mode linear-probe: the Features step's output)

@@ -6,8 +6,8 @@ tuned the probe (a head on frozen features), the fine-tune has settings of its o
 ``FineTune*`` parameters (spec.LP_FT_HYPERPARAMETERS: the backbone's rate, batch, weight decay,
 label smoothing), or with the build option --tune-fine-tune the best of FineTuneTuning's
 fine-tuning trials (its rate, weight decay, label smoothing); the probe's rate stays the rate of
-a new head if no probed head is found. The best trial's model.tar.gz is the ``head`` channel: with --tuning-mode linear-probe it is a probed head and train.py fine-tunes
-from it (LP-FT); a fine-tune trial's whole model is ignored there. train.py writes its hook
+a new head if no probed head is found. The best trial's model.tar.gz is the ``head`` channel:
+with --tuning-mode linear-probe it is a probed head and train.py fine-tunes from it (LP-FT); a fine-tune trial's whole model is ignored there. train.py writes its hook
 output and profiling data into the job's output data (spec.TRAIN_FINAL_MONITORING) for the
 TrainingRules step, and TensorBoard events that the job's TensorBoardOutputConfig syncs to S3
 (SageMaker's managed TensorBoard reads them). With a managed MLflow server (``--mlflow-arn``)

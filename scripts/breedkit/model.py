@@ -183,9 +183,10 @@ def trainable_modules(model: Classifier, fine_tune: str) -> list[str] | None:
         return None
     fam = model.family
     count = {"head": 0, "layer4": 1, "layer3": 2}[fine_tune]
-    stages = fam.stages(model.backbone)[len(fam.stages(model.backbone)) - count:] if count else []
-    return [name for stage in stages for name in stage] + (list(fam.ends) if count else []) \
-        + [fam.head]
+    if not count:
+        return [fam.head]
+    last = fam.stages(model.backbone)[-count:]
+    return [name for stage in last for name in stage] + list(fam.ends) + [fam.head]
 
 
 def build_model(arch: str, num_classes: int, pretrained: bool = False,

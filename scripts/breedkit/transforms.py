@@ -29,8 +29,8 @@ def size_problem(preprocess_size: int, crop: int, eval_crop: int = 0) -> str:
     ('' when they can): every image would be enlarged, which adds no detail."""
     largest = max(crop, eval_crop or crop)
     if preprocess_size and preprocess_size < largest:
-        return (f"PreprocessImageSize {preprocess_size} is smaller than the "
-                f"{'evaluation crop EvalImageSize' if largest != crop else 'training crop ImageSize'}"
+        which = "evaluation crop EvalImageSize" if largest != crop else "training crop ImageSize"
+        return (f"PreprocessImageSize {preprocess_size} is smaller than the {which}"
                 f" {largest}: every image would be upsampled. Pass PreprocessImageSize >= "
                 f"{largest} (about 1.15x the crop: {resize_size(largest)}), or 0 to derive it")
     return ""
